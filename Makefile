@@ -1,0 +1,41 @@
+# danlu: `make demo` runs the default recipe end to end; `make test` runs the tests.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is installed first and pinned: the CPU wheel on local disk satisfies it, and pip then
+# has nothing to fetch for the project's `torch>=2.5,<2.14` requirement.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test test-all bench lint format clean
+
+$(BIN)/danlu: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/danlu
+
+demo: $(BIN)/danlu
+	$(BIN)/danlu run recipes/tiny-cpu.yaml
+
+test: $(BIN)/danlu
+	$(BIN)/pytest
+
+test-all: $(BIN)/danlu
+	$(BIN)/pytest -m ''
+
+bench: $(BIN)/danlu
+	$(BIN)/python benchmarks/peak_flops.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/tokenizer.py
+
+lint: $(BIN)/danlu
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/danlu
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

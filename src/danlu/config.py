@@ -1,0 +1,317 @@
+"""Typed configs: nested dataclasses, YAML recipes, dotted overrides (`--train.lr=3e-4`).
+
+Every field has a comment saying what it means; `__post_init__` validates ranges. Loading a recipe
+rejects unknown keys (with a suggestion) and wrong types with a `ConfigError` that names the key.
+The resolved config is saved beside every output (`config.yaml` in the run directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from danlu.errors import ConfigError
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class DataConfig:
+    # Registry names ("shakespeare", "chitchat") or local paths (.txt/.jsonl/.parquet files or folders).
+    sources: list[str] = field(default_factory=lambda: ["shakespeare", "chitchat"])
+    # Fraction of documents held out (whole documents) for validation.
+    val_fraction: float = 0.02
+    # Documents shorter than this many characters after cleaning are dropped.
+    min_chars: int = 20
+    # Seed for the train/validation split.
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        _check(len(self.sources) > 0, "data.sources", "name at least one source")
+        _check(0.0 < self.val_fraction < 0.5, "data.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
+        _check(self.min_chars >= 0, "data.min_chars", f"must be >= 0, got {self.min_chars}")
+
+
+@dataclass
+class TokenizerConfig:
+    # Vocabulary size including the 256 byte tokens and the special tokens.
+    vocab_size: int = 4096
+    # A pair must occur at least this often to be merged.
+    min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        _check(300 <= self.vocab_size <= 2**32 - 1, "tokenizer.vocab_size", f"must be in [300, 2^32), got {self.vocab_size}")
+        _check(self.min_frequency >= 1, "tokenizer.min_frequency", f"must be >= 1, got {self.min_frequency}")
+
+
+@dataclass
+class ModelConfig:
+    # Named shape from danlu.model.presets ("tiny", "small", ...); explicit fields below override it.
+    preset: str | None = None
+    # Single dial: n_layer = depth, width and heads follow (see danlu.model.presets.from_depth).
+    depth: int | None = None
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int = 4
+    # Key/value heads for grouped-query attention; None means n_head (multi-head attention).
+    n_kv_head: int | None = None
+    # SwiGLU hidden size; None means 8/3 * n_embd rounded up to a multiple of 16.
+    ffn_hidden: int | None = None
+    # 0 means: take it from the tokenizer.
+    vocab_size: int = 0
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for key in ("n_layer", "n_embd", "n_head", "max_seq_len"):
+            _check(getattr(self, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(self.depth is None or self.depth >= 1, "model.depth", f"must be >= 1, got {self.depth}")
+        _check(self.vocab_size >= 0, "model.vocab_size", f"must be >= 0, got {self.vocab_size}")
+        _check(self.n_kv_head is None or self.n_kv_head >= 1, "model.n_kv_head", "must be >= 1")
+        _check(self.ffn_hidden is None or self.ffn_hidden >= 1, "model.ffn_hidden", "must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    # Tokens per training sequence (must not exceed model.max_seq_len).
+    seq_len: int = 256
+    # Sequences per micro-batch.
+    batch_size: int = 16
+    # Micro-batches per optimizer step.
+    grad_accum: int = 1
+    max_steps: int = 1000
+    # Peak learning rate; None means the model's suggested LR for its width.
+    lr: float | None = None
+    # Cosine decay ends at lr * min_lr_ratio.
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    # Max global gradient norm; 0 disables clipping.
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    # Validation batches per evaluation; 0 means the whole validation split.
+    eval_batches: int = 0
+    ckpt_every: int = 100
+    # Step checkpoints kept on disk (the newest ones).
+    keep_last: int = 2
+    log_every: int = 10
+    seed: int = 1337
+    # "auto" picks cuda if available, else cpu.
+    device: str = "auto"
+    # "auto": fp32 on CPU, bf16 autocast on CUDA; or "fp32" / "bf16".
+    dtype: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "log_every", "keep_last"):
+            _check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(self.lr is None or self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+        _check(self.eval_batches >= 0, "train.eval_batches", "must be >= 0")
+        _check(self.dtype in ("auto", "fp32", "bf16"), "train.dtype", f"must be auto, fp32 or bf16, got {self.dtype!r}")
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "train.device",
+               f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+
+
+@dataclass
+class SampleConfig:
+    # Prompts sampled at the end of `danlu run`.
+    prompts: list[str] = field(default_factory=lambda: ["ROMEO:"])
+    max_new_tokens: int = 120
+    temperature: float = 0.8
+    # 0 disables top-k filtering.
+    top_k: int = 50
+    # 1.0 disables nucleus filtering.
+    top_p: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, "sample.max_new_tokens", "must be >= 1")
+        _check(self.temperature >= 0, "sample.temperature", "must be >= 0 (0 is greedy)")
+        _check(self.top_k >= 0, "sample.top_k", "must be >= 0")
+        _check(0 < self.top_p <= 1, "sample.top_p", "must be in (0, 1]")
+
+
+@dataclass
+class RecipeConfig:
+    # Names the run; the run directory defaults to runs/<name>.
+    name: str = "tiny-cpu"
+    # Where every artifact of the run is written; "" means runs/<name>.
+    run_dir: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with type checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str | int | float):  # a scalar where a list is expected: one-element list
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {prefix}{key}{hint}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override --{dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _parse_scalar(raw: str) -> Any:
+    """Parse an override value as a YAML scalar; also read 3e-4 (a string to YAML 1.1) and none."""
+    if raw.lower() in ("none", "null", "~"):
+        return None
+    try:
+        return float(raw) if "e" in raw.lower() and not raw.lower().startswith(("e", "t", "f", "n")) else yaml.safe_load(raw)
+    except (ValueError, yaml.YAMLError):
+        return raw
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`["--train.lr=3e-4", "--model.n_layer", "6"]` -> nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) <= 2:
+            raise ConfigError(f"expected an override like --train.lr=3e-4, got {arg!r}")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, raw = arg[2:], args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"override {arg} has no value; write {arg}=VALUE")
+        _set_dotted(tree, key, _parse_scalar(raw))
+        i += 1
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} not found; recipes live in recipes/ (e.g. recipes/tiny-cpu.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections (data, tokenizer, model, train, sample)")
+    return data
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> RecipeConfig:
+    """Load a recipe YAML (or the defaults when `path` is None) and apply dotted overrides."""
+    data = load_yaml(path) if path is not None else {}
+    data = _merge(data, parse_overrides(overrides or []))
+    return from_dict(RecipeConfig, data)
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    from danlu.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

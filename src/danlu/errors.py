@@ -1,0 +1,25 @@
+"""User-facing errors. The CLI prints these without a traceback and exits with status 2.
+
+Raise a subclass with a message that says what was wrong and what to do about it; use `assert` only
+for internal invariants that no input can break.
+"""
+
+
+class DanluError(Exception):
+    """Base class of every error caused by the user's input, config or files."""
+
+
+class ConfigError(DanluError):
+    """A recipe or override is malformed: unknown key, wrong type, value out of range."""
+
+
+class DataError(DanluError):
+    """A corpus, document file or token shard is missing, empty, unreadable or corrupt."""
+
+
+class TokenizerError(DanluError):
+    """A tokenizer cannot be trained, loaded or used with the given data or settings."""
+
+
+class CheckpointError(DanluError):
+    """A checkpoint is missing, corrupt, truncated or belongs to a different config."""
