@@ -1,0 +1,270 @@
+"""The `danlu` command: one verb per stage, each a thin wrapper around a plain `run_<stage>` function.
+
+    danlu run [RECIPE] [--train.lr=3e-4 ...]     every stage of a recipe, skipping finished ones
+    danlu data [RECIPE]                          fetch, clean, dedup and split the documents
+    danlu tokenizer train|encode|stats           byte-level BPE: train, encode text, compression stats
+    danlu pack [RECIPE]                          documents -> token shards
+    danlu pretrain [RECIPE]                      train (resumes from the run's last checkpoint)
+    danlu generate MODEL --prompt TEXT           sample a continuation
+    danlu chat MODEL                             talk to a model in the terminal
+
+Errors caused by input (`DanluError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from danlu.config import RecipeConfig, load_recipe
+from danlu.errors import ConfigError, DanluError
+
+DEFAULT_RECIPE = Path("recipes/tiny-cpu.yaml")
+# Top-level recipe keys that an override may name without a dot (--name=foo).
+_TOP_LEVEL_KEYS = ("name", "run_dir")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate dotted config overrides (`--train.lr=3e-4`, `--train.lr 3e-4`) from other arguments."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg[2:].split("=", 1)[0]
+        if arg.startswith("--") and ("." in name or name in _TOP_LEVEL_KEYS):
+            overrides.append(arg)
+            if "=" not in arg and i + 1 < len(argv):
+                overrides.append(argv[i + 1])
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _recipe(args: argparse.Namespace, overrides: list[str]) -> RecipeConfig:
+    path = args.recipe
+    if path is None and DEFAULT_RECIPE.is_file():
+        path = DEFAULT_RECIPE
+    return load_recipe(path, overrides)
+
+
+# ---------------------------------------------------------------------------------------------- verbs
+
+
+def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.run import STAGES, run_recipe
+
+    unknown = [s for s in args.force if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"--force {unknown[0]}: unknown stage; stages are {', '.join(STAGES)}")
+    cfg = _recipe(args, overrides)
+    results = run_recipe(cfg, force=tuple(args.force))
+    pre = results["pretrain"]
+    print(f"\nmodel:                 {results['model_dir']}")
+    print(f"validation loss:       {pre.get('val_loss', float('nan')):.4f} nats/token")
+    print(f"validation bits/byte:  {pre.get('val_bpb', float('nan')):.4f}")
+    for prompt, text in results["samples"]:
+        print(f"\n--- sample ---\n{prompt}{text}")
+    print(f"\ntalk to it:            danlu chat {results['model_dir']}")
+
+
+def cmd_data(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.run import RunLayout, run_data_stage
+
+    cfg = _recipe(args, overrides)
+    result = run_data_stage(cfg, RunLayout(cfg.run_path))
+    print(f"documents written to {RunLayout(cfg.run_path).docs}: {result['splits']}")
+
+
+def cmd_pack(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.run import RunLayout, run_pack_stage
+
+    cfg = _recipe(args, overrides)
+    result = run_pack_stage(cfg, RunLayout(cfg.run_path))
+    print(f"token shards written to {RunLayout(cfg.run_path).tokens}: {result['splits']}")
+
+
+def cmd_pretrain(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.run import RunLayout, run_pretrain_stage
+
+    cfg = _recipe(args, overrides)
+    result = run_pretrain_stage(cfg, RunLayout(cfg.run_path))
+    print(f"model: {result['model_dir']}  val loss {result['val_loss']:.4f}  val bpb {result['val_bpb']:.4f}")
+
+
+def cmd_tokenizer(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.tokenizer import Tokenizer, tokenizer_stats
+
+    if args.action == "train":
+        from danlu.run import RunLayout, run_tokenizer_stage
+
+        cfg = _recipe(args, overrides)
+        result = run_tokenizer_stage(cfg, RunLayout(cfg.run_path))
+        print(f"tokenizer written to {RunLayout(cfg.run_path).tokenizer}: vocab {result['vocab_size']}")
+        return
+    tok = Tokenizer.load(_tokenizer_dir(args.tokenizer))
+    if args.action == "encode":
+        text = args.text if args.text is not None else sys.stdin.read()
+        print(" ".join(map(str, tok.encode(text))))
+    else:
+        texts = [_read_text(p) for p in args.files] if args.files else [sys.stdin.read()]
+        for key, value in tokenizer_stats(tok, texts).items():
+            print(f"{key:24s} {value:.4f}" if isinstance(value, float) else f"{key:24s} {value}")
+
+
+def _tokenizer_dir(path: str) -> Path:
+    """Accept a tokenizer dir, a model dir or a run dir (which hold one in tokenizer/)."""
+    p = Path(path)
+    return p / "tokenizer" if (p / "tokenizer").is_dir() else p
+
+
+def _read_text(path: str) -> str:
+    from danlu.errors import DataError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.infer.sampling import generate
+    from danlu.train.checkpoint import load_model
+
+    model, tok, _ = load_model(_model_dir(args.model))
+    ids = tok.encode(args.prompt, bos=True)
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    stream = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                      top_p=args.top_p, stop_ids=(tok.eos_id,), seed=args.seed)
+    for piece in _decode_stream(tok, stream):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def _decode_stream(tok: Any, ids: Any) -> Any:
+    """Yield text as tokens arrive, holding back bytes until they form whole UTF-8 characters."""
+    out: list[int] = []
+    shown = ""
+    for i in ids:
+        out.append(i)
+        text = tok.decode(out, skip_special=True)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
+            continue
+        yield text[len(shown):]
+        shown = text
+
+
+def _model_dir(path: str) -> Path:
+    """Accept a model dir or a run dir (whose final model is in model/)."""
+    p = Path(path)
+    return p / "model" if (p / "model" / "config.json").is_file() else p
+
+
+def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.infer.chat import ChatSession
+
+    session = ChatSession.from_dir(_model_dir(args.model), temperature=args.temperature, top_k=args.top_k,
+                                   top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    print(f"danlu chat: {args.model} ({session.mode} mode). Empty line or Ctrl-D to quit, /reset to start over.")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return
+        if not line:
+            return
+        if line == "/reset":
+            session.reset()
+            continue
+        sys.stdout.write("bot> ")
+        for piece in session.reply(line):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def _add_sampling(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("model", help="model dir (or run dir) written by pretraining")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=50, help="0 disables")
+    p.add_argument("--top-p", type=float, default=0.95, help="1.0 disables")
+    p.add_argument("--seed", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="danlu", description="danlu: raw text to a model you can talk to.",
+        epilog="Config overrides: --section.key=value, e.g. --train.max_steps=200 --model.n_layer=6",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def recipe_verb(name: str, fn: Callable[..., None], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("recipe", nargs="?", help=f"recipe YAML (default {DEFAULT_RECIPE})")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = recipe_verb("run", cmd_run, "run every stage of a recipe, skipping up-to-date ones")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if up to date")
+    recipe_verb("data", cmd_data, "fetch, clean, dedup and split the documents")
+    recipe_verb("pack", cmd_pack, "tokenize documents into token shards")
+    recipe_verb("pretrain", cmd_pretrain, "pretrain (resumes from the last checkpoint of the run)")
+
+    p = sub.add_parser("tokenizer", help="train a tokenizer, encode text, compression stats")
+    tsub = p.add_subparsers(dest="action", required=True)
+    t = tsub.add_parser("train", help="train byte-level BPE on a recipe's documents")
+    t.add_argument("recipe", nargs="?", help=f"recipe YAML (default {DEFAULT_RECIPE})")
+    t = tsub.add_parser("encode", help="print the token ids of TEXT (or stdin)")
+    t.add_argument("--tokenizer", required=True, help="tokenizer, model or run dir")
+    t.add_argument("text", nargs="?")
+    t = tsub.add_parser("stats", help="bytes per token and more, on FILES (or stdin)")
+    t.add_argument("--tokenizer", required=True, help="tokenizer, model or run dir")
+    t.add_argument("files", nargs="*")
+    p.set_defaults(fn=cmd_tokenizer)
+
+    p = sub.add_parser("generate", help="sample a continuation of a prompt")
+    _add_sampling(p, max_new_tokens=200)
+    p.add_argument("--prompt", required=True)
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("chat", help="talk to a model in the terminal")
+    _add_sampling(p, max_new_tokens=120)
+    p.set_defaults(fn=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(rest)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    try:
+        if overrides and not hasattr(args, "recipe"):
+            raise ConfigError(f"danlu {args.verb} takes no config overrides, got {overrides[0]}")
+        args.fn(args, overrides)
+    except DanluError as e:
+        print(f"danlu: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ndanlu: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Recipe orchestration: chain the stages of a recipe in one run directory, skipping finished ones.
+
+Each stage is a plain function that reads and writes artifacts in the run directory. After a stage
+finishes, a stamp `.stages/<stage>.json` records a key: the hash of the stage's config and of the keys
+of the stages it reads from. A stage whose stamp matches is up to date and is skipped, so rerunning an
+interrupted `danlu run` continues where it stopped (pretraining itself resumes from its checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from danlu.config import RecipeConfig, save_yaml, to_dict
+from danlu.io import atomic_write_json, sha256_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each artifact of a run lives."""
+
+    root: Path
+
+    @property
+    def docs(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def stamps(self) -> Path:
+        return self.root / ".stages"
+
+
+def _stamp_path(layout: RunLayout, stage: str) -> Path:
+    return layout.stamps / f"{stage}.json"
+
+
+def read_stamp(layout: RunLayout, stage: str) -> dict[str, Any] | None:
+    path = _stamp_path(layout, stage)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_stamp(layout: RunLayout, stage: str, key: str, result: dict[str, Any]) -> None:
+    atomic_write_json(_stamp_path(layout, stage), {"key": key, "finished": time.time(), "result": result})
+
+
+def stage_keys(cfg: RecipeConfig) -> dict[str, str]:
+    """The up-to-date key of every stage: its own config chained with the keys of its inputs."""
+    data = sha256_json({"data": to_dict(cfg.data), "inputs": _local_input_fingerprint(cfg.data.sources)})
+    tok = sha256_json({"tokenizer": to_dict(cfg.tokenizer), "data": data})
+    pack = sha256_json({"tok": tok})
+    pretrain = sha256_json({"model": to_dict(cfg.model), "train": to_dict(cfg.train), "pack": pack})
+    return {"data": data, "tokenizer": tok, "pack": pack, "pretrain": pretrain}
+
+
+def _local_input_fingerprint(sources: list[str]) -> list[Any]:
+    """Size and mtime of local input files, so editing a local corpus reruns the data stage."""
+    out: list[Any] = []
+    for src in sources:
+        path = Path(src).expanduser()
+        if not path.exists():
+            out.append(src)  # a registry name (pinned by version and checksum) or a missing path
+            continue
+        files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+        out.append([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    return out
+
+
+def _stage_output(layout: RunLayout, stage: str) -> Path:
+    """The file whose presence shows that a stage's output is still there."""
+    return {
+        "data": layout.docs / "manifest.json",
+        "tokenizer": layout.tokenizer / "tokenizer.json",
+        "pack": layout.tokens / "index.json",
+        "pretrain": layout.model / "model.safetensors",
+    }[stage]
+
+
+def _run_stage(
+    layout: RunLayout, stage: str, key: str, fn: Callable[[], dict[str, Any]], force: bool = False
+) -> dict[str, Any]:
+    stamp = read_stamp(layout, stage)
+    fresh = stamp is not None and stamp.get("key") == key and _stage_output(layout, stage).exists()
+    if fresh and not force:
+        log.info("stage %-9s up to date, skipped", stage)
+        return stamp.get("result", {})
+    log.info("stage %-9s running", stage)
+    start = time.perf_counter()
+    result = fn()
+    _write_stamp(layout, stage, key, result)
+    log.info("stage %-9s done in %.1fs", stage, time.perf_counter() - start)
+    return result
+
+
+def run_data_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
+    from danlu.data.documents import run_data
+
+    manifest = run_data(cfg.data, layout.docs)
+    return {"splits": manifest.get("splits", {})}
+
+
+def run_tokenizer_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
+    from danlu.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(layout.docs, cfg.tokenizer, layout.tokenizer)
+    return {"vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()}
+
+
+def run_pack_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
+    from danlu.data.pack import run_pack
+    from danlu.tokenizer import Tokenizer
+
+    index = run_pack(layout.docs, Tokenizer.load(layout.tokenizer), layout.tokens)
+    return {"splits": index.get("splits", {})}
+
+
+def run_pretrain_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
+    from danlu.train.loop import run_pretrain
+
+    result = run_pretrain(cfg, layout.tokens, layout.tokenizer, layout.root)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
+
+
+def sample_texts(cfg: RecipeConfig, model_dir: Path) -> list[tuple[str, str]]:
+    """Continue each of the recipe's prompts with the trained model."""
+    from danlu.infer.sampling import generate
+    from danlu.train.checkpoint import load_model
+
+    model, tok, _ = load_model(model_dir)
+    s = cfg.sample
+    out = []
+    for i, prompt in enumerate(s.prompts):
+        ids = tok.encode(prompt, bos=True)
+        new = list(
+            generate(model, ids, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                     top_p=s.top_p, stop_ids=(tok.eos_id,), seed=s.seed + i)
+        )
+        out.append((prompt, tok.decode(new, skip_special=True)))
+    return out
+
+
+STAGES = ("data", "tokenizer", "pack", "pretrain")
+
+
+def run_recipe(cfg: RecipeConfig, force: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run every stage of the recipe in order, skipping up-to-date ones; then sample."""
+    layout = RunLayout(cfg.run_path)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, layout.root / "config.yaml")
+    keys = stage_keys(cfg)
+    fns = {
+        "data": run_data_stage,
+        "tokenizer": run_tokenizer_stage,
+        "pack": run_pack_stage,
+        "pretrain": run_pretrain_stage,
+    }
+    results: dict[str, Any] = {}
+    for stage in STAGES:
+        results[stage] = _run_stage(layout, stage, keys[stage], lambda f=fns[stage]: f(cfg, layout), stage in force)
+    results["samples"] = sample_texts(cfg, layout.model)
+    results["model_dir"] = str(layout.model)
+    return results
