@@ -1,0 +1,101 @@
+"""Choosing the next token (greedy, temperature, top-k, nucleus) and streaming generation.
+
+Filters apply in the order Hugging Face's logits warpers use: temperature, then top-k, then top-p.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from danlu.errors import ConfigError
+from danlu.model.transformer import KVCache, Transformer
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """Scaled logits [B, V] (fp32) with the tokens outside top-k / the nucleus set to -inf.
+
+    top_k keeps the k highest logits (ties with the k-th are kept too); top_p keeps the smallest set
+    of most likely tokens whose probabilities sum to at least top_p, and always the most likely one.
+    """
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0 for sampling, got {temperature} (0 means greedy)")
+    if top_k < 0 or not 0 < top_p <= 1:
+        raise ConfigError(f"need top_k >= 0 and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}")
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the more likely tokens before it already reach top_p
+        before = probs.cumsum(dim=-1) - probs
+        drop_sorted = before >= top_p
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token ids [B] from logits [B, V]; temperature 0 is greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def _logits_step(model: Transformer, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    return model(ids, cache)[:, -1]
+
+
+def generate(
+    model: Transformer,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_ids: Iterable[int] = (),
+    seed: int | None = None,
+) -> Iterator[int]:
+    """Stream up to max_new_tokens new token ids continuing prompt_ids, using a KV cache.
+
+    Stops after yielding a stop id or when prompt + output fills the model's context (max_seq_len).
+    A prompt that leaves too little room is cropped from the left, keeping its last
+    max_seq_len - min(max_new_tokens, max_seq_len // 2) tokens: the output gets room for all new
+    tokens, or at least half the context. seed=None draws from fresh entropy.
+    """
+    if not prompt_ids:
+        raise ConfigError("the prompt is empty; give at least one token (e.g. encode with bos=True)")
+    if max_new_tokens < 1:
+        return
+    context = model.cfg.max_seq_len
+    room = max(1, min(max_new_tokens, context // 2))
+    prompt = list(prompt_ids)[-max(1, context - room) :]
+    stop = set(stop_ids)
+    device = model.embed.weight.device
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    cache = KVCache.for_model(model, batch=1)
+    logits = _logits_step(model, torch.tensor([prompt], dtype=torch.long, device=device), cache)
+    for i in range(max_new_tokens):
+        token = int(sample_next(logits, temperature, top_k, top_p, generator)[0])
+        yield token
+        if token in stop or cache.pos + 1 >= context or i + 1 == max_new_tokens:
+            return
+        logits = _logits_step(model, torch.tensor([[token]], dtype=torch.long, device=device), cache)

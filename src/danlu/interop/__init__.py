@@ -1,0 +1,1 @@
+"""Conversions to and from other ecosystems' formats (Hugging Face Llama, ...)."""

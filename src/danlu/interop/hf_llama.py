@@ -1,0 +1,147 @@
+"""Mapping between danlu's Transformer and Hugging Face `LlamaForCausalLM` (config and weights).
+
+danlu fuses q/k/v into `qkv` and gate/up into `gate_up` (rows stacked in that order); HF keeps them
+separate. Both use the same rotate_half RoPE layout, so q and k rows need no permutation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from danlu.config import ModelConfig
+from danlu.errors import CheckpointError
+from danlu.model.transformer import default_ffn_hidden
+
+
+def _dims(cfg: ModelConfig) -> tuple[int, int, int, int]:
+    n_kv = cfg.n_kv_head or cfg.n_head
+    hd = cfg.n_embd // cfg.n_head
+    return cfg.n_head * hd, n_kv * hd, hd, cfg.ffn_hidden or default_ffn_hidden(cfg.n_embd)
+
+
+def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
+    """Keyword arguments of `transformers.LlamaConfig` for a resolved danlu config."""
+    _, _, hd, ffn = _dims(cfg)
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": ffn,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_kv_head or cfg.n_head,
+        "head_dim": hd,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "initializer_range": cfg.init_std,
+    }
+
+
+def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """HF Llama weights (fresh, contiguous tensors); `lm_head.weight` only when not tied."""
+    cfg: ModelConfig = model.cfg  # type: ignore[assignment]
+    q_rows, kv_rows, _, ffn = _dims(cfg)
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"]}
+    for i in range(cfg.n_layer):
+        src, dst = f"blocks.{i}.", f"model.layers.{i}."
+        q, k, v = sd[src + "attn.qkv.weight"].split((q_rows, kv_rows, kv_rows))
+        gate, up = sd[src + "mlp.gate_up.weight"].split((ffn, ffn))
+        out |= {
+            dst + "input_layernorm.weight": sd[src + "attn_norm.weight"],
+            dst + "self_attn.q_proj.weight": q,
+            dst + "self_attn.k_proj.weight": k,
+            dst + "self_attn.v_proj.weight": v,
+            dst + "self_attn.o_proj.weight": sd[src + "attn.proj.weight"],
+            dst + "post_attention_layernorm.weight": sd[src + "mlp_norm.weight"],
+            dst + "mlp.gate_proj.weight": gate,
+            dst + "mlp.up_proj.weight": up,
+            dst + "mlp.down_proj.weight": sd[src + "mlp.down.weight"],
+        }
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    # clone: split views share storage, which safetensors refuses and callers may mutate
+    return {k: v.clone().contiguous() for k, v in out.items()}
+
+
+def _expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    q_rows, kv_rows, _, ffn = _dims(cfg)
+    d = cfg.n_embd
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (cfg.vocab_size, d),
+        "model.norm.weight": (d,),
+    }
+    for i in range(cfg.n_layer):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "input_layernorm.weight": (d,),
+            p + "self_attn.q_proj.weight": (q_rows, d),
+            p + "self_attn.k_proj.weight": (kv_rows, d),
+            p + "self_attn.v_proj.weight": (kv_rows, d),
+            p + "self_attn.o_proj.weight": (d, q_rows),
+            p + "post_attention_layernorm.weight": (d,),
+            p + "mlp.gate_proj.weight": (ffn, d),
+            p + "mlp.up_proj.weight": (ffn, d),
+            p + "mlp.down_proj.weight": (d, ffn),
+        }
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, d)
+    return shapes
+
+
+def _check_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
+    expected = _expected_hf_shapes(cfg)
+    missing = [k for k in expected if k not in sd]
+    # a tied HF model still lists lm_head.weight; old checkpoints stored RoPE frequencies
+    allowed = {"lm_head.weight"} | {
+        f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(cfg.n_layer)
+    }
+    unexpected = [k for k in sd if k not in expected and k not in allowed]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"the HF Llama weights do not fit this config: missing {missing[:5]}, unexpected {unexpected[:5]}; "
+            "check n_layer, tie_embeddings and that the checkpoint is a LlamaForCausalLM"
+        )
+    for k, shape in expected.items():
+        if tuple(sd[k].shape) != shape:
+            raise CheckpointError(
+                f"HF weight {k} has shape {tuple(sd[k].shape)}, the config needs {shape}; "
+                "the config (n_embd, n_head, n_kv_head, ffn_hidden, vocab_size) does not match the checkpoint"
+            )
+    if cfg.tie_embeddings and "lm_head.weight" in sd:
+        head, embed = sd["lm_head.weight"], sd["model.embed_tokens.weight"]
+        if head.shape != embed.shape or not torch.equal(head, embed):
+            raise CheckpointError(
+                "the checkpoint has a separate lm_head.weight but model.tie_embeddings is true; "
+                "set model.tie_embeddings to false to load it"
+            )
+
+
+def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """danlu state dict (for `Transformer.load_state_dict`) from HF Llama weights and a resolved config."""
+    _check_hf_state_dict(sd, cfg)
+    embed = sd["model.embed_tokens.weight"]
+    out = {"embed.weight": embed, "norm.weight": sd["model.norm.weight"]}
+    out["lm_head.weight"] = embed if cfg.tie_embeddings else sd["lm_head.weight"]
+    for i in range(cfg.n_layer):
+        src, dst = f"model.layers.{i}.", f"blocks.{i}."
+        attn, mlp = src + "self_attn.", src + "mlp."
+        out |= {
+            dst + "attn_norm.weight": sd[src + "input_layernorm.weight"],
+            dst + "attn.qkv.weight": torch.cat(
+                [sd[attn + "q_proj.weight"], sd[attn + "k_proj.weight"], sd[attn + "v_proj.weight"]]
+            ),
+            dst + "attn.proj.weight": sd[attn + "o_proj.weight"],
+            dst + "mlp_norm.weight": sd[src + "post_attention_layernorm.weight"],
+            dst + "mlp.gate_up.weight": torch.cat([sd[mlp + "gate_proj.weight"], sd[mlp + "up_proj.weight"]]),
+            dst + "mlp.down.weight": sd[mlp + "down_proj.weight"],
+        }
+    return out

@@ -1,0 +1,37 @@
+"""Language-model losses as pure functions of tensors (no model, no state)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in nats; logits [B,T,V] (any float dtype), targets [B,T]."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy in nats, shape [B,T]; sum it for evaluation over many batches."""
+    flat = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="none")
+    return flat.view(targets.shape)
+
+
+def nats_and_bytes(
+    token_losses: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor
+) -> tuple[float, int]:
+    """Summed loss (nats) and summed UTF-8 bytes of the target tokens that stand for text.
+
+    Special tokens (0 bytes) are left out of both sums, as in nanochat: they encode no text, so
+    their loss would make bits per byte depend on how often a tokenizer inserts them.
+    """
+    nbytes = token_bytes[targets]
+    text = nbytes > 0
+    return float(token_losses[text].double().sum()), int(nbytes.sum())
+
+
+def bits_per_byte(nats: float, nbytes: int) -> float:
+    """Tokenizer-independent loss: nats / (ln 2 * bytes)."""
+    return nats / (math.log(2) * nbytes) if nbytes > 0 else float("nan")

@@ -1,0 +1,152 @@
+"""Training metrics: `metrics.jsonl` (one JSON object per logged step), a loss plot, and MFU.
+
+MFU = model FLOPs per token * tokens/s / peak FLOP/s of the device. On CUDA the peak is the dense
+bf16 tensor-core figure from the table below; elsewhere it is measured once with an fp32 matmul.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from danlu.io import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+# Dense bf16 tensor-core peak FLOP/s by (lower-case) device-name substring; first match wins.
+CUDA_BF16_PEAK = (
+    ("gb200", 2.5e15),
+    ("b200", 2.25e15),
+    ("h200", 989e12),
+    ("gh200", 989e12),
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),
+    ("h800", 989e12),
+    ("a100", 312e12),
+    ("a800", 312e12),
+    ("l40s", 362e12),
+    ("l4", 121e12),
+    ("a10", 125e12),
+)
+
+
+class MetricsLogger:
+    """Append-only JSON lines, flushed per line so a killed run loses at most the line being written."""
+
+    def __init__(self, out_dir: str | Path, resume_step: int = 0):
+        self.path = Path(out_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate_after(resume_step)
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+
+    def _truncate_after(self, step: int) -> None:
+        """Keep only records up to `step` (the step training resumes from), so nothing is logged twice."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if isinstance(rec, dict) and rec.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All complete records of a metrics.jsonl file (a cut-off last line is skipped)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def plot_metrics(metrics_path: str | Path, png_path: str | Path) -> None:
+    """Train and validation loss against step, written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here; must come before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    try:
+        if train:
+            ax.plot(*zip(*train, strict=True), label="train loss", lw=1)
+        if val:
+            ax.plot(*zip(*val, strict=True), "o-", label="val loss", ms=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        if train or val:
+            ax.legend()
+        with atomic_path(png_path) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def _measure_matmul_flops(
+    device: torch.device, dtype: torch.dtype, n: int = 512, seconds: float = 0.2
+) -> float:
+    """Best FLOP/s of an n x n matmul, timed for about `seconds`."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b  # warm-up
+    sync()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        sync()
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+@functools.cache
+def peak_flops(device_type: str, dtype_name: str = "fp32", threads: int = 0) -> float:
+    """Peak FLOP/s used for MFU; cached per (device, dtype, thread count) for the process.
+
+    The measurement uses its own RNG so it does not disturb the training seed.
+    """
+    if device_type == "cuda":
+        name = torch.cuda.get_device_name().lower()
+        if dtype_name == "bf16":
+            for key, flops in CUDA_BF16_PEAK:
+                if key in name:
+                    return flops
+    device = torch.device(device_type)
+    dtype = torch.bfloat16 if dtype_name == "bf16" and device_type == "cuda" else torch.float32
+    with torch.random.fork_rng(devices=[device] if device_type == "cuda" else []):
+        flops = _measure_matmul_flops(device, dtype)
+    log.info("measured %s %s matmul peak: %.1f GFLOP/s", device_type, dtype_name, flops / 1e9)
+    return flops

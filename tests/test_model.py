@@ -1,0 +1,156 @@
+"""The transformer: structure, init, counting formulas, KV-cache decoding, custom autograd pieces."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from danlu.config import ModelConfig
+from danlu.errors import ConfigError
+from danlu.model import KVCache, build_model, resolve_model_config
+from danlu.model.transformer import RMSNorm, _RMSNormFn, _SwiGLU, apply_rope
+
+
+def _cfg(**kw) -> ModelConfig:
+    base = {"n_layer": 2, "n_embd": 64, "n_head": 4, "max_seq_len": 32}
+    return resolve_model_config(ModelConfig(**(base | kw)), 97)
+
+
+def _randomize(model: nn.Module, seed: int = 0) -> None:
+    """Weights large enough (and norm gains away from 1) that a wrong mapping shows in the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.15 * torch.randn(p.shape, generator=g))
+
+
+def test_module_names_and_tying():
+    tied = build_model(_cfg(), "cpu")
+    names = {n for n, _ in tied.named_parameters()}
+    assert {
+        "embed.weight",
+        "norm.weight",
+        "blocks.1.attn_norm.weight",
+        "blocks.1.attn.qkv.weight",
+        "blocks.1.attn.proj.weight",
+        "blocks.1.mlp_norm.weight",
+        "blocks.1.mlp.gate_up.weight",
+        "blocks.1.mlp.down.weight",
+    } <= names
+    assert tied.lm_head.weight is tied.embed.weight
+    assert "rope_cos" not in tied.state_dict()  # recomputed, never stored
+    assert not any(b.attn.qkv.bias is not None for b in tied.blocks)
+    untied = build_model(_cfg(tie_embeddings=False), "cpu")
+    assert untied.lm_head.weight is not untied.embed.weight
+    assert untied.blocks[0].attn.qkv.weight.shape == (3 * 64, 64)
+    gqa = build_model(_cfg(n_kv_head=2), "cpu")
+    assert gqa.blocks[0].attn.qkv.weight.shape == ((4 + 2 * 2) * 16, 64)
+
+
+def test_init_scales():
+    torch.manual_seed(0)
+    cfg = resolve_model_config(ModelConfig(n_layer=8, n_embd=256, n_head=4, init_std=0.02), 1000)
+    m = build_model(cfg, "cpu")
+    out_std = 0.02 / math.sqrt(2 * 8)
+    assert m.blocks[3].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    assert m.embed.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    assert m.blocks[3].attn.proj.weight.std().item() == pytest.approx(out_std, rel=0.02)
+    assert m.blocks[3].mlp.down.weight.std().item() == pytest.approx(out_std, rel=0.02)
+    assert torch.equal(m.blocks[0].mlp_norm.weight, torch.ones(256))
+    assert torch.equal(m.norm.weight, torch.ones(256))
+
+
+def test_param_and_flop_counts_match_formulas():
+    for tie, kv in ((True, None), (False, 2)):
+        cfg = _cfg(tie_embeddings=tie, n_kv_head=kv)
+        m = build_model(cfg, "cpu")
+        d, L, V, f, hd = 64, 2, 97, cfg.ffn_hidden, 16
+        kvh = kv or 4
+        per_layer = d * (4 + 2 * kvh) * hd + 4 * hd * d + 3 * d * f + 2 * d
+        head = 0 if tie else V * d
+        assert m.num_params() == V * d + L * per_layer + d + head
+        assert m.num_params(exclude_embedding=True) == m.num_params() - V * d
+        n_matmul = L * (d * (4 + 2 * kvh) * hd + 4 * hd * d + 3 * d * f) + V * d
+        assert m.flops_per_token(32) == 6 * n_matmul + 12 * L * d * 32
+
+
+def test_smollm2_preset_has_the_published_parameter_count():
+    cfg = resolve_model_config(ModelConfig(preset="smollm2-135m"), 49152)
+    m = build_model(cfg, "meta")  # shapes only: no memory
+    assert m.num_params() == 134_515_008  # HuggingFaceTB/SmolLM2-135M
+
+
+@pytest.mark.parametrize("kv", [None, 2, 1])
+def test_kv_cache_decoding_matches_full_forward(kv):
+    cfg = _cfg(n_kv_head=kv)
+    m = build_model(cfg, "cpu").eval()
+    _randomize(m)
+    idx = torch.randint(0, 97, (3, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = m(idx)
+        cache = KVCache.for_model(m, batch=3)
+        # prefill, a second multi-token chunk at an offset, then one token at a time
+        parts = [m(idx[:, :6], cache), m(idx[:, 6:11], cache)]
+        parts += [m(idx[:, t : t + 1], cache) for t in range(11, 20)]
+    assert cache.pos == 20
+    assert full.dtype == torch.float32
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_too_long_input_is_refused():
+    m = build_model(_cfg(), "cpu")
+    with pytest.raises(ConfigError, match="max_seq_len"):
+        m(torch.zeros(1, 33, dtype=torch.long))
+    cache = KVCache.for_model(m, batch=1)
+    m(torch.zeros(1, 30, dtype=torch.long), cache)
+    with pytest.raises(ConfigError, match="context of 32"):
+        m(torch.zeros(1, 3, dtype=torch.long), cache)
+
+
+def test_rope_equals_rotate_half_formula_and_has_exact_gradient():
+    T, H, hd = 5, 3, 8
+    x = torch.randn(2, T, H, hd, dtype=torch.float64, requires_grad=True)
+    ang = torch.rand(T, 1, hd // 2, dtype=torch.float64) * 6
+    cos, sin = ang.cos(), ang.sin()
+    # HF: q * cos + rotate_half(q) * sin with cos/sin repeated over both halves
+    x1, x2 = x.chunk(2, -1)
+    ref = x * torch.cat([cos, cos], -1) + torch.cat([-x2, x1], -1) * torch.cat([sin, sin], -1)
+    torch.testing.assert_close(apply_rope(x, cos, sin), ref)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin), (x,))
+
+
+def test_swiglu_matches_autograd_reference():
+    gu = torch.randn(2, 3, 10, dtype=torch.float64, requires_grad=True)
+    gate, up = gu.chunk(2, -1)
+    torch.testing.assert_close(_SwiGLU.apply(gu), F.silu(gate) * up)
+    assert torch.autograd.gradcheck(_SwiGLU.apply, (gu,))
+
+
+def test_rmsnorm_matches_torch_and_has_exact_gradient():
+    norm = RMSNorm(12, eps=1e-5).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = (torch.randn(2, 5, 12, dtype=torch.float64) * 3).requires_grad_()
+    torch.testing.assert_close(norm(x), F.rms_norm(x, [12], norm.weight, 1e-5))
+    assert isinstance(norm, nn.RMSNorm)  # trainers and parallel plans find norms by type
+    assert torch.autograd.gradcheck(lambda a, w: _RMSNormFn.apply(a, w, 1e-5), (x, norm.weight))
+
+
+def test_meta_build_matches_eager_forward():
+    # the rope tables must survive meta -> to_empty -> init_weights: compare with a plain construction
+    cfg = _cfg()
+    built = build_model(cfg, "cpu")
+    from danlu.model.transformer import Transformer
+
+    eager = Transformer(cfg)
+    eager.init_weights()
+    eager.load_state_dict(built.state_dict())
+    idx = torch.randint(0, 97, (2, 32))
+    torch.testing.assert_close(built(idx), eager(idx), atol=0, rtol=0)
