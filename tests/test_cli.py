@@ -9,7 +9,9 @@ from danlu.cli import main, split_overrides
 
 
 def test_split_overrides():
-    rest, over = split_overrides(["run", "r.yaml", "--train.lr", "3e-4", "--force", "data", "--name=x", "--model.n_layer=2"])
+    rest, over = split_overrides(
+        ["run", "r.yaml", "--train.lr", "3e-4", "--force", "data", "--name=x", "--model.n_layer=2"]
+    )
     assert rest == ["run", "r.yaml", "--force", "data"]
     assert over == ["--train.lr", "3e-4", "--name=x", "--model.n_layer=2"]
 
@@ -35,7 +37,9 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkey
 def test_console_script_prints_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "danlu.cli", "run", str(tmp_path / "missing.yaml")],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "not found" in proc.stderr

@@ -18,7 +18,9 @@ def test_every_recipe_loads(path):
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_recipe(None, ["--train.lr=3e-4", "--model.n_layer", "6", "--data.sources=[a.txt, b]", "--name=x"])
+    cfg = load_recipe(
+        None, ["--train.lr=3e-4", "--model.n_layer", "6", "--data.sources=[a.txt, b]", "--name=x"]
+    )
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.model.n_layer == 6
     assert cfg.data.sources == ["a.txt", "b"]

@@ -140,8 +140,16 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> None:
     ids = tok.encode(args.prompt, bos=True)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    stream = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                      top_p=args.top_p, stop_ids=(tok.eos_id,), seed=args.seed)
+    stream = generate(
+        model,
+        ids,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        stop_ids=(tok.eos_id,),
+        seed=args.seed,
+    )
     for piece in _decode_stream(tok, stream):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -157,7 +165,7 @@ def _decode_stream(tok: Any, ids: Any) -> Any:
         text = tok.decode(out, skip_special=True)
         if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
             continue
-        yield text[len(shown):]
+        yield text[len(shown) :]
         shown = text
 
 
@@ -170,9 +178,17 @@ def _model_dir(path: str) -> Path:
 def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.infer.chat import ChatSession
 
-    session = ChatSession.from_dir(_model_dir(args.model), temperature=args.temperature, top_k=args.top_k,
-                                   top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    print(f"danlu chat: {args.model} ({session.mode} mode). Empty line or Ctrl-D to quit, /reset to start over.")
+    session = ChatSession.from_dir(
+        _model_dir(args.model),
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    print(
+        f"danlu chat: {args.model} ({session.mode} mode). Empty line or Ctrl-D to quit, /reset to start over."
+    )
     while True:
         try:
             line = input("you> ").strip()
@@ -205,7 +221,8 @@ def _add_sampling(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="danlu", description="danlu: raw text to a model you can talk to.",
+        prog="danlu",
+        description="danlu: raw text to a model you can talk to.",
         epilog="Config overrides: --section.key=value, e.g. --train.max_steps=200 --model.n_layer=6",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -218,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = recipe_verb("run", cmd_run, "run every stage of a recipe, skipping up-to-date ones")
-    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if up to date")
+    p.add_argument(
+        "--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if up to date"
+    )
     recipe_verb("data", cmd_data, "fetch, clean, dedup and split the documents")
     recipe_verb("pack", cmd_pack, "tokenize documents into token shards")
     recipe_verb("pretrain", cmd_pretrain, "pretrain (resumes from the last checkpoint of the run)")
@@ -251,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
     try:
         if overrides and not hasattr(args, "recipe"):

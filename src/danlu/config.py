@@ -38,7 +38,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(len(self.sources) > 0, "data.sources", "name at least one source")
-        _check(0.0 < self.val_fraction < 0.5, "data.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
+        _check(
+            0.0 < self.val_fraction < 0.5,
+            "data.val_fraction",
+            f"must be in (0, 0.5), got {self.val_fraction}",
+        )
         _check(self.min_chars >= 0, "data.min_chars", f"must be >= 0, got {self.min_chars}")
 
 
@@ -50,7 +54,11 @@ class TokenizerConfig:
     min_frequency: int = 2
 
     def __post_init__(self) -> None:
-        _check(300 <= self.vocab_size <= 2**32 - 1, "tokenizer.vocab_size", f"must be in [300, 2^32), got {self.vocab_size}")
+        _check(
+            300 <= self.vocab_size <= 2**32 - 1,
+            "tokenizer.vocab_size",
+            f"must be in [300, 2^32), got {self.vocab_size}",
+        )
         _check(self.min_frequency >= 1, "tokenizer.min_frequency", f"must be >= 1, got {self.min_frequency}")
 
 
@@ -119,18 +127,38 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "log_every", "keep_last"):
+        for key in (
+            "seq_len",
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_every",
+            "ckpt_every",
+            "log_every",
+            "keep_last",
+        ):
             _check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.lr is None or self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check(
+            0.0 <= self.min_lr_ratio <= 1.0,
+            "train.min_lr_ratio",
+            f"must be in [0, 1], got {self.min_lr_ratio}",
+        )
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
         _check(self.eval_batches >= 0, "train.eval_batches", "must be >= 0")
-        _check(self.dtype in ("auto", "fp32", "bf16"), "train.dtype", f"must be auto, fp32 or bf16, got {self.dtype!r}")
-        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "train.device",
-               f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+        _check(
+            self.dtype in ("auto", "fp32", "bf16"),
+            "train.dtype",
+            f"must be auto, fp32 or bf16, got {self.dtype!r}",
+        )
+        _check(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            "train.device",
+            f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}",
+        )
 
 
 @dataclass
@@ -165,7 +193,11 @@ class RecipeConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
+        _check(
+            bool(self.name) and "/" not in self.name,
+            "name",
+            f"must be a non-empty name without '/', got {self.name!r}",
+        )
 
     @property
     def run_path(self) -> Path:
@@ -257,7 +289,11 @@ def _parse_scalar(raw: str) -> Any:
     if raw.lower() in ("none", "null", "~"):
         return None
     try:
-        return float(raw) if "e" in raw.lower() and not raw.lower().startswith(("e", "t", "f", "n")) else yaml.safe_load(raw)
+        return (
+            float(raw)
+            if "e" in raw.lower() and not raw.lower().startswith(("e", "t", "f", "n"))
+            else yaml.safe_load(raw)
+        )
     except (ValueError, yaml.YAMLError):
         return raw
 
@@ -300,7 +336,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path} must be a mapping of sections (data, tokenizer, model, train, sample)")
+        raise ConfigError(
+            f"recipe {path} must be a mapping of sections (data, tokenizer, model, train, sample)"
+        )
     return data
 
 

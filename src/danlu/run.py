@@ -153,8 +153,16 @@ def sample_texts(cfg: RecipeConfig, model_dir: Path) -> list[tuple[str, str]]:
     for i, prompt in enumerate(s.prompts):
         ids = tok.encode(prompt, bos=True)
         new = list(
-            generate(model, ids, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                     top_p=s.top_p, stop_ids=(tok.eos_id,), seed=s.seed + i)
+            generate(
+                model,
+                ids,
+                s.max_new_tokens,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+                stop_ids=(tok.eos_id,),
+                seed=s.seed + i,
+            )
         )
         out.append((prompt, tok.decode(new, skip_special=True)))
     return out
@@ -177,7 +185,9 @@ def run_recipe(cfg: RecipeConfig, force: tuple[str, ...] = ()) -> dict[str, Any]
     }
     results: dict[str, Any] = {}
     for stage in STAGES:
-        results[stage] = _run_stage(layout, stage, keys[stage], lambda f=fns[stage]: f(cfg, layout), stage in force)
+        results[stage] = _run_stage(
+            layout, stage, keys[stage], lambda f=fns[stage]: f(cfg, layout), stage in force
+        )
     results["samples"] = sample_texts(cfg, layout.model)
     results["model_dir"] = str(layout.model)
     return results

@@ -58,8 +58,16 @@ class ChatSession:
         stop = {tok.eos_id}
         if self.mode == "chat":
             stop.add(tok.special_tokens["<|end|>"])
-        stream = generate(self.model, self.prompt_ids(), self.max_new_tokens, temperature=self.temperature,
-                          top_k=self.top_k, top_p=self.top_p, stop_ids=tuple(stop), seed=self.seed)
+        stream = generate(
+            self.model,
+            self.prompt_ids(),
+            self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop_ids=tuple(stop),
+            seed=self.seed,
+        )
         ids: list[int] = []
         shown = ""
         for i in stream:
@@ -67,12 +75,12 @@ class ChatSession:
             text = tok.decode(ids, skip_special=True)
             if self.mode == "transcript" and "\n" in text:
                 text = text.split("\n", 1)[0]  # the model's turn ends with its line
-                yield text[len(shown):].rstrip()
+                yield text[len(shown) :].rstrip()
                 shown = text
                 break
             if text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                 continue
-            piece = text[len(shown):]
+            piece = text[len(shown) :]
             if not shown:
                 piece = piece.lstrip()
             yield piece

@@ -1,0 +1,134 @@
+"""Fixed-length (x, y) batches from a memory-mapped token stream, deterministic and resumable.
+
+The training stream is cut into non-overlapping windows of seq_len + 1 tokens (y is x shifted by one).
+Each epoch visits every window once in an order drawn from (seed, epoch); the loader's position is
+(epoch, windows consumed), which is all a checkpoint needs to continue the same sequence of batches.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from danlu.errors import DataError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class TokenDataset:
+    """One split of a packed tokens directory, memory-mapped."""
+
+    def __init__(self, tokens_dir: str | Path, split: str):
+        tokens_dir = Path(tokens_dir)
+        index_path = tokens_dir / "index.json"
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+            info = index["splits"][split]
+            dtype = np.dtype(index["dtype"])
+        except FileNotFoundError:
+            raise DataError(f"{index_path} not found; run the pack stage first (danlu pack)") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(
+                f"{index_path} is corrupt or lacks split '{split}' ({e}); re-run the pack stage"
+            ) from None
+        path = tokens_dir / info["file"]
+        expected = int(info["tokens"]) * dtype.itemsize
+        size = path.stat().st_size if path.exists() else -1
+        if size != expected:
+            raise DataError(
+                f"{path} holds {max(size, 0)} bytes, index.json says {expected}: the shard is missing or "
+                "truncated; re-run the pack stage"
+            )
+        self.split, self.path = split, path
+        self.vocab_size = int(index["vocab_size"])
+        self.tokens = np.memmap(path, dtype=dtype, mode="r")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def window(self, start: int, seq_len: int) -> np.ndarray:
+        return np.asarray(self.tokens[start : start + seq_len + 1], dtype=np.int64)
+
+
+def _num_windows(dataset: TokenDataset, seq_len: int) -> int:
+    return (len(dataset) - 1) // seq_len
+
+
+def _to_batch(rows: list[np.ndarray]) -> Batch:
+    a = torch.from_numpy(np.stack(rows))
+    return a[:, :-1].contiguous(), a[:, 1:].contiguous()
+
+
+class TrainLoader:
+    """Endless shuffled batches; `state_dict()` after any batch resumes exactly at the next one."""
+
+    def __init__(self, dataset: TokenDataset, batch_size: int, seq_len: int, seed: int):
+        self.dataset, self.batch_size, self.seq_len, self.seed = dataset, batch_size, seq_len, seed
+        self.n_windows = _num_windows(dataset, seq_len)
+        if self.n_windows < batch_size:
+            raise DataError(
+                f"the {dataset.split} split has {len(dataset)} tokens, fewer than one batch of "
+                f"{batch_size} x {seq_len + 1}; add data or lower train.batch_size/seq_len"
+            )
+        self.epoch, self.pos = 0, 0
+        self._order: np.ndarray | None = None
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order is None:
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_windows)
+        return self._order
+
+    def next_batch(self) -> Batch:
+        rows = []
+        for _ in range(self.batch_size):
+            if self.pos == self.n_windows:
+                self.epoch, self.pos, self._order = self.epoch + 1, 0, None
+            start = int(self._epoch_order()[self.pos]) * self.seq_len
+            rows.append(self.dataset.window(start, self.seq_len))
+            self.pos += 1
+        return _to_batch(rows)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "n_tokens": len(self.dataset),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "batch_size", "seq_len", "n_tokens"):
+            if state.get(key) != mine[key]:
+                raise DataError(
+                    f"cannot resume the data loader: {key} was {state.get(key)}, now {mine[key]}; "
+                    "resume with the same data and train config, or start a new run directory"
+                )
+        if not 0 <= int(state["pos"]) <= self.n_windows:
+            raise DataError(
+                f"loader position {state['pos']} is outside the epoch of {self.n_windows} windows"
+            )
+        self.epoch, self.pos, self._order = int(state["epoch"]), int(state["pos"]), None
+
+
+def eval_batches(
+    dataset: TokenDataset, batch_size: int, seq_len: int, max_batches: int = 0
+) -> Iterator[Batch]:
+    """Consecutive windows from the start of the split, in batches; the same every time (0 = all)."""
+    n = _num_windows(dataset, seq_len)
+    if max_batches > 0:
+        n = min(n, max_batches * batch_size)
+    for first in range(0, n, batch_size):
+        rows = [dataset.window(i * seq_len, seq_len) for i in range(first, min(first + batch_size, n))]
+        yield _to_batch(rows)

@@ -1,0 +1,249 @@
+"""danlu's tokenizer: byte-level BPE trained with HF `tokenizers`, encoded through tiktoken.
+
+A tokenizer directory holds `tokenizer.json` (HF format, loadable by `tokenizers` and transformers'
+PreTrainedTokenizerFast) and `danlu_tokenizer.json` (special tokens, chat template, fingerprint, and
+whether the tiktoken path is exact for this vocabulary: see ranks.py). The special tokens take ids
+0..6, the 256 bytes come next, then the merges in the order they were learned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from danlu.errors import TokenizerError
+from danlu.io import atomic_dir
+from danlu.tokenizer import chat
+from danlu.tokenizer.ranks import GPT2_PATTERN, bpe_model_parts, inconsistent_merges, mergeable_ranks
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", chat.END)
+HF_FILE, META_FILE = "tokenizer.json", "danlu_tokenizer.json"
+CHAT_TEMPLATE = "danlu-v1"
+
+
+def _new_hf_bpe() -> Any:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    return hf
+
+
+def hf_trainer(vocab_size: int, min_frequency: int) -> Any:
+    from tokenizers import pre_tokenizers, trainers
+
+    return trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+
+
+class Tokenizer:
+    """Byte-level BPE with fixed special tokens; `encode` is exact against HF's ids."""
+
+    def __init__(self, hf: Any):
+        self.hf = hf
+        self.hf.encode_special_tokens = True  # "<|bos|>" typed in plain text is text, not a special
+        self._json = hf.to_str()
+        self.special_tokens = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
+        if list(self.special_tokens.values()) != list(range(len(SPECIAL_TOKENS))):
+            raise TokenizerError(
+                f"special tokens must have ids 0..{len(SPECIAL_TOKENS) - 1}, got {self.special_tokens}"
+            )
+        self.vocab_size: int = hf.get_vocab_size()
+        self.bos_id, self.eos_id, self.pad_id = (self.special_tokens[t] for t in SPECIAL_TOKENS[:3])
+        vocab, merges = bpe_model_parts(self._json)
+        self._ranks = mergeable_ranks(vocab, set(self.special_tokens.values()))
+        self.inconsistent = inconsistent_merges(self._ranks, merges)
+        if self.inconsistent:
+            log.warning(
+                "%d merges (e.g. %r) make tiktoken's rank rule differ from HF's BPE: encoding through HF",
+                len(self.inconsistent),
+                self.inconsistent[:3],
+            )
+        self._enc = None if self.inconsistent else self._tiktoken()
+
+    def _tiktoken(self) -> Any:
+        import tiktoken
+
+        return tiktoken.Encoding(
+            name=f"danlu-{self.fingerprint()[:12]}",
+            pat_str=GPT2_PATTERN,
+            mergeable_ranks=self._ranks,
+            special_tokens=self.special_tokens,
+            explicit_n_vocab=self.vocab_size,
+        )
+
+    # --- training, saving, loading ------------------------------------------------------------------
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+        counted = _CountingIterator(texts)
+        hf = _new_hf_bpe()
+        hf.train_from_iterator(counted, trainer=hf_trainer(vocab_size, min_frequency))
+        if counted.chars == 0:
+            raise TokenizerError("the tokenizer's training text is empty; check the data stage's train split")
+        got = hf.get_vocab_size()
+        if got < vocab_size:
+            raise TokenizerError(
+                f"the training text ({counted.docs} documents, {counted.chars} characters) supports only "
+                f"{got} tokens at min_frequency={min_frequency}, fewer than vocab_size={vocab_size}: "
+                "lower tokenizer.vocab_size or add data"
+            )
+        return cls(hf)
+
+    def save(self, path: str | Path) -> Path:
+        with atomic_dir(path) as tmp:
+            (tmp / HF_FILE).write_text(self._json, encoding="utf-8")
+            meta = {
+                "special_tokens": self.special_tokens,
+                "chat_template": CHAT_TEMPLATE,
+                "fingerprint": self.fingerprint(),
+                "vocab_size": self.vocab_size,
+                "tiktoken_exact": not self.inconsistent,
+            }
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        path = Path(path)
+        if not (path / HF_FILE).is_file():
+            raise TokenizerError(f"{path} is not a tokenizer directory ({HF_FILE} missing); train one first")
+        try:
+            meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+            hf = HFTokenizer.from_str((path / HF_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TokenizerError(
+                f"{path / META_FILE} missing; the tokenizer directory is incomplete"
+            ) from None
+        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            raise TokenizerError(
+                f"{path} holds a corrupt tokenizer ({str(e).splitlines()[0]}); retrain it"
+            ) from None
+        tok = cls(hf)
+        if meta.get("fingerprint") != tok.fingerprint():
+            raise TokenizerError(
+                f"{path / HF_FILE} does not match the fingerprint in {META_FILE}; it was modified"
+            )
+        return tok
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self._json.encode("utf-8")).hexdigest()
+
+    # --- encoding and decoding ----------------------------------------------------------------------
+
+    def encode(
+        self, text: str, bos: bool = False, eos: bool = False, allowed_special: str | Sequence[str] = ()
+    ) -> list[int]:
+        """Token ids of `text`. Special-token strings in it stay plain text unless listed in
+        allowed_special ("all" for every one)."""
+        if allowed_special:
+            allowed = set(SPECIAL_TOKENS) if allowed_special == "all" else set(allowed_special)
+            ids = self._encode_with_specials(text, allowed)
+        elif self._enc is not None:
+            ids = self._enc.encode_ordinary(text)
+        else:
+            ids = self.hf.encode(text, add_special_tokens=False).ids
+        return [self.bos_id] * bos + ids + [self.eos_id] * eos
+
+    def _encode_with_specials(self, text: str, allowed: set[str]) -> list[int]:
+        unknown = allowed - set(SPECIAL_TOKENS)
+        if unknown:
+            raise TokenizerError(
+                f"unknown special tokens {sorted(unknown)}; known: {', '.join(SPECIAL_TOKENS)}"
+            )
+        if self._enc is not None:
+            return self._enc.encode(text, allowed_special=allowed, disallowed_special=())
+        ids: list[int] = []
+        pos = 0
+        while pos < len(text):  # split at the earliest allowed special, encode the text between
+            hits = [(text.find(s, pos), s) for s in allowed]
+            hits = [(i, s) for i, s in hits if i >= 0]
+            if not hits:
+                break
+            i, s = min(hits)
+            ids += [*self.encode(text[pos:i]), self.special_tokens[s]]
+            pos = i + len(s)
+        return ids + self.encode(text[pos:])
+
+    def encode_batch(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
+        if self._enc is not None:
+            return self._enc.encode_ordinary_batch(texts, num_threads=num_threads or 8)
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        ids = [int(i) for i in ids]
+        n_special = len(SPECIAL_TOKENS)
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise TokenizerError(f"token id {bad[0]} is outside the vocabulary of {self.vocab_size}")
+        if skip_special:
+            ids = [i for i in ids if i >= n_special]
+        if self._enc is not None:
+            return self._enc.decode(ids, errors="replace")
+        return self.hf.decode(ids, skip_special_tokens=False)
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes each token stands for (0 for specials): the denominator of bits per byte."""
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for b, i in self._ranks.items():
+            out[i] = len(b)
+        return out
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.hf.id_to_token(i)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    # --- chat ---------------------------------------------------------------------------------------
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False
+    ) -> str:
+        return chat.render(messages, SPECIAL_TOKENS[0], add_generation_prompt)
+
+    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
+        """(ids, loss mask): the mask is 1 on the assistant's words and its <|end|>, 0 elsewhere."""
+        chat.validate_messages(messages)
+        ids, mask = [self.bos_id], [0]
+        end = self.special_tokens[chat.END]
+        for m in messages:
+            body = [*self.encode(m["content"]), end]
+            learn = int(m["role"] == "assistant")
+            ids += [self.special_tokens[chat.role_token(m["role"])], *body]
+            mask += [0] + [learn] * len(body)
+        return ids, mask
+
+
+class _CountingIterator:
+    """Passes texts through to the trainer while counting them, so empty data gets a clear error."""
+
+    def __init__(self, texts: Iterable[str]):
+        self._it = iter(texts)
+        self.docs = self.chars = 0
+
+    def __iter__(self) -> _CountingIterator:
+        return self
+
+    def __next__(self) -> str:
+        text = next(self._it)
+        self.docs += 1
+        self.chars += len(text)
+        return text

@@ -1,0 +1,75 @@
+"""From a trained HF byte-level BPE to tiktoken's mergeable ranks, with a check that both encode alike.
+
+HF's BPE applies *listed merge pairs* by priority; tiktoken merges *any* adjacent pair whose concatenation
+is a token, by that token's rank. With rank = token id (merges are numbered in the order they were
+learned) the two agree as long as every token is reached, by tiktoken's rule, through the very pair HF
+lists for it. That can fail: with merges (b,c), (a,b), (ab,c) tiktoken turns "abc" into one token via
+a+bc while HF stops at [a, bc]. `inconsistent_merges` replays tiktoken's rule on every token's bytes
+with only lower ranks allowed and lists the tokens where it ends elsewhere; a tokenizer with any such
+token encodes through HF instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+# GPT-2's pre-tokenization regex, the one HF's ByteLevel pre-tokenizer applies (use_regex=True).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+@functools.cache
+def byte_decoder() -> dict[str, int]:
+    """HF ByteLevel's printable stand-in character of each byte, inverted (the GPT-2 byte map)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = dict(zip(printable, printable, strict=True))
+    n = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = 256 + n
+            n += 1
+    return {chr(c): b for b, c in chars.items()}
+
+
+def token_to_bytes(token: str) -> bytes:
+    dec = byte_decoder()
+    return bytes(dec[ch] for ch in token)
+
+
+def bpe_model_parts(hf_json: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of the BPE model inside a tokenizer.json string."""
+    model: dict[str, Any] = json.loads(hf_json)["model"]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return model["vocab"], merges  # type: ignore[return-value]
+
+
+def mergeable_ranks(vocab: dict[str, int], special_ids: set[int]) -> dict[bytes, int]:
+    return {token_to_bytes(tok): i for tok, i in vocab.items() if i not in special_ids}
+
+
+def _rank_bpe(piece: bytes, ranks: dict[bytes, int], below: int) -> list[bytes]:
+    """tiktoken's merge rule on `piece`, using only tokens of rank < below."""
+    parts = [piece[i : i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+        best, best_rank = -1, below
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1], below)
+            if r < best_rank:
+                best, best_rank = i, r
+        if best < 0:
+            break
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    return parts
+
+
+def inconsistent_merges(ranks: dict[bytes, int], merges: list[tuple[str, str]]) -> list[str]:
+    """Tokens that tiktoken's rule reaches through another pair than HF's listed merge."""
+    bad = []
+    for left, right in merges:
+        a, b = token_to_bytes(left), token_to_bytes(right)
+        merged = a + b
+        if _rank_bpe(merged, ranks, ranks[merged]) != [a, b]:
+            bad.append(left + right)
+    return bad
