@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from danlu.config import RecipeConfig, load_recipe
 from danlu.errors import ConfigError, DanluError
 
@@ -276,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if overrides and not hasattr(args, "recipe"):
             raise ConfigError(f"danlu {args.verb} takes no config overrides, got {overrides[0]}")
-        args.fn(args, overrides)
+        with logging_redirect_tqdm():  # log lines print above progress bars instead of through them
+            args.fn(args, overrides)
     except DanluError as e:
         print(f"danlu: error: {e}", file=sys.stderr)
         return 2

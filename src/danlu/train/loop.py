@@ -325,7 +325,7 @@ class _Run:
         mfu = self.flops_per_token * tokens_per_s / self.peak if self.peak > 0 else 0.0
         eta = (t.max_steps - self.step) * t.batch_size * t.seq_len * t.grad_accum / max(tokens_per_s, 1e-9)
         mem = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else 0.0
-        log.info(
+        log.debug(  # the progress bar shows these; -v prints every logged step
             "step %6d/%d | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | mfu %.2f%% | mem %.1f GiB"
             " | elapsed %.0fs | eta %.0fs",
             self.step,

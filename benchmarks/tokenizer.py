@@ -1,0 +1,126 @@
+"""danlu's tokenizer against its peers, in one run: BPE training vs HF `tokenizers` called directly, and
+encoding throughput vs `tiktoken` called directly with the same ranks (HF's encode_batch for reference).
+
+Input: the Shakespeare corpus (fetched into the danlu cache) or --input FILE. Repeats alternate the
+order of the contenders; the table gives medians and the ratios the issue sets goals for.
+
+    python benchmarks/tokenizer.py [--input FILE] [--vocab 8192] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiktoken
+import tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from _machine import machine_markdown, markdown_table
+from danlu.tokenizer import SPECIAL_TOKENS, Tokenizer
+from danlu.tokenizer.ranks import GPT2_PATTERN
+
+CHUNK = 4096
+
+
+def load_texts(path: str | None) -> list[str]:
+    if path:
+        return [Path(path).read_text(encoding="utf-8")]
+    from danlu.data.sources import read_source
+
+    return [d["text"] for d in read_source("shakespeare")]
+
+
+def train_hf_directly(texts: list[str], vocab: int) -> HFTokenizer:
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    hf.train_from_iterator(texts, trainer=trainer)
+    return hf
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--input", help="a UTF-8 text file (default: the Shakespeare corpus)")
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    texts = load_texts(args.input)
+    corpus = "\n\n".join(texts)
+    mb = len(corpus.encode("utf-8")) / 1e6
+
+    train_times: dict[str, list[float]] = {"danlu": [], "hf": []}
+    for r in range(args.repeats):
+        order = ["danlu", "hf"] if r % 2 == 0 else ["hf", "danlu"]
+        for name in order:
+            fn = (
+                (lambda: Tokenizer.train(texts, args.vocab))
+                if name == "danlu"
+                else (lambda: train_hf_directly(texts, args.vocab))
+            )
+            t, out = timed(fn)
+            train_times[name].append(t)
+            if name == "danlu":
+                tok = out
+            else:
+                hf = out
+    assert tok.hf.to_str() == hf.to_str(), "danlu and HF trained different tokenizers"
+
+    chunks = [corpus[i : i + CHUNK] for i in range(0, len(corpus), CHUNK)]
+    peer = tiktoken.Encoding(
+        name="peer", pat_str=GPT2_PATTERN, mergeable_ranks=tok._ranks, special_tokens=tok.special_tokens
+    )
+    hf.encode_special_tokens = True
+    encoders = {
+        "danlu": lambda: tok.encode_batch(chunks),
+        "tiktoken": lambda: peer.encode_ordinary_batch(chunks, num_threads=8),
+        "hf": lambda: [e.ids for e in hf.encode_batch(chunks, add_special_tokens=False)],
+    }
+    enc_times: dict[str, list[float]] = {k: [] for k in encoders}
+    results = {}
+    for r in range(args.repeats):
+        names = list(encoders) if r % 2 == 0 else list(reversed(encoders))
+        for name in names:
+            t, results[name] = timed(encoders[name])
+            enc_times[name].append(t)
+    assert results["danlu"] == results["tiktoken"] == results["hf"], "encoders disagree on ids"
+
+    med = {
+        k: statistics.median(v)
+        for k, v in {**train_times, **{f"enc_{k}": v for k, v in enc_times.items()}}.items()
+    }
+    n_tokens = sum(len(x) for x in results["danlu"])
+    print(
+        f"corpus: {len(texts)} documents, {mb:.2f} MB, {n_tokens} tokens at vocab {tok.vocab_size} "
+        f"({len(corpus.encode()) / n_tokens:.2f} bytes/token); medians of {args.repeats} repeats\n"
+    )
+    rows = [
+        ["BPE training (s)", f"{med['danlu']:.2f}", f"{med['hf']:.2f} (tokenizers)", f"{med['danlu'] / med['hf']:.3f}", "<= 1.1"],
+        ["encode (MB/s)", f"{mb / med['enc_danlu']:.1f}", f"{mb / med['enc_tiktoken']:.1f} (tiktoken)",
+         f"{med['enc_tiktoken'] / med['enc_danlu']:.3f}", ">= 0.95"],
+        ["encode (MB/s), reference", "", f"{mb / med['enc_hf']:.1f} (tokenizers)", "", ""],
+    ]  # fmt: skip
+    print(markdown_table(["measure", "danlu", "peer", "ratio danlu/peer", "goal"], rows))
+    print(f"\n{machine_markdown()} | tokenizers {tokenizers.__version__} | tiktoken {tiktoken.__version__}")
+
+
+if __name__ == "__main__":
+    main()
