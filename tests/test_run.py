@@ -1,0 +1,125 @@
+"""`danlu run` end to end on a tiny local corpus, stage skipping, and the verbs that use its outputs."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+
+from danlu.cli import main
+from danlu.data.sources import CHAT_LABELS
+from danlu.infer.chat import ChatSession
+from danlu.run import RunLayout, read_stamp
+from danlu.train.checkpoint import load_model
+
+WORDS = [
+    "the",
+    "king",
+    "queen",
+    "lord",
+    "lady",
+    "night",
+    "day",
+    "love",
+    "death",
+    "sword",
+    "crown",
+    "friend",
+    "heart",
+    "speak",
+    "come",
+    "go",
+    "stay",
+    "sing",
+]
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    rng = random.Random(0)
+    rows = []
+    for i in range(80):
+        lines = [f"{CHAT_LABELS[j % 2]}: " + " ".join(rng.choice(WORDS) for _ in range(8)) for j in range(6)]
+        rows.append(json.dumps({"id": i, "text": "\n".join(lines)}))
+    (root / "corpus.jsonl").write_text("\n".join(rows) + "\n")
+    cfg = {
+        "name": "t",
+        "run_dir": str(root / "out"),
+        "data": {"sources": [str(root / "corpus.jsonl")], "val_fraction": 0.1},
+        "tokenizer": {"vocab_size": 300},
+        "model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "max_seq_len": 32},
+        "train": {"seq_len": 32, "batch_size": 4, "max_steps": 6, "eval_every": 3, "eval_batches": 2,
+                  "ckpt_every": 3, "log_every": 1, "device": "cpu"},
+        "sample": {"prompts": ["A: hello\nB:"], "max_new_tokens": 8},
+    }  # fmt: skip
+    (root / "r.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def test_run_end_to_end_then_skips_up_to_date_stages(recipe, capsys):
+    assert main(["run", str(recipe / "r.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "validation bits/byte:" in out and "--- sample ---\nA: hello\nB:" in out
+    layout = RunLayout(recipe / "out")
+    stamps = {s: read_stamp(layout, s) for s in ("data", "tokenizer", "pack", "pretrain")}
+    assert all(stamps.values())
+    bpb = float(out.split("validation bits/byte:")[1].split()[0])
+    metrics = [json.loads(line) for line in (layout.root / "metrics.jsonl").read_text().splitlines()]
+    assert bpb == pytest.approx(metrics[-1]["val_bpb"], abs=1e-4)
+    assert (layout.root / "loss.png").stat().st_size > 0
+
+    # Rerun: nothing is redone. Then a longer schedule: only pretraining runs, resuming from step 6.
+    assert main(["run", str(recipe / "r.yaml")]) == 0
+    assert {s: read_stamp(layout, s) for s in stamps} == stamps
+    assert main(["run", str(recipe / "r.yaml"), "--train.max_steps=9"]) == 0
+    for s in ("data", "tokenizer", "pack"):
+        assert read_stamp(layout, s) == stamps[s]
+    assert read_stamp(layout, "pretrain")["result"]["steps"] == 9
+    recs = [json.loads(line) for line in (layout.root / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "loss" in r] == list(range(1, 10))  # continued, not restarted
+
+
+def test_generate_tokenizer_and_chat_verbs(recipe, capsys, monkeypatch):
+    model_dir = recipe / "out" / "model"
+    assert (
+        main(
+            ["generate", str(recipe / "out"), "--prompt", "the king", "--max-new-tokens", "5", "--seed", "1"]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.startswith("the king")
+    assert main(["tokenizer", "encode", "--tokenizer", str(recipe / "out"), "the king"]) == 0
+    _, tok, _ = load_model(model_dir)
+    assert capsys.readouterr().out.split() == [str(i) for i in tok.encode("the king")]
+    assert main(["tokenizer", "stats", "--tokenizer", str(model_dir), str(recipe / "corpus.jsonl")]) == 0
+    assert "bytes_per_token" in capsys.readouterr().out
+
+    answers = iter(["hello there", ""])
+    monkeypatch.setattr("builtins.input", lambda _prompt: next(answers))
+    assert main(["chat", str(model_dir), "--seed", "0", "--max-new-tokens", "6"]) == 0
+    assert "transcript mode" in capsys.readouterr().out
+
+
+def test_chat_transcript_prompt_and_history(recipe):
+    session = ChatSession.from_dir(recipe / "out" / "model", seed=0, max_new_tokens=12)
+    assert session.mode == "transcript"
+    reply = "".join(session.reply("hello"))
+    assert "\n" not in reply
+    assert session.history == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": reply}]
+    a, b = CHAT_LABELS
+    session.history.append({"role": "user", "content": "hi"})
+    assert (
+        session.tokenizer.decode(session.prompt_ids(), skip_special=True)
+        == f"{a}: hello\n{b}: {reply}\n{a}: hi\n{b}:"
+    )
+
+
+def test_vocab_too_large_for_the_data_fails_cleanly(recipe, capsys, tmp_path):
+    over = [f"--run_dir={tmp_path / 'big'}", "--tokenizer.vocab_size=20000"]
+    assert main(["run", str(recipe / "r.yaml"), *over]) == 2
+    err = capsys.readouterr().err
+    assert "lower tokenizer.vocab_size" in err and "Traceback" not in err
+    assert not (tmp_path / "big" / "tokenizer").exists()
