@@ -91,9 +91,13 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
-        counted = _CountingIterator(texts)
+        # a list goes to the trainer as is (its fast path); a stream is counted on the way through
+        counted = _CountingIterator(texts) if not isinstance(texts, list | tuple) else None
         hf = _new_hf_bpe()
-        hf.train_from_iterator(counted, trainer=hf_trainer(vocab_size, min_frequency))
+        hf.train_from_iterator(counted or texts, trainer=hf_trainer(vocab_size, min_frequency))
+        if counted is None:
+            counted = _CountingIterator(())
+            counted.docs, counted.chars = len(texts), sum(len(t) for t in texts)
         if counted.chars == 0:
             raise TokenizerError("the tokenizer's training text is empty; check the data stage's train split")
         got = hf.get_vocab_size()

@@ -52,23 +52,25 @@ def mergeable_ranks(vocab: dict[str, int], special_ids: set[int]) -> dict[bytes,
 def _rank_bpe(piece: bytes, ranks: dict[bytes, int], below: int) -> list[bytes]:
     """tiktoken's merge rule on `piece`, using only tokens of rank < below."""
     parts = [piece[i : i + 1] for i in range(len(piece))]
+    get = ranks.get
     while len(parts) > 1:
-        best, best_rank = -1, below
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1], below)
-            if r < best_rank:
-                best, best_rank = i, r
-        if best < 0:
+        pair_ranks = [get(parts[i] + parts[i + 1], below) for i in range(len(parts) - 1)]
+        best_rank = min(pair_ranks)
+        if best_rank >= below:
             break
+        best = pair_ranks.index(best_rank)  # the leftmost of equal ranks, as tiktoken does
         parts[best : best + 2] = [parts[best] + parts[best + 1]]
     return parts
 
 
 def inconsistent_merges(ranks: dict[bytes, int], merges: list[tuple[str, str]]) -> list[str]:
     """Tokens that tiktoken's rule reaches through another pair than HF's listed merge."""
+    dec = byte_decoder()
     bad = []
     for left, right in merges:
-        a, b = token_to_bytes(left), token_to_bytes(right)
+        if len(left) + len(right) == 2:  # two bytes can only be joined by their own merge
+            continue
+        a, b = bytes(dec[c] for c in left), bytes(dec[c] for c in right)
         merged = a + b
         if _rank_bpe(merged, ranks, ranks[merged]) != [a, b]:
             bad.append(left + right)
