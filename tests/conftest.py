@@ -15,3 +15,54 @@ def shakespeare_docs() -> list[dict]:
 @pytest.fixture(scope="session")
 def shakespeare_text(shakespeare_docs) -> str:
     return "\n\n".join(d["text"] for d in shakespeare_docs)
+
+
+WORDS = [
+    "the",
+    "king",
+    "queen",
+    "lord",
+    "lady",
+    "night",
+    "day",
+    "love",
+    "death",
+    "sword",
+    "crown",
+    "river",
+    "town",
+    "friend",
+    "foe",
+    "heart",
+    "blood",
+    "speak",
+    "come",
+    "go",
+    "stay",
+    "fly",
+    "weep",
+    "laugh",
+    "sing",
+    "fight",
+    "sleep",
+    "dream",
+    "wake",
+    "hear",
+    "see",
+    "know",
+    "swear",
+]
+
+
+@pytest.fixture(scope="session")
+def word_lines():
+    """A factory of seeded random lines of words: a small corpus with real repetition to learn."""
+    import random
+
+    def make(n: int, seed: int = 0, min_words: int = 4, max_words: int = 12) -> list[str]:
+        rng = random.Random(seed)
+        return [
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) for _ in range(n)
+        ]
+
+    return make

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import yaml
@@ -14,35 +13,13 @@ from danlu.infer.chat import ChatSession
 from danlu.run import RunLayout, read_stamp
 from danlu.train.checkpoint import load_model
 
-WORDS = [
-    "the",
-    "king",
-    "queen",
-    "lord",
-    "lady",
-    "night",
-    "day",
-    "love",
-    "death",
-    "sword",
-    "crown",
-    "friend",
-    "heart",
-    "speak",
-    "come",
-    "go",
-    "stay",
-    "sing",
-]
-
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
+def recipe(tmp_path_factory, word_lines):
     root = tmp_path_factory.mktemp("run")
-    rng = random.Random(0)
     rows = []
     for i in range(80):
-        lines = [f"{CHAT_LABELS[j % 2]}: " + " ".join(rng.choice(WORDS) for _ in range(8)) for j in range(6)]
+        lines = [f"{CHAT_LABELS[j % 2]}: {line}" for j, line in enumerate(word_lines(6, seed=i))]
         rows.append(json.dumps({"id": i, "text": "\n".join(lines)}))
     (root / "corpus.jsonl").write_text("\n".join(rows) + "\n")
     cfg = {

@@ -168,3 +168,13 @@ def test_train_tokenizer_stage_and_stats(tmp_path):
     assert stats["tokens"] == n and stats["bytes_per_token"] == pytest.approx(len(SAMPLE.encode()) / n)
     assert 0 < stats["vocab_used"] <= 1 and stats["bytes_per_token"] > 1.2
     assert np.isclose(stats["chars_per_token"], len(SAMPLE) / n)
+
+
+def test_transformers_loads_the_tokenizer_file(tok, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    tok.save(tmp_path / "t")
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "t" / "tokenizer.json"))
+    text = SAMPLE.replace("<|bos|>", "")
+    assert fast.encode(text, add_special_tokens=False) == tok.encode(text)
+    assert fast.decode(tok.encode(text)) == text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -17,54 +16,14 @@ from danlu.errors import CheckpointError
 from danlu.tokenizer import train_tokenizer
 from danlu.train.loop import run_pretrain
 
-WORDS = [
-    "the",
-    "king",
-    "queen",
-    "lord",
-    "lady",
-    "night",
-    "day",
-    "love",
-    "death",
-    "sword",
-    "crown",
-    "river",
-    "town",
-    "friend",
-    "foe",
-    "heart",
-    "blood",
-    "speak",
-    "come",
-    "go",
-    "stay",
-    "fly",
-    "weep",
-    "laugh",
-    "sing",
-    "fight",
-    "sleep",
-    "dream",
-    "wake",
-    "hear",
-    "see",
-    "know",
-    "swear",
-]
-
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory) -> tuple[Path, Path]:
+def packed(tmp_path_factory, word_lines) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("resume")
-    rng = random.Random(0)
     corpus = root / "corpus.jsonl"
     lines = []
-    for _ in range(120):
-        sentences = [
-            " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + "."
-            for _ in range(6)
-        ]
+    for i in range(120):
+        sentences = [s.capitalize() + "." for s in word_lines(6, seed=i)]
         lines.append(json.dumps({"text": " ".join(sentences)}))
     corpus.write_text("\n".join(lines) + "\n")
     run_data(DataConfig(sources=[str(corpus)], val_fraction=0.1), root / "data")

@@ -135,24 +135,21 @@ def _read_text(path: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> None:
-    from danlu.infer.sampling import generate
+    from danlu.config import SampleConfig
+    from danlu.infer.sampling import complete
     from danlu.train.checkpoint import load_model
 
-    model, tok, _ = load_model(_model_dir(args.model))
-    ids = tok.encode(args.prompt, bos=True)
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
-    stream = generate(
-        model,
-        ids,
-        args.max_new_tokens,
+    sample = SampleConfig(  # validates the flags with the recipe's rules
+        prompts=[args.prompt],
+        max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        stop_ids=(tok.eos_id,),
-        seed=args.seed,
     )
-    for piece in _decode_stream(tok, stream):
+    model, tok, _ = load_model(_model_dir(args.model))
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    for piece in _decode_stream(tok, complete(model, tok, args.prompt, sample, seed=args.seed)):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -164,7 +164,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     # Prompts sampled at the end of `danlu run`.
-    prompts: list[str] = field(default_factory=lambda: ["ROMEO:"])
+    prompts: list[str] = field(default_factory=lambda: ["Romeo.\n"])
     max_new_tokens: int = 120
     temperature: float = 0.8
     # 0 disables top-k filtering.

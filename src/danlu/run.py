@@ -144,26 +144,13 @@ def run_pretrain_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
 
 def sample_texts(cfg: RecipeConfig, model_dir: Path) -> list[tuple[str, str]]:
     """Continue each of the recipe's prompts with the trained model."""
-    from danlu.infer.sampling import generate
+    from danlu.infer.sampling import complete
     from danlu.train.checkpoint import load_model
 
     model, tok, _ = load_model(model_dir)
-    s = cfg.sample
     out = []
-    for i, prompt in enumerate(s.prompts):
-        ids = tok.encode(prompt, bos=True)
-        new = list(
-            generate(
-                model,
-                ids,
-                s.max_new_tokens,
-                temperature=s.temperature,
-                top_k=s.top_k,
-                top_p=s.top_p,
-                stop_ids=(tok.eos_id,),
-                seed=s.seed + i,
-            )
-        )
+    for i, prompt in enumerate(cfg.sample.prompts):
+        new = list(complete(model, tok, prompt, cfg.sample, seed=cfg.sample.seed + i))
         out.append((prompt, tok.decode(new, skip_special=True)))
     return out
 

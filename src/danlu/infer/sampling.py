@@ -6,9 +6,11 @@ Filters apply in the order Hugging Face's logits warpers use: temperature, then 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
+from danlu.config import SampleConfig
 from danlu.errors import ConfigError
 from danlu.model.transformer import KVCache, Transformer
 
@@ -99,3 +101,20 @@ def generate(
         if token in stop or cache.pos + 1 >= context or i + 1 == max_new_tokens:
             return
         logits = _logits_step(model, torch.tensor([[token]], dtype=torch.long, device=device), cache)
+
+
+def complete(
+    model: Transformer, tokenizer: Any, prompt: str, sample: SampleConfig, seed: int | None
+) -> Iterator[int]:
+    """Stream the ids continuing a text prompt (read as the start of a document: <|bos|> first) until
+    <|eos|> or sample.max_new_tokens."""
+    return generate(
+        model,
+        tokenizer.encode(prompt, bos=True),
+        sample.max_new_tokens,
+        temperature=sample.temperature,
+        top_k=sample.top_k,
+        top_p=sample.top_p,
+        stop_ids=(tokenizer.eos_id,),
+        seed=seed,
+    )
