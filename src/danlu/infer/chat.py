@@ -66,7 +66,7 @@ class ChatSession:
             top_k=self.top_k,
             top_p=self.top_p,
             stop_ids=tuple(stop),
-            seed=self.seed,
+            seed=None if self.seed is None else self.seed + len(self.history),  # a new draw each turn
         )
         ids: list[int] = []
         shown = ""
