@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 
@@ -66,3 +69,24 @@ def word_lines():
         ]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_packed(tmp_path_factory, word_lines) -> tuple[Path, Path]:
+    """(tokens dir, tokenizer dir) of a tiny packed corpus of random word sentences."""
+    from danlu.config import DataConfig, TokenizerConfig
+    from danlu.data.documents import run_data
+    from danlu.data.pack import run_pack
+    from danlu.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny")
+    corpus = root / "corpus.jsonl"
+    lines = []
+    for i in range(120):
+        sentences = [s.capitalize() + "." for s in word_lines(6, seed=i)]
+        lines.append(json.dumps({"text": " ".join(sentences)}))
+    corpus.write_text("\n".join(lines) + "\n")
+    run_data(DataConfig(sources=[str(corpus)], val_fraction=0.1), root / "data")
+    tok = train_tokenizer(root / "data", TokenizerConfig(vocab_size=320), root / "tokenizer")
+    run_pack(root / "data", tok, root / "tokens")
+    return root / "tokens", root / "tokenizer"

@@ -10,13 +10,16 @@ import pytest
 import torch
 
 from danlu.config import ModelConfig, RecipeConfig, TrainConfig
-from danlu.errors import CheckpointError
+from danlu.errors import CheckpointCorrupt, CheckpointError
 from danlu.train.checkpoint import (
+    best_checkpoint_step,
     check_compatible,
     checkpoint_dir,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_weights,
+    mark_best,
     prune_checkpoints,
     remove_stale_temps,
     rng_state,
@@ -60,6 +63,7 @@ def test_checkpoint_round_trip_continues_identically(tmp_path):
     _train(model, opt, 3, seed=1)
     path = _save(tmp_path, 3, model, opt)
     assert sorted(p.name for p in path.iterdir()) == [
+        "checksums.json",
         "config.json",
         "model.safetensors",
         "optimizer.pt",
@@ -112,21 +116,33 @@ def test_truncated_or_missing_files_raise_checkpoint_error(tmp_path):
     weights = path / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt, truncated"):
-        load_checkpoint(path, Toy(), build_optimizer(Toy(), TrainConfig(lr=1e-3)), CFG, FP)
-    weights.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+    with pytest.raises(CheckpointCorrupt, match=r"fails its checksums \(model\.safetensors"):
         load_checkpoint(path, Toy(), build_optimizer(Toy(), TrainConfig(lr=1e-3)), CFG, FP)
     weights.write_bytes(data)
     (path / "optimizer.pt").write_bytes((path / "optimizer.pt").read_bytes()[:100])
-    with pytest.raises(CheckpointError, match=r"optimizer\.pt"):
+    with pytest.raises(CheckpointCorrupt, match=r"optimizer\.pt changed or truncated"):
         load_checkpoint(path, Toy(), build_optimizer(Toy(), TrainConfig(lr=1e-3)), CFG, FP)
+    # behind the checksums, the readers still refuse damaged files on their own
+    weights.write_bytes(b"garbage")
+    with pytest.raises(CheckpointCorrupt, match=r"model\.safetensors is corrupt, truncated"):
+        load_weights(Toy(), path)
     (path / "trainer_state.json").unlink()
-    with pytest.raises(CheckpointError, match=r"missing trainer_state\.json"):
+    with pytest.raises(CheckpointCorrupt, match=r"missing trainer_state\.json"):
         load_checkpoint(path, Toy(), build_optimizer(Toy(), TrainConfig(lr=1e-3)), CFG, FP)
     with pytest.raises(CheckpointError, match="does not fit"):  # wrong shapes
         path2 = _save(tmp_path, 2, model, opt)
         load_checkpoint(path2, Toy(d=4), build_optimizer(Toy(d=4), TrainConfig(lr=1e-3)), CFG, FP)
+
+
+def test_pruning_keeps_the_best_checkpoint(tmp_path):
+    model = Toy()
+    opt = build_optimizer(model, TrainConfig(lr=1e-3))
+    for step in (1, 2, 3, 4):
+        _save(tmp_path, step, model, opt)
+    mark_best(tmp_path / "run", 2, 1.5)
+    prune_checkpoints(tmp_path / "run", keep_last=1)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2, 4]
+    assert best_checkpoint_step(tmp_path / "run") == 2
 
 
 def test_failed_save_leaves_nothing_and_pruning_keeps_newest(tmp_path):

@@ -9,27 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from danlu.config import DataConfig, ModelConfig, RecipeConfig, TokenizerConfig, TrainConfig
-from danlu.data.documents import run_data
-from danlu.data.pack import run_pack
+from danlu.config import ModelConfig, RecipeConfig, TrainConfig
 from danlu.errors import CheckpointError
-from danlu.tokenizer import train_tokenizer
 from danlu.train.loop import run_pretrain
-
-
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory, word_lines) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("resume")
-    corpus = root / "corpus.jsonl"
-    lines = []
-    for i in range(120):
-        sentences = [s.capitalize() + "." for s in word_lines(6, seed=i)]
-        lines.append(json.dumps({"text": " ".join(sentences)}))
-    corpus.write_text("\n".join(lines) + "\n")
-    run_data(DataConfig(sources=[str(corpus)], val_fraction=0.1), root / "data")
-    tok = train_tokenizer(root / "data", TokenizerConfig(vocab_size=320), root / "tokenizer")
-    run_pack(root / "data", tok, root / "tokens")
-    return root / "tokens", root / "tokenizer"
 
 
 def _recipe(n_embd: int = 32) -> RecipeConfig:
@@ -77,10 +59,10 @@ loop.run_pretrain(cfg, tokens, tok, out)
 
 
 @pytest.mark.parametrize("where", ["mid-step", "mid-checkpoint"])
-def test_sigkill_then_rerun_matches_uninterrupted_run(packed, tmp_path, where):
+def test_sigkill_then_rerun_matches_uninterrupted_run(tiny_packed, tmp_path, where):
     import pickle
 
-    tokens, tok = packed
+    tokens, tok = tiny_packed
     cfg = _recipe()
     full = run_pretrain(cfg, tokens, tok, tmp_path / "full")
 
@@ -99,8 +81,8 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(packed, tmp_path, where):
     assert not [p for p in (killed / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
-def test_resuming_with_another_model_config_is_refused(packed, tmp_path):
-    tokens, tok = packed
+def test_resuming_with_another_model_config_is_refused(tiny_packed, tmp_path):
+    tokens, tok = tiny_packed
     run_dir = tmp_path / "run"
     run_pretrain(_recipe(), tokens, tok, run_dir)
     with pytest.raises(CheckpointError, match="n_embd"):

@@ -19,6 +19,9 @@ import yaml
 
 from danlu.errors import ConfigError
 
+SCHEDULES = ("cosine", "linear", "constant", "inv_sqrt", "wsd")
+WARMUP_SHAPES = ("linear", "cosine", "exponential")
+
 
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
@@ -103,15 +106,36 @@ class TrainConfig:
     max_steps: int = 1000
     # Peak learning rate; None means the model's suggested LR for its width.
     lr: float | None = None
-    # Cosine decay ends at lr * min_lr_ratio.
+    # Decay after warmup: cosine, linear, constant, inv_sqrt or wsd (warmup-stable-decay).
+    schedule: str = "cosine"
+    # The decay ends at lr * min_lr_ratio.
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
+    # Warmup shape: linear, cosine or exponential.
+    warmup_shape: str = "linear"
+    # wsd: the fraction of max_steps spent in the final decay.
+    decay_fraction: float = 0.2
+    # Micro-batches per step ramp from 1 to grad_accum over this many steps (0: no ramp).
+    batch_ramp_steps: int = 0
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
     # Max global gradient norm; 0 disables clipping.
     grad_clip: float = 1.0
+    # Weight of the z-loss (mean squared log-partition, PaLM uses 1e-4); 0 disables it.
+    z_loss: float = 0.0
+    # Loss-spike guard: above mean + spike_k sigma the LR is halved for spike_cooldown steps; above
+    # mean + spike_k_severe sigma (or a non-finite loss) training rolls back to the last checkpoint
+    # and skips the batches that caused it.
+    spike_guard: bool = True
+    spike_k: float = 6.0
+    spike_k_severe: float = 12.0
+    spike_cooldown: int = 50
+    # Stop after this many evaluations without a new best validation loss; 0 never stops early.
+    early_stop_patience: int = 0
+    # Recompute activations of every k-th block in backward (1: all blocks); 0 stores them all.
+    activation_checkpointing: int = 0
     eval_every: int = 100
     # Validation batches per evaluation; 0 means the whole validation split.
     eval_batches: int = 0
@@ -122,7 +146,7 @@ class TrainConfig:
     seed: int = 1337
     # "auto" picks cuda if available, else cpu.
     device: str = "auto"
-    # "auto": fp32 on CPU, bf16 autocast on CUDA; or "fp32" / "bf16".
+    # "auto": fp32 on CPU, bf16 autocast on CUDA; or "fp32" / "bf16" / "fp16" (with loss scaling).
     dtype: str = "auto"
     compile: bool = False
 
@@ -145,14 +169,35 @@ class TrainConfig:
             f"must be in [0, 1], got {self.min_lr_ratio}",
         )
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(
+            self.schedule in SCHEDULES,
+            "train.schedule",
+            f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
+        )
+        _check(
+            self.warmup_shape in WARMUP_SHAPES,
+            "train.warmup_shape",
+            f"must be one of {', '.join(WARMUP_SHAPES)}, got {self.warmup_shape!r}",
+        )
+        _check(
+            0 < self.decay_fraction <= 1,
+            "train.decay_fraction",
+            f"must be in (0, 1], got {self.decay_fraction}",
+        )
+        _check(self.batch_ramp_steps >= 0, "train.batch_ramp_steps", "must be >= 0")
+        _check(self.z_loss >= 0, "train.z_loss", "must be >= 0")
+        _check(0 < self.spike_k < self.spike_k_severe, "train.spike_k", "need 0 < spike_k < spike_k_severe")
+        _check(self.spike_cooldown >= 0, "train.spike_cooldown", "must be >= 0")
+        _check(self.early_stop_patience >= 0, "train.early_stop_patience", "must be >= 0")
+        _check(self.activation_checkpointing >= 0, "train.activation_checkpointing", "must be >= 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
         _check(self.eval_batches >= 0, "train.eval_batches", "must be >= 0")
         _check(
-            self.dtype in ("auto", "fp32", "bf16"),
+            self.dtype in ("auto", "fp32", "bf16", "fp16"),
             "train.dtype",
-            f"must be auto, fp32 or bf16, got {self.dtype!r}",
+            f"must be auto, fp32, bf16 or fp16, got {self.dtype!r}",
         )
         _check(
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),

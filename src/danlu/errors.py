@@ -23,3 +23,7 @@ class TokenizerError(DanluError):
 
 class CheckpointError(DanluError):
     """A checkpoint is missing, corrupt, truncated or belongs to a different config."""
+
+
+class CheckpointCorrupt(CheckpointError):
+    """A checkpoint's files are missing, truncated or fail their checksums (not merely another run's)."""

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from danlu.config import ModelConfig
@@ -223,7 +224,17 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
+        # set by danlu.train.memory.apply_activation_checkpointing: recompute activations in backward
+        self.checkpointed = False
+
     def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
+    ) -> torch.Tensor:
+        if self.checkpointed and cache is None and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, cos, sin, None, use_reentrant=False)
+        return self._forward(x, cos, sin, cache)
+
+    def _forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
     ) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, cache)

@@ -31,8 +31,8 @@ from safetensors.torch import save_model as st_save_model
 from torch import nn
 
 from danlu.config import ModelConfig, RecipeConfig, from_dict, to_dict
-from danlu.errors import CheckpointError, ConfigError, DanluError
-from danlu.io import atomic_dir
+from danlu.errors import CheckpointCorrupt, CheckpointError, ConfigError, DanluError
+from danlu.io import atomic_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ CONFIG_FILE = "config.json"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
 TOKENIZER_DIR = "tokenizer"
-CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE)
+CHECKSUMS_FILE = "checksums.json"
+BEST_FILE = "best.json"  # in checkpoints/: the step and val loss of the best checkpoint
+CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, CHECKSUMS_FILE)
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -73,10 +75,26 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
+def best_checkpoint_step(out_dir: Path) -> int | None:
+    try:
+        return int(json.loads((Path(out_dir) / CHECKPOINTS / BEST_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def mark_best(out_dir: Path, step: int, val_loss: float) -> None:
+    from danlu.io import atomic_write_json
+
+    atomic_write_json(Path(out_dir) / CHECKPOINTS / BEST_FILE, {"step": step, "val_loss": val_loss})
+
+
 def prune_checkpoints(out_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` checkpoints; hide each one first so a kill mid-delete
-    never leaves a half-deleted directory that looks like a checkpoint."""
-    for _, path in list_checkpoints(out_dir)[:-keep_last]:
+    """Delete all but the newest `keep_last` checkpoints and the best one; hide each one first so a
+    kill mid-delete never leaves a half-deleted directory that looks like a checkpoint."""
+    best = best_checkpoint_step(out_dir)
+    for step, path in list_checkpoints(out_dir)[:-keep_last]:
+        if step == best:
+            continue
         hidden = path.with_name(f".{path.name}.deleting")
         path.rename(hidden)
         shutil.rmtree(hidden, ignore_errors=True)
@@ -166,6 +184,8 @@ def save_checkpoint(
         _write_model_files(tmp, model, {**to_dict(model_cfg), "recipe": to_dict(recipe)}, tokenizer_dir)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
+        sums = {name: sha256_file(tmp / name) for name in CHECKPOINT_FILES if name != CHECKSUMS_FILE}
+        (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2) + "\n", encoding="utf-8")
     log.info("checkpoint written: %s", path)
     return path
 
@@ -186,7 +206,7 @@ def _require_files(path: Path, names: tuple[str, ...]) -> None:
         raise CheckpointError(f"{path} is not a directory; pass a model dir or a checkpoint dir")
     missing = [n for n in names if not (path / n).exists()]
     if missing:
-        raise CheckpointError(
+        raise CheckpointCorrupt(
             f"{path} is incomplete or corrupt: missing {', '.join(missing)}; delete it (training then "
             "resumes from the previous checkpoint) or point to another checkpoint"
         )
@@ -196,9 +216,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is unreadable or truncated ({e}); delete its directory") from None
+        raise CheckpointCorrupt(f"{path} is unreadable or truncated ({e}); delete its directory") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} should hold a JSON object; delete its directory")
+        raise CheckpointCorrupt(f"{path} should hold a JSON object; delete its directory")
     return data
 
 
@@ -217,11 +237,27 @@ def config_differences(stored: ModelConfig, current: ModelConfig) -> list[str]:
     return [f"model.{k}: checkpoint {a[k]!r}, config {b[k]!r}" for k in a if a[k] != b.get(k)]
 
 
+def verify_checksums(path: Path) -> None:
+    """Every file must still have the sha256 recorded when the checkpoint was written."""
+    sums = _read_json(Path(path) / CHECKSUMS_FILE)
+    bad = [
+        name
+        for name, digest in sums.items()
+        if not (path / name).is_file() or sha256_file(path / name) != digest
+    ]
+    if bad:
+        raise CheckpointCorrupt(
+            f"checkpoint {path} fails its checksums ({', '.join(bad)} changed or truncated since it was "
+            "written); delete it to resume from the previous one"
+        )
+
+
 def check_compatible(path: Path, model_cfg: ModelConfig, fingerprint: str) -> dict[str, Any]:
     """Raise CheckpointError unless the checkpoint was made with this model config and tokenizer;
     return its trainer state."""
     path = Path(path)
     _require_files(path, CHECKPOINT_FILES)
+    verify_checksums(path)
     state = _read_json(path / STATE_FILE)
     diffs = config_differences(read_model_config(path), model_cfg)
     if state.get("tokenizer_fingerprint") != fingerprint:
@@ -247,7 +283,7 @@ def load_weights(model: nn.Module, path: Path, device: str | torch.device = "cpu
     try:
         st_load_model(model, file, strict=True, device=str(device))
     except (SafetensorError, OSError, RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(
+        raise CheckpointCorrupt(
             f"{file} is corrupt, truncated or does not fit the model config ({str(e).splitlines()[0]}); "
             "delete its directory, or re-export it"
         ) from None
@@ -267,7 +303,7 @@ def load_checkpoint(
     try:
         optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True))
     except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:
-        raise CheckpointError(
+        raise CheckpointCorrupt(
             f"{path / OPTIMIZER_FILE} is corrupt or truncated ({str(e).splitlines()[0]}); delete {path}"
         ) from None
     set_rng_state(state["rng"])

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,19 +28,29 @@ import torch
 from tqdm.auto import tqdm
 
 from danlu.config import ModelConfig, RecipeConfig, TrainConfig
-from danlu.errors import ConfigError, DataError
+from danlu.errors import CheckpointCorrupt, ConfigError, DataError
 from danlu.train.checkpoint import (
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
+    mark_best,
     prune_checkpoints,
     remove_stale_temps,
     save_checkpoint,
     save_model_dir,
 )
-from danlu.train.losses import bits_per_byte, cross_entropy, nats_and_bytes, token_cross_entropy
+from danlu.train.losses import (
+    IGNORE_INDEX,
+    bits_per_byte,
+    nats_and_bytes,
+    summed_lm_loss,
+    token_cross_entropy,
+)
+from danlu.train.memory import apply_activation_checkpointing
 from danlu.train.metrics import METRICS_FILE, MetricsLogger, peak_flops, plot_metrics
 from danlu.train.optim import build_optimizer
-from danlu.train.schedule import lr_at
+from danlu.train.schedule import grad_accum_at, lr_at
+from danlu.train.stability import LossScaler, SpikeDetector
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +76,8 @@ def resolve_dtype(name: str, device: torch.device) -> str:
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
     if dtype == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if dtype == "fp16":  # weights stay fp32 (the master copy); matmuls run in fp16
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
     return contextlib.nullcontext()
 
 
@@ -125,26 +138,39 @@ def evaluate(
 
 def forward_backward(
     model: Callable[[torch.Tensor], torch.Tensor],
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    grad_accum: int,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     dtype: str = "fp32",
+    z_loss: float = 0.0,
+    loss_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Accumulate gradients of `grad_accum` micro-batches; return the step's mean loss (detached).
+    """Accumulate the gradients of one optimizer step's micro-batches; return its mean loss per token.
 
-    Each micro-loss is divided by grad_accum, so the summed gradient equals that of one batch
-    grad_accum times larger.
+    Each micro-batch's summed loss is divided by the token count of the whole step, so the gradient
+    is that of one batch holding all the micro-batches, even when their token counts differ
+    (masked or padded targets). loss_scale multiplies the loss before backward (fp16).
     """
+    n_tokens = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro_batches)
+    if n_tokens == 0:
+        raise DataError("an optimizer step has no target tokens (every target is masked)")
     total = torch.zeros((), device=device)
-    for _ in range(grad_accum):
-        x, y = next(batches)
+    for x, y in micro_batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, dtype):
             logits = model(x)
-        loss = cross_entropy(logits, y) / grad_accum
-        loss.backward()
+        loss = summed_lm_loss(logits, y, z_loss) / n_tokens
+        (loss * loss_scale).backward()
         total += loss.detach()
     return total
+
+
+@dataclasses.dataclass
+class StepOutcome:
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens: int
+    status: str  # ok | spike | severe | overflow
 
 
 class _Run:
@@ -184,37 +210,54 @@ class _Run:
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         self.best_val: float | None = None
         self.last_eval: dict[str, Any] | None = None
+        self.evals_since_best = 0
+        self.scaler = LossScaler() if self.dtype == "fp16" else None
+        self.spikes = SpikeDetector(tcfg.spike_k, tcfg.spike_k_severe)
+        self.lr_mult, self.cooldown_until = 1.0, 0
         self._resume()
+        if tcfg.activation_checkpointing:
+            n = apply_activation_checkpointing(self.model, tcfg.activation_checkpointing)
+            log.info("activation checkpointing on %d of %d blocks", n, len(self.model.blocks))
         # compile after loading weights: the compiled wrapper shares the parameters of self.model
         self.forward = torch.compile(self.model) if tcfg.compile else self.model
         self.flops_per_token = float(self.model.flops_per_token(tcfg.seq_len))
         self.peak = peak_flops(self.device.type, self.dtype, torch.get_num_threads())
 
+    # --- resume, checkpoints, rollback --------------------------------------------------------------
+
     def _resume(self) -> None:
+        """Continue from the newest checkpoint that loads; a corrupt one is moved aside with a warning
+        and the one before it is used. A checkpoint of another run is an error, never skipped."""
         remove_stale_temps(self.out_dir)
-        path = latest_checkpoint(self.out_dir)
-        if path is None:
-            return
+        for _, path in reversed(list_checkpoints(self.out_dir)):
+            try:
+                self._restore(path, restore_loader=True)
+                return
+            except CheckpointCorrupt as e:
+                aside = path.with_name(f"corrupt-{path.name}")
+                shutil.rmtree(aside, ignore_errors=True)
+                path.rename(aside)
+                log.warning("%s; moved it to %s and trying the previous checkpoint", e, aside)
+
+    def _restore(self, path: Path, restore_loader: bool) -> None:
         state = load_checkpoint(
             path, self.model, self.optimizer, self.model_cfg, self.tok.fingerprint(), self.device
         )
-        self.loader.load_state_dict(state["loader"])
+        if restore_loader:
+            self.loader.load_state_dict(state["loader"])
         self.step = int(state["step"])
         self.tokens_seen = int(state.get("tokens", 0))
         self.elapsed = float(state.get("elapsed", 0.0))
         self.best_val = state.get("best_val")
         self.last_eval = state.get("last_eval")
-        log.info("resumed from %s (step %d, %d tokens)", path, self.step, self.tokens_seen)
-
-    def _eval(self, metrics: MetricsLogger) -> None:
-        val_loss, val_bpb = evaluate(
-            self.forward, self.val_ds, self.tcfg, self.token_bytes, self.device, self.dtype
-        )
-        self.best_val = val_loss if self.best_val is None else min(self.best_val, val_loss)
-        self.last_eval = {"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb}
-        metrics.log({**self.last_eval, "elapsed": round(self.elapsed, 3)})
-        log.info("step %6d | val loss %.4f | val bpb %.4f", self.step, val_loss, val_bpb)
-        plot_metrics(self.out_dir / METRICS_FILE, self.out_dir / "loss.png")
+        self.evals_since_best = int(state.get("evals_since_best", 0))
+        self.lr_mult = float(state.get("lr_mult", 1.0))
+        self.cooldown_until = int(state.get("cooldown_until", 0))
+        if restore_loader and "spikes" in state:  # a rollback keeps the statistics it has now
+            self.spikes.load_state_dict(state["spikes"])
+        if self.scaler is not None and "loss_scaler" in state:
+            self.scaler.load_state_dict(state["loss_scaler"])
+        log.info("restored %s (step %d, %d tokens)", path, self.step, self.tokens_seen)
 
     def _checkpoint(self) -> None:
         state = {
@@ -224,6 +267,11 @@ class _Run:
             "elapsed": self.elapsed,
             "best_val": self.best_val,
             "last_eval": self.last_eval,
+            "evals_since_best": self.evals_since_best,
+            "lr_mult": self.lr_mult,
+            "cooldown_until": self.cooldown_until,
+            "spikes": self.spikes.state_dict(),
+            "loss_scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
         save_checkpoint(
             self.out_dir,
@@ -235,27 +283,74 @@ class _Run:
             state,
             self.tokenizer_dir,
         )
+        ev = self.last_eval
+        if ev is not None and ev["step"] == self.step and ev["val_loss"] == self.best_val:
+            mark_best(self.out_dir, self.step, ev["val_loss"])
         prune_checkpoints(self.out_dir, self.tcfg.keep_last)
 
-    def _train_step(
-        self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step over grad_accum micro-batches: (mean loss, grad norm before clipping)."""
+    def _rollback(self, metrics: MetricsLogger, loss: float) -> None:
+        """Back to the newest checkpoint, keeping the loader where it is: the batches since then,
+        the one that blew up included, are skipped."""
+        bad_step = self.step + 1
+        path = latest_checkpoint(self.out_dir)
+        if path is None:
+            metrics.log({"step": bad_step, "event": "severe_spike_skipped", "loss": loss})
+            log.warning(
+                "step %d: loss %.4g is a severe spike; no checkpoint yet, step skipped", bad_step, loss
+            )
+            return
+        self._restore(path, restore_loader=False)
+        metrics.rewind(self.step)
+        metrics.log({"step": bad_step, "event": "rollback", "loss": loss, "to_step": self.step})
+        log.warning("step %d: loss %.4g is a severe spike; rolled back to step %d", bad_step, loss, self.step)
+
+    # --- one step -----------------------------------------------------------------------------------
+
+    def _train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> StepOutcome:
+        """One optimizer step over this step's micro-batches, unless a guard refuses it."""
         t = self.tcfg
-        lr = lr_at(self.step, t)
+        accum = grad_accum_at(self.step, t)
+        micro = [next(batches) for _ in range(accum)]
+        lr = lr_at(self.step, t) * (self.lr_mult if self.step < self.cooldown_until else 1.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = forward_backward(self.forward, batches, t.grad_accum, self.device, self.dtype)
+        scale = self.scaler.scale if self.scaler is not None else 1.0
+        loss_t = forward_backward(self.forward, micro, self.device, self.dtype, t.z_loss, scale)
+        tokens = sum(x.numel() for x, _ in micro)
+        overflow = self.scaler.unscale_(self.model.parameters()) if self.scaler is not None else False
+        if self.scaler is not None:
+            self.scaler.update(overflow)
+        loss = loss_t.item()  # one sync per step: the spike guard needs the value now
+        verdict = self.spikes.check(loss) if t.spike_guard and not overflow else "ok"
+        if overflow or verdict == "severe":
+            self.optimizer.zero_grad(set_to_none=True)
+            return StepOutcome(loss, float("nan"), lr, tokens, "overflow" if overflow else "severe")
         # max_norm=inf still returns the norm and scales by exactly 1, so clipping off changes nothing
         max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm
+        return StepOutcome(loss, grad_norm, lr, tokens, verdict)
+
+    def _eval(self, metrics: MetricsLogger) -> None:
+        val_loss, val_bpb = evaluate(
+            self.forward, self.val_ds, self.tcfg, self.token_bytes, self.device, self.dtype
+        )
+        if self.best_val is None or val_loss < self.best_val:
+            self.best_val, self.evals_since_best = val_loss, 0
+        else:
+            self.evals_since_best += 1
+        self.last_eval = {"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb}
+        metrics.log({**self.last_eval, "elapsed": round(self.elapsed, 3)})
+        log.info("step %6d | val loss %.4f | val bpb %.4f", self.step, val_loss, val_bpb)
+        plot_metrics(self.out_dir / METRICS_FILE, self.out_dir / "loss.png")
+
+    def _should_stop_early(self) -> bool:
+        p = self.tcfg.early_stop_patience
+        return p > 0 and self.evals_since_best >= p
 
     def train(self) -> dict[str, Any]:
         t = self.tcfg
-        tokens_per_step = t.batch_size * t.seq_len * t.grad_accum
         batches = iter(self.loader)
         bar = tqdm(
             total=t.max_steps,
@@ -265,33 +360,46 @@ class _Run:
             mininterval=1.0,
             dynamic_ncols=True,
         )
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window_tokens, clipped = time.perf_counter(), 0, 0, 0
         with MetricsLogger(self.out_dir, resume_step=self.step) as metrics:
             if self.step < t.max_steps:
                 log.info(
-                    "training %s from step %d to %d on %s (%s), %d tokens/step, peak lr %.3g",
-                    self.model_cfg.preset or "model",
-                    self.step,
-                    t.max_steps,
-                    self.device,
-                    self.dtype,
-                    tokens_per_step,
-                    t.lr,
-                )
+                    "training %s from step %d to %d on %s (%s), peak lr %.3g",
+                    self.model_cfg.preset or "model", self.step, t.max_steps, self.device, self.dtype, t.lr,
+                )  # fmt: skip
             while self.step < t.max_steps:
                 step_start = time.perf_counter()
-                loss, grad_norm = self._train_step(batches)
+                out = self._train_step(batches)
+                if out.status == "severe":
+                    self._rollback(metrics, out.loss)
+                    bar.n = self.step
+                    window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+                    if latest_checkpoint(self.out_dir) is None:
+                        self.step += 1  # skipped, and the schedule moves on
+                    continue
+                if out.status == "spike":
+                    self.lr_mult, self.cooldown_until = 0.5, self.step + 1 + t.spike_cooldown
+                    metrics.log({"step": self.step + 1, "event": "spike", "loss": out.loss, "lr_mult": 0.5})
+                    log.warning(
+                        "step %d: loss spike %.4f; LR halved for %d steps",
+                        self.step + 1,
+                        out.loss,
+                        t.spike_cooldown,
+                    )
+                if out.status == "overflow":
+                    metrics.log(
+                        {"step": self.step + 1, "event": "fp16_overflow", "loss_scale": self.scaler.scale}
+                    )
                 self.step += 1
-                self.tokens_seen += tokens_per_step
+                self.tokens_seen += out.tokens
                 window_steps += 1
+                window_tokens += out.tokens
+                clipped += int(t.grad_clip > 0 and out.grad_norm > t.grad_clip)
                 self.elapsed += time.perf_counter() - step_start
                 if self.step % t.log_every == 0 or self.step == t.max_steps:
-                    now = time.perf_counter()  # .item() below syncs, so the window timing is real
+                    now = time.perf_counter()
                     rec = self._log_record(
-                        loss.item(),
-                        grad_norm.item(),
-                        lr_at(self.step - 1, t),
-                        window_steps * tokens_per_step / max(now - window_start, 1e-9),
+                        out, window_tokens / max(now - window_start, 1e-9), clipped / window_steps
                     )
                     metrics.log(rec)
                     bar.set_postfix(
@@ -299,13 +407,22 @@ class _Run:
                         tok_s=f"{rec['tokens_per_s']:.0f}",
                         mfu=f"{100 * rec['mfu']:.1f}%",
                     )
-                    window_start, window_steps = time.perf_counter(), 0
+                    window_start, window_steps, window_tokens, clipped = time.perf_counter(), 0, 0, 0
                 bar.update(1)
                 if self.step % t.eval_every == 0 or self.step == t.max_steps:
                     self._eval(metrics)
-                if self.step % t.ckpt_every == 0 or self.step == t.max_steps:
+                stop = self._should_stop_early()
+                if self.step % t.ckpt_every == 0 or self.step == t.max_steps or stop:
                     self._checkpoint()
                     window_start = time.perf_counter()  # keep eval/checkpoint time out of tokens/s
+                if stop:
+                    metrics.log({"step": self.step, "event": "early_stop", "best_val": self.best_val})
+                    log.info(
+                        "early stop at step %d: no better validation loss in %d evaluations",
+                        self.step,
+                        t.early_stop_patience,
+                    )
+                    break
             if self.last_eval is None or self.last_eval["step"] != self.step:
                 self._eval(metrics)  # e.g. resumed a finished run whose last eval was lost
         bar.close()
@@ -320,35 +437,31 @@ class _Run:
             "tokens_per_s": self.tokens_seen / self.elapsed if self.elapsed > 0 else 0.0,
         }
 
-    def _log_record(self, loss: float, grad_norm: float, lr: float, tokens_per_s: float) -> dict[str, Any]:
+    def _log_record(self, out: StepOutcome, tokens_per_s: float, clip_rate: float) -> dict[str, Any]:
         t = self.tcfg
         mfu = self.flops_per_token * tokens_per_s / self.peak if self.peak > 0 else 0.0
         eta = (t.max_steps - self.step) * t.batch_size * t.seq_len * t.grad_accum / max(tokens_per_s, 1e-9)
         mem = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else 0.0
         log.debug(  # the progress bar shows these; -v prints every logged step
-            "step %6d/%d | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | mfu %.2f%% | mem %.1f GiB"
-            " | elapsed %.0fs | eta %.0fs",
-            self.step,
-            t.max_steps,
-            loss,
-            lr,
-            grad_norm,
-            tokens_per_s,
-            100 * mfu,
-            mem,
-            self.elapsed,
-            eta,
-        )
-        return {
+            "step %6d/%d | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | mfu %.2f%% | mem %.1f GiB | eta %.0fs",
+            self.step, t.max_steps, out.loss, out.lr, out.grad_norm, tokens_per_s, 100 * mfu, mem, eta,
+        )  # fmt: skip
+        rec = {
             "step": self.step,
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
+            "loss": out.loss,
+            "lr": out.lr,
+            "grad_norm": out.grad_norm,
+            "clip_rate": clip_rate,
             "tokens": self.tokens_seen,
             "tokens_per_s": tokens_per_s,
             "mfu": mfu,
             "elapsed": round(self.elapsed, 3),
         }
+        if self.scaler is not None:
+            rec["loss_scale"] = self.scaler.scale
+        if mem:
+            rec["mem_gib"] = mem
+        return rec
 
 
 def run_pretrain(cfg: RecipeConfig, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:

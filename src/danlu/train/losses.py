@@ -35,3 +35,19 @@ def nats_and_bytes(
 def bits_per_byte(nats: float, nbytes: int) -> float:
     """Tokenizer-independent loss: nats / (ln 2 * bytes)."""
     return nats / (math.log(2) * nbytes) if nbytes > 0 else float("nan")
+
+
+IGNORE_INDEX = -100  # targets with this id (padding, masked prompt tokens) carry no loss
+
+
+def summed_lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) -> torch.Tensor:
+    """Cross-entropy summed over the target tokens (IGNORE_INDEX skipped), plus z_loss times the
+    summed squared log-partition log(sum exp logits) of those tokens (PaLM's z-loss, which keeps
+    the softmax normalizer near 1). Divide by the token count of the whole optimizer step."""
+    flat = logits.reshape(-1, logits.size(-1)).float()
+    flat_targets = targets.reshape(-1)
+    loss = F.cross_entropy(flat, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    if z_loss > 0:
+        keep = flat_targets != IGNORE_INDEX
+        loss = loss + z_loss * torch.logsumexp(flat[keep], dim=-1).pow(2).sum()
+    return loss

@@ -61,6 +61,12 @@ class MetricsLogger:
                 kept.append(line)
         atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
+    def rewind(self, step: int) -> None:
+        """Drop the records after `step` (training went back to it)."""
+        self._f.close()
+        self._truncate_after(step)
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
     def log(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
