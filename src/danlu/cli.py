@@ -7,6 +7,7 @@
     danlu pretrain [RECIPE]                      train (resumes from the run's last checkpoint)
     danlu generate MODEL --prompt TEXT           sample a continuation
     danlu chat MODEL                             talk to a model in the terminal
+    danlu plot RUN                               PNG plots of a run's metrics
 
 Errors caused by input (`DanluError`) print one line and exit with status 2.
 """
@@ -174,6 +175,19 @@ def _model_dir(path: str) -> Path:
     return p / "model" if (p / "model" / "config.json").is_file() else p
 
 
+def cmd_plot(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.errors import DataError
+    from danlu.train.metrics import METRICS_FILE, plot_metrics, plot_training
+
+    run = Path(args.run)
+    metrics = run / METRICS_FILE if run.is_dir() else run
+    if not metrics.is_file():
+        raise DataError(f"{metrics} not found; pass a run directory (it holds {METRICS_FILE})")
+    out = metrics.parent
+    plot_metrics(metrics, out / "loss.png")
+    print(f"wrote {plot_training(metrics, out / 'training.png')} and {out / 'loss.png'}")
+
+
 def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.infer.chat import ChatSession
 
@@ -257,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(p, max_new_tokens=200)
     p.add_argument("--prompt", required=True)
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("plot", help="draw a run's loss, LR, gradient norm and speed as PNGs")
+    p.add_argument("run", help="run directory (or its metrics.jsonl)")
+    p.set_defaults(fn=cmd_plot)
 
     p = sub.add_parser("chat", help="talk to a model in the terminal")
     _add_sampling(p, max_new_tokens=120)

@@ -48,6 +48,7 @@ from danlu.train.losses import (
 )
 from danlu.train.memory import apply_activation_checkpointing
 from danlu.train.metrics import METRICS_FILE, MetricsLogger, peak_flops, plot_metrics
+from danlu.train.monitor import ClipRate, UpdateRatio, alerts, grad_norms_by_group
 from danlu.train.optim import build_optimizer
 from danlu.train.schedule import grad_accum_at, lr_at
 from danlu.train.stability import LossScaler, SpikeDetector
@@ -171,6 +172,7 @@ class StepOutcome:
     lr: float
     tokens: int
     status: str  # ok | spike | severe | overflow
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # on logging steps only
 
 
 class _Run:
@@ -214,6 +216,7 @@ class _Run:
         self.scaler = LossScaler() if self.dtype == "fp16" else None
         self.spikes = SpikeDetector(tcfg.spike_k, tcfg.spike_k_severe)
         self.lr_mult, self.cooldown_until = 1.0, 0
+        self.clip_rate = ClipRate()
         self._resume()
         if tcfg.activation_checkpointing:
             n = apply_activation_checkpointing(self.model, tcfg.activation_checkpointing)
@@ -327,10 +330,17 @@ class _Run:
             return StepOutcome(loss, float("nan"), lr, tokens, "overflow" if overflow else "severe")
         # max_norm=inf still returns the norm and scales by exactly 1, so clipping off changes nothing
         max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
+        detailed = (self.step + 1) % t.log_every == 0
+        details: dict[str, Any] = {}
+        if detailed:  # measured before clipping, like the total norm
+            details["grad_norm_by_group"] = grad_norms_by_group(self.model)
+            update = UpdateRatio(self.model)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepOutcome(loss, grad_norm, lr, tokens, verdict)
+        if detailed:
+            details["update_ratio_by_group"] = update.ratios()
+        return StepOutcome(loss, grad_norm, lr, tokens, verdict, details)
 
     def _eval(self, metrics: MetricsLogger) -> None:
         val_loss, val_bpb = evaluate(
@@ -394,7 +404,9 @@ class _Run:
                 self.tokens_seen += out.tokens
                 window_steps += 1
                 window_tokens += out.tokens
-                clipped += int(t.grad_clip > 0 and out.grad_norm > t.grad_clip)
+                was_clipped = t.grad_clip > 0 and out.grad_norm > t.grad_clip
+                clipped += was_clipped
+                self.clip_rate.add(was_clipped)
                 self.elapsed += time.perf_counter() - step_start
                 if self.step % t.log_every == 0 or self.step == t.max_steps:
                     now = time.perf_counter()
@@ -402,6 +414,12 @@ class _Run:
                         out, window_tokens / max(now - window_start, 1e-9), clipped / window_steps
                     )
                     metrics.log(rec)
+                    # the clip-rate alert looks at the last 100 steps after warmup, when clipping
+                    # should have become rare; early steps are clipped as a matter of course
+                    rate = self.clip_rate.rate if self.clip_rate.full and self.step > t.warmup_steps else 0.0
+                    for alert in alerts(out.grad_norm, rate):
+                        metrics.log({"step": self.step, "event": "alert", "message": alert})
+                        log.warning("step %d: %s", self.step, alert)
                     bar.set_postfix(
                         loss=f"{rec['loss']:.3f}",
                         tok_s=f"{rec['tokens_per_s']:.0f}",
@@ -457,6 +475,7 @@ class _Run:
             "mfu": mfu,
             "elapsed": round(self.elapsed, 3),
         }
+        rec.update(out.details)
         if self.scaler is not None:
             rec["loss_scale"] = self.scaler.scale
         if mem:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from danlu.errors import DataError
 from danlu.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,59 @@ def plot_metrics(metrics_path: str | Path, png_path: str | Path) -> None:
             fig.savefig(tmp, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
+
+
+def plot_training(metrics_path: str | Path, png_path: str | Path) -> Path:
+    """Four panels against step (loss and val loss; LR; gradient norm; tokens/s and MFU), with the
+    run's events (spikes, rollbacks, overflows, alerts) as vertical lines. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    steps = [r for r in records if "loss" in r and "event" not in r]
+    if not steps:
+        raise DataError(f"{metrics_path} holds no training steps to plot")
+
+    def series(key: str, rows: list[dict[str, Any]] = steps) -> tuple[list[int], list[float]]:
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=100, sharex=True)
+    try:
+        (ax_loss, ax_lr), (ax_grad, ax_speed) = axes
+        ax_loss.plot(*series("loss"), lw=1, label="train")
+        ax_loss.plot(*series("val_loss", records), "o-", ms=3, label="val")
+        ax_loss.set_ylabel("loss (nats/token)")
+        ax_loss.legend()
+        ax_lr.plot(*series("lr"), lw=1)
+        ax_lr.set_ylabel("learning rate")
+        ax_grad.plot(*series("grad_norm"), lw=1)
+        ax_grad.set_ylabel("gradient norm (before clipping)")
+        ax_grad.set_yscale("log")
+        ax_speed.plot(*series("tokens_per_s"), lw=1, color="tab:green")
+        ax_speed.set_ylabel("tokens/s")
+        mfu = ax_speed.twinx()
+        x, y = series("mfu")
+        mfu.plot(x, [100 * v for v in y], lw=0.8, color="tab:gray", alpha=0.6)
+        mfu.set_ylabel("MFU %")
+        colors = {"spike": "tab:orange", "rollback": "tab:red", "severe_spike_skipped": "tab:red"}
+        for ev in (r for r in records if "event" in r):
+            for ax in axes.flat:
+                ax.axvline(
+                    ev["step"], color=colors.get(ev["event"], "tab:purple"), lw=0.8, ls="--", alpha=0.7
+                )
+        for ax in axes.flat:
+            ax.grid(alpha=0.3)
+        for ax in axes[1]:
+            ax.set_xlabel("step")
+        fig.tight_layout()
+        with atomic_path(png_path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return Path(png_path)
 
 
 def _measure_matmul_flops(

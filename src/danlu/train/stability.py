@@ -70,8 +70,18 @@ class SpikeDetector:
     differences (E[(l_t - l_t-1)^2] = 2 sigma^2 for independent batches), which a falling trend barely
     inflates, unlike the variance around the average."""
 
-    def __init__(self, k: float = 6.0, k_severe: float = 12.0, alpha: float = 0.1, min_history: int = 10):
-        self.k, self.k_severe, self.alpha, self.min_history = k, k_severe, alpha, min_history
+    def __init__(
+        self,
+        k: float = 6.0,
+        k_severe: float = 12.0,
+        alpha: float = 0.1,
+        noise_alpha: float = 0.02,
+        min_history: int = 20,
+    ):
+        # the noise estimate averages over ~1/noise_alpha steps: a short window underestimates it by
+        # chance often enough to raise false alarms on ordinary batch-to-batch variation
+        self.k, self.k_severe, self.alpha, self.noise_alpha = k, k_severe, alpha, noise_alpha
+        self.min_history = min_history
         self.mean = 0.0
         self.diff_sq = 0.0
         self.last = 0.0
@@ -98,7 +108,7 @@ class SpikeDetector:
         else:
             self.mean += self.alpha * (loss - self.mean)
             d2 = (loss - self.last) ** 2
-            self.diff_sq = d2 if self.count == 1 else self.diff_sq + self.alpha * (d2 - self.diff_sq)
+            self.diff_sq = d2 if self.count == 1 else self.diff_sq + self.noise_alpha * (d2 - self.diff_sq)
         self.last = loss
         self.count += 1
         return "ok"

@@ -1,0 +1,89 @@
+"""What the trainer watches besides the loss: gradient norms per layer group, the size of each
+update relative to the weights, and alerts when they leave the usual range."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+# Alert thresholds (the usual signs of a run going wrong).
+MAX_GRAD_NORM = 100.0
+MAX_CLIP_RATE = 0.05
+
+
+def layer_group(name: str) -> str:
+    """embed, attn, mlp, norm or head, from a parameter name of danlu's Transformer."""
+    if name.startswith("embed"):
+        return "embed"
+    if name.startswith("lm_head"):
+        return "head"
+    if ".attn." in name:
+        return "attn"
+    if ".mlp." in name:
+        return "mlp"
+    return "norm"
+
+
+def _named(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def grad_norms_by_group(model: nn.Module) -> dict[str, float]:
+    sq: dict[str, float] = {}
+    for name, p in _named(model):
+        if p.grad is not None:
+            g = layer_group(name)
+            sq[g] = sq.get(g, 0.0) + float(p.grad.float().pow(2).sum())
+    return {g: math.sqrt(v) for g, v in sq.items()}
+
+
+class UpdateRatio:
+    """||weights after - weights before|| / ||weights before|| per group, over one optimizer step."""
+
+    @torch.no_grad()
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.before = {n: p.detach().clone() for n, p in _named(model)}
+
+    @torch.no_grad()
+    def ratios(self) -> dict[str, float]:
+        num: dict[str, float] = {}
+        den: dict[str, float] = {}
+        for name, p in _named(self.model):
+            g, old = layer_group(name), self.before[name]
+            num[g] = num.get(g, 0.0) + float((p - old).float().pow(2).sum())
+            den[g] = den.get(g, 0.0) + float(old.float().pow(2).sum())
+        return {g: math.sqrt(num[g] / den[g]) if den[g] > 0 else 0.0 for g in num}
+
+
+class ClipRate:
+    """Fraction of the last `window` steps whose gradient was clipped."""
+
+    def __init__(self, window: int = 100):
+        self.flags: deque[bool] = deque(maxlen=window)
+
+    def add(self, clipped: bool) -> None:
+        self.flags.append(clipped)
+
+    @property
+    def rate(self) -> float:
+        return sum(self.flags) / len(self.flags) if self.flags else 0.0
+
+    @property
+    def full(self) -> bool:
+        return len(self.flags) == self.flags.maxlen
+
+
+def alerts(grad_norm: float, clip_rate: float) -> list[str]:
+    """Warnings for a step's gradient norm and the clip rate over the last steps."""
+    out = []
+    if math.isfinite(grad_norm) and grad_norm > MAX_GRAD_NORM:
+        out.append(f"gradient norm {grad_norm:.1f} above {MAX_GRAD_NORM:g}")
+    if clip_rate > MAX_CLIP_RATE:
+        out.append(f"clip rate {100 * clip_rate:.0f}% above {100 * MAX_CLIP_RATE:g}%")
+    return out
