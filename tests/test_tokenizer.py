@@ -13,8 +13,8 @@ from tokenizers import decoders, models, pre_tokenizers
 
 from danlu.config import TokenizerConfig
 from danlu.errors import TokenizerError
-from danlu.tokenizer import SPECIAL_TOKENS, Tokenizer, tokenizer_stats, train_tokenizer
-from danlu.tokenizer.ranks import GPT2_PATTERN, byte_decoder, inconsistent_merges, mergeable_ranks
+from danlu.tokenizer import SPECIAL_TOKENS, Tokenizer, encode_text, tokenizer_stats, train_tokenizer
+from danlu.tokenizer.ranks import GPT2_PATTERN, byte_decoder, mergeable_ranks
 
 SAMPLE = (
     "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n"
@@ -70,12 +70,13 @@ def test_ids_identical_to_hf_on_shakespeare(shakespeare_docs):
     assert tok.decode(tok.encode(texts[0])) == texts[0]
 
 
-def _hand_made_bpe(merges: list[tuple[str, str]]) -> Tokenizer:
+def _hand_made_bpe(merges: list[tuple[str, str]], extra: tuple[str, ...] = ()) -> Tokenizer:
+    """A BPE whose merged tokens take ids in the order given by `extra + merges` (listed first: no merge)."""
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda c: byte_decoder()[c]):
         vocab[ch] = len(vocab)
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
+    for t in [*extra, *(a + b for a, b in merges)]:
+        vocab.setdefault(t, len(vocab))
     hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()
@@ -96,7 +97,29 @@ def test_merges_where_tiktoken_would_differ_are_detected_and_encoded_by_hf():
     assert tok.encode("abc") == _hf_ids(tok, "abc") == [tok.token_to_id("a"), tok.token_to_id("bc")]
     consistent = _hand_made_bpe([("b", "c"), ("a", "bc")])
     assert consistent.inconsistent == [] and consistent.encode("abc") == [consistent.token_to_id("abc")]
-    assert inconsistent_merges(ranks, [("a", "b")]) == []
+
+
+@pytest.mark.parametrize(
+    "merges, extra, text, flagged",
+    [
+        # ids out of merge order: HF merges (a,b) first (listed first), tiktoken b+c (lower id)
+        ([("a", "b"), ("b", "c")], ("bc",), "abc", ["bc"]),
+        # a multi-byte token that no merge makes: tiktoken would emit it, HF never does
+        ([("a", "b")], ("xy",), "abxy", ["xy"]),
+    ],
+)
+def test_tokenizer_json_files_tiktoken_cannot_mirror_fall_back_to_hf(merges, extra, text, flagged):
+    tok = _hand_made_bpe(merges, extra)
+    assert tok.inconsistent == flagged
+    assert tok.encode(text) == _hf_ids(tok, text)
+    assert tok.encode_batch([text]) == [_hf_ids(tok, text)]
+    assert tok.decode(tok.encode(text)) == text
+    import tiktoken
+
+    naive = tiktoken.Encoding(
+        name="naive", pat_str=GPT2_PATTERN, mergeable_ranks=tok._ranks, special_tokens={}
+    )
+    assert naive.encode_ordinary(text) != _hf_ids(tok, text)  # the case the check exists for
 
 
 def test_specials_only_when_allowed(tok):
@@ -146,6 +169,8 @@ def test_save_load_round_trip_and_corruption(tok, tmp_path):
 def test_bad_training_input(tmp_path):
     with pytest.raises(TokenizerError, match="empty"):
         Tokenizer.train([], vocab_size=400)
+    with pytest.raises(TokenizerError, match="below 263"):
+        Tokenizer.train(["plenty of text " * 100], vocab_size=200)
     with pytest.raises(TokenizerError, match=r"supports only \d+ tokens .* lower tokenizer.vocab_size"):
         Tokenizer.train(["a small text, not enough for many merges"], vocab_size=5000)
 
@@ -165,6 +190,7 @@ def test_train_tokenizer_stage_and_stats(tmp_path):
     assert Tokenizer.load(tmp_path / "tok").fingerprint() == tok.fingerprint()
     stats = tokenizer_stats(tok, [SAMPLE])
     n = len(tok.encode(SAMPLE))
+    assert encode_text(tok, SAMPLE) == tok.encode(SAMPLE) == _hf_ids(tok, SAMPLE)
     assert stats["tokens"] == n and stats["bytes_per_token"] == pytest.approx(len(SAMPLE.encode()) / n)
     assert 0 < stats["vocab_used"] <= 1 and stats["bytes_per_token"] > 1.2
     assert np.isclose(stats["chars_per_token"], len(SAMPLE) / n)

@@ -296,3 +296,72 @@ def test_monitoring_records_groups_and_plot_verb(tiny_packed, tmp_path, capsys, 
     assert main(["plot", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "training.png").stat().st_size > 10_000
     assert main(["plot", str(tmp_path / "nothing")]) == 2
+
+
+def test_group_clipping_bounds_each_group():
+    from danlu.train.monitor import clip_grad_norm_by_group, grad_norms_by_group
+
+    torch.manual_seed(0)
+    model = build_model(TINY, torch.device("cpu"))
+    model(torch.randint(0, 64, (2, 8))).pow(2).mean().backward()
+    before = grad_norms_by_group(model)
+    assert clip_grad_norm_by_group(model, 1e-3) == pytest.approx(before)
+    after = grad_norms_by_group(model)
+    assert all(v == pytest.approx(min(before[g], 1e-3), rel=1e-3) for g, v in after.items())  # eps 1e-6
+
+
+def test_tensorboard_and_wandb_sinks_receive_the_metrics(tiny_packed, tmp_path):
+    pytest.importorskip("tensorboard", reason="the [monitor] extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tokens, tok = tiny_packed
+    loop.run_pretrain(
+        _recipe(max_steps=4, log_every=2, sinks=["tensorboard", "wandb"]), tokens, tok, tmp_path / "r"
+    )
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    acc.Reload()
+    jsonl = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r]
+    scalars = acc.Scalars("loss")
+    assert [e.step for e in scalars] == [r["step"] for r in jsonl]
+    assert [e.value for e in scalars] == pytest.approx([r["loss"] for r in jsonl])
+    assert "grad_norm_by_group/attn" in acc.Tags()["scalars"]
+    offline = list((tmp_path / "r" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+
+
+def test_layer_lr_multipliers_reach_the_optimizer_groups():
+    from danlu.config import LayerLRMults
+    from danlu.train.optim import build_optimizer
+
+    model = build_model(TINY, torch.device("cpu"))
+    cfg = TrainConfig(lr=1e-3, lr_mults=LayerLRMults(embed=0.1, mlp=2.0))
+    opt = build_optimizer(model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in opt.param_groups:
+        kinds = {
+            names[id(p)].split(".")[0] if "blocks" not in names[id(p)] else names[id(p)].split(".")[2]
+            for p in g["params"]
+        }
+        expect = 0.1 if kinds == {"embed"} else 2.0 if kinds == {"mlp"} else 1.0
+        assert g["lr"] == pytest.approx(1e-3 * expect) and g["lr_mult"] == expect
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    with pytest.raises(ConfigError, match=r"train\.lr_mults\.attn"):
+        LayerLRMults(attn=0)
+
+
+@pytest.mark.parametrize("optimizer", ["lion", "adafactor", "adamw8bit", "muon"])
+def test_each_optimizer_trains_and_resumes_exactly(tiny_packed, tmp_path, optimizer):
+    tokens, tok = tiny_packed
+    lr = {"lion": 3e-4, "adafactor": 3e-3, "adamw8bit": 3e-3, "muon": 3e-3}[optimizer]
+    cfg = _recipe(max_steps=8, optimizer=optimizer, lr=lr, schedule="constant", ckpt_every=4)
+    straight = loop.run_pretrain(cfg, tokens, tok, tmp_path / "straight")
+    loop.run_pretrain(
+        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=4)),
+        tokens,
+        tok,
+        tmp_path / "two",
+    )
+    resumed = loop.run_pretrain(cfg, tokens, tok, tmp_path / "two")
+    losses = [r["loss"] for r in read_metrics(tmp_path / "straight" / "metrics.jsonl") if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert resumed["val_loss"] == straight["val_loss"]

@@ -96,6 +96,23 @@ class ModelConfig:
 
 
 @dataclass
+class LayerLRMults:
+    # Multipliers of the learning rate per layer group (muP-style tuning, slower embeddings, ...).
+    embed: float = 1.0
+    attn: float = 1.0
+    mlp: float = 1.0
+    norm: float = 1.0
+    head: float = 1.0
+
+    def __post_init__(self) -> None:
+        for k, v in dataclasses.asdict(self).items():
+            _check(v > 0, f"train.lr_mults.{k}", f"must be > 0, got {v}")
+
+
+OPTIMIZERS = ("adamw", "lion", "adafactor", "adamw8bit", "muon")
+
+
+@dataclass
 class TrainConfig:
     # Tokens per training sequence (must not exceed model.max_seq_len).
     seq_len: int = 256
@@ -106,6 +123,11 @@ class TrainConfig:
     max_steps: int = 1000
     # Peak learning rate; None means the model's suggested LR for its width.
     lr: float | None = None
+    # adamw, lion, adafactor, adamw8bit or muon (Muon on the hidden matrices, AdamW elsewhere).
+    optimizer: str = "adamw"
+    # Muon's learning rate for the hidden matrices (lr stays the AdamW-side rate).
+    muon_lr: float = 0.02
+    lr_mults: LayerLRMults = field(default_factory=LayerLRMults)
     # Decay after warmup: cosine, linear, constant, inv_sqrt or wsd (warmup-stable-decay).
     schedule: str = "cosine"
     # The decay ends at lr * min_lr_ratio.
@@ -136,6 +158,11 @@ class TrainConfig:
     early_stop_patience: int = 0
     # Recompute activations of every k-th block in backward (1: all blocks); 0 stores them all.
     activation_checkpointing: int = 0
+    # Clip each layer group's gradient norm (embed, attn, mlp, norm, head) to this, before the
+    # global clip; 0 disables it.
+    grad_clip_group: float = 0.0
+    # Metrics destinations besides metrics.jsonl: tensorboard, wandb (offline).
+    sinks: list[str] = field(default_factory=list)
     eval_every: int = 100
     # Validation batches per evaluation; 0 means the whole validation split.
     eval_batches: int = 0
@@ -190,6 +217,17 @@ class TrainConfig:
         _check(self.spike_cooldown >= 0, "train.spike_cooldown", "must be >= 0")
         _check(self.early_stop_patience >= 0, "train.early_stop_patience", "must be >= 0")
         _check(self.activation_checkpointing >= 0, "train.activation_checkpointing", "must be >= 0")
+        _check(self.grad_clip_group >= 0, "train.grad_clip_group", "must be >= 0")
+        _check(
+            self.optimizer in OPTIMIZERS,
+            "train.optimizer",
+            f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+        )
+        _check(self.muon_lr > 0, "train.muon_lr", "must be > 0")
+        bad = [s for s in self.sinks if s not in ("tensorboard", "wandb")]
+        _check(
+            not bad, "train.sinks", f"unknown sink {bad[0] if bad else ''!r}; use tensorboard and/or wandb"
+        )
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")

@@ -91,6 +91,12 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+        floor = len(SPECIAL_TOKENS) + 256
+        if vocab_size < floor:  # the trainer would silently keep all 256 bytes and the specials anyway
+            raise TokenizerError(
+                f"vocab_size={vocab_size} is below {floor} (256 bytes + {len(SPECIAL_TOKENS)} special "
+                "tokens): raise tokenizer.vocab_size"
+            )
         # a list goes to the trainer as is (its fast path); a stream is counted on the way through
         counted = _CountingIterator(texts) if not isinstance(texts, list | tuple) else None
         hf = _new_hf_bpe()

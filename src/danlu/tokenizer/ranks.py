@@ -5,8 +5,9 @@ is a token, by that token's rank. With rank = token id (merges are numbered in t
 learned) the two agree as long as every token is reached, by tiktoken's rule, through the very pair HF
 lists for it. That can fail: with merges (b,c), (a,b), (ab,c) tiktoken turns "abc" into one token via
 a+bc while HF stops at [a, bc]. `inconsistent_merges` replays tiktoken's rule on every token's bytes
-with only lower ranks allowed and lists the tokens where it ends elsewhere; a tokenizer with any such
-token encodes through HF instead.
+with only lower ranks allowed and lists the tokens where it ends elsewhere (as well as merges out of id
+order and tokens no merge makes, for tokenizer.json files not written by our trainer); a tokenizer with
+any such token encodes through HF instead.
 """
 
 from __future__ import annotations
@@ -64,14 +65,23 @@ def _rank_bpe(piece: bytes, ranks: dict[bytes, int], below: int) -> list[bytes]:
 
 
 def inconsistent_merges(ranks: dict[bytes, int], merges: list[tuple[str, str]]) -> list[str]:
-    """Tokens that tiktoken's rule reaches through another pair than HF's listed merge."""
+    """Tokens where tiktoken's rank rule and HF's listed merges could part ways: a token reached through
+    another pair than its listed merge, a merge whose token id is out of merge order (HF ranks merges by
+    list position, tiktoken by id), and a multi-byte token that no merge makes (HF never emits it)."""
     dec = byte_decoder()
     bad = []
+    made: set[bytes] = set()
+    last_rank = -1
     for left, right in merges:
-        if len(left) + len(right) == 2:  # two bytes can only be joined by their own merge
-            continue
         a, b = bytes(dec[c] for c in left), bytes(dec[c] for c in right)
         merged = a + b
-        if _rank_bpe(merged, ranks, ranks[merged]) != [a, b]:
+        made.add(merged)
+        rank = ranks.get(merged, -1)
+        in_order, last_rank = rank > last_rank, max(last_rank, rank)
+        if not in_order:
             bad.append(left + right)
+        elif len(merged) > 2 and _rank_bpe(merged, ranks, rank) != [a, b]:
+            bad.append(left + right)  # (two bytes can only be joined by their own merge)
+    enc = {b: c for c, b in byte_decoder().items()}
+    bad += ["".join(enc[x] for x in t) for t in ranks if len(t) > 1 and t not in made]
     return bad

@@ -44,3 +44,8 @@ def tokenizer_stats(tok: Tokenizer, texts: Iterable[str]) -> dict[str, Any]:
         "chars_per_token": n_chars / max(n_tokens, 1),
         "vocab_used": len(used) / tok.vocab_size,
     }
+
+
+def encode_text(tok: Tokenizer, text: str) -> list[int]:
+    """The ids of plain text, as `danlu tokenizer encode` prints them (special-token strings stay text)."""
+    return tok.encode(text)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from danlu.config import ModelConfig, RecipeConfig, TrainConfig
+from danlu.config import ModelConfig, RecipeConfig, TrainConfig, to_dict
 from danlu.errors import CheckpointCorrupt, ConfigError, DataError
 from danlu.train.checkpoint import (
     latest_checkpoint,
@@ -48,9 +48,10 @@ from danlu.train.losses import (
 )
 from danlu.train.memory import apply_activation_checkpointing
 from danlu.train.metrics import METRICS_FILE, MetricsLogger, peak_flops, plot_metrics
-from danlu.train.monitor import ClipRate, UpdateRatio, alerts, grad_norms_by_group
-from danlu.train.optim import build_optimizer
+from danlu.train.monitor import ClipRate, UpdateRatio, alerts, clip_grad_norm_by_group, grad_norms_by_group
+from danlu.train.optimizers import build_named_optimizer
 from danlu.train.schedule import grad_accum_at, lr_at
+from danlu.train.sinks import open_sinks
 from danlu.train.stability import LossScaler, SpikeDetector
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,8 @@ class _Run:
         _seed_everything(tcfg.seed)
         self.model = build_model(self.model_cfg, self.device)
         self.model.train()
-        self.optimizer = build_optimizer(self.model, self.tcfg)
+        options = {"muon_lr": tcfg.muon_lr} if tcfg.optimizer == "muon" else {}
+        self.optimizer = build_named_optimizer(self.model, tcfg.optimizer, self.tcfg, **options)
         self.loader = TrainLoader(self.train_ds, tcfg.batch_size, tcfg.seq_len, tcfg.seed)
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         self.best_val: float | None = None
@@ -316,7 +318,7 @@ class _Run:
         micro = [next(batches) for _ in range(accum)]
         lr = lr_at(self.step, t) * (self.lr_mult if self.step < self.cooldown_until else 1.0)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         scale = self.scaler.scale if self.scaler is not None else 1.0
         loss_t = forward_backward(self.forward, micro, self.device, self.dtype, t.z_loss, scale)
         tokens = sum(x.numel() for x, _ in micro)
@@ -335,6 +337,8 @@ class _Run:
         if detailed:  # measured before clipping, like the total norm
             details["grad_norm_by_group"] = grad_norms_by_group(self.model)
             update = UpdateRatio(self.model)
+        if t.grad_clip_group > 0:
+            clip_grad_norm_by_group(self.model, t.grad_clip_group)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -371,7 +375,8 @@ class _Run:
             dynamic_ncols=True,
         )
         window_start, window_steps, window_tokens, clipped = time.perf_counter(), 0, 0, 0
-        with MetricsLogger(self.out_dir, resume_step=self.step) as metrics:
+        sinks = open_sinks(t.sinks, self.out_dir, self.cfg.name, to_dict(self.cfg))
+        with MetricsLogger(self.out_dir, resume_step=self.step, sinks=sinks) as metrics:
             if self.step < t.max_steps:
                 log.info(
                     "training %s from step %d to %d on %s (%s), peak lr %.3g",

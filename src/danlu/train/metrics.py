@@ -42,7 +42,8 @@ CUDA_BF16_PEAK = (
 class MetricsLogger:
     """Append-only JSON lines, flushed per line so a killed run loses at most the line being written."""
 
-    def __init__(self, out_dir: str | Path, resume_step: int = 0):
+    def __init__(self, out_dir: str | Path, resume_step: int = 0, sinks: list[Any] | None = None):
+        self.sinks = sinks or []  # more destinations (TensorBoard, W&B): see danlu.train.sinks
         self.path = Path(out_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_step)
@@ -71,9 +72,13 @@ class MetricsLogger:
     def log(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
+        for sink in self.sinks:
+            sink.log(record)
 
     def close(self) -> None:
         self._f.close()
+        for sink in self.sinks:
+            sink.close()
 
     def __enter__(self) -> MetricsLogger:
         return self

@@ -42,6 +42,18 @@ def grad_norms_by_group(model: nn.Module) -> dict[str, float]:
     return {g: math.sqrt(v) for g, v in sq.items()}
 
 
+@torch.no_grad()
+def clip_grad_norm_by_group(model: nn.Module, max_norm: float) -> dict[str, float]:
+    """Scale each layer group's gradients so that group's norm is at most max_norm (a group whose
+    gradient explodes cannot shrink every other group's update, as one global clip would).
+    Returns the norms before clipping."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, p in _named(model):
+        if p.grad is not None:
+            groups.setdefault(layer_group(name), []).append(p)
+    return {g: float(torch.nn.utils.clip_grad_norm_(params, max_norm)) for g, params in groups.items()}
+
+
 class UpdateRatio:
     """||weights after - weights before|| / ||weights before|| per group, over one optimizer step."""
 

@@ -6,7 +6,9 @@ lm_head shares its matrix with the embedding, so that shared matrix is counted a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,16 +40,38 @@ def _fast_kwargs(params: list[nn.Parameter]) -> dict[str, bool]:
     return {"fused": True} if fused_ok else {"foreach": True}
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.AdamW:
-    """AdamW over two groups (weight decay on Linear weights, none elsewhere); lr defaults to cfg.lr."""
+def optimizer_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Param groups: decayed and not decayed, and, when train.lr_mults sets any multiplier, split
+    further by layer group, each with its "lr_mult" (the loop sets lr = schedule lr * lr_mult)."""
+    from danlu.train.monitor import layer_group
+
     decay, no_decay = param_groups(model)
+    mults = dataclasses.asdict(cfg.lr_mults)
+    if all(v == 1.0 for v in mults.values()):
+        return [
+            {"params": decay, "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+        ]
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups: dict[tuple[bool, str], dict[str, Any]] = {}
+    for decayed, params in ((True, decay), (False, no_decay)):
+        for p in params:
+            lg = layer_group(names[id(p)])
+            g = groups.setdefault(
+                (decayed, lg),
+                {"params": [], "weight_decay": cfg.weight_decay if decayed else 0.0, "lr_mult": mults[lg]},
+            )
+            g["params"].append(p)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW (weight decay on Linear weights only, lr multipliers per group); lr defaults to cfg.lr."""
     lr = cfg.lr if lr is None else lr
     assert lr is not None, "resolve train.lr before building the optimizer"
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    log.debug("optimizer: %d decayed tensors, %d not decayed", len(decay), len(no_decay))
-    return torch.optim.AdamW(
-        groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **_fast_kwargs(decay + no_decay)
-    )
+    groups = optimizer_groups(model, cfg)
+    for g in groups:
+        g["lr"] = lr * g["lr_mult"]
+    params = [p for g in groups for p in g["params"]]
+    log.debug("optimizer: %d groups over %d tensors", len(groups), len(params))
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **_fast_kwargs(params))
