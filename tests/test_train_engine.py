@@ -365,3 +365,26 @@ def test_each_optimizer_trains_and_resumes_exactly(tiny_packed, tmp_path, optimi
     losses = [r["loss"] for r in read_metrics(tmp_path / "straight" / "metrics.jsonl") if "loss" in r]
     assert losses[-1] < losses[0]
     assert resumed["val_loss"] == straight["val_loss"]
+
+
+def test_nan_gradients_with_a_finite_loss_skip_the_step(tiny_packed, tmp_path, monkeypatch):
+    tokens, tok = tiny_packed
+    calls = {"n": 0}
+    orig = loop.forward_backward
+
+    def nan_grad_at_step_2(model, micro, *args, **kwargs):
+        loss = orig(model, micro, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            next(iter(model.parameters())).grad[0, 0] = float("nan")
+        return loss
+
+    monkeypatch.setattr(loop, "forward_backward", nan_grad_at_step_2)
+    out = loop.run_pretrain(_recipe(max_steps=4), tokens, tok, tmp_path / "r")
+    events = [
+        r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if r.get("event") == "severe_spike_skipped"
+    ]
+    assert [e["step"] for e in events] == [2]
+    assert math.isfinite(out["val_loss"])
+    recs = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r and "event" not in r]
+    assert [r["step"] for r in recs] == [1, 3, 4] and recs[-1]["mem_gib"] > 0  # step 2 was skipped

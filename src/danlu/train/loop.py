@@ -17,7 +17,9 @@ import json
 import logging
 import math
 import random
+import resource
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -340,6 +342,9 @@ class _Run:
         if t.grad_clip_group > 0:
             clip_grad_norm_by_group(self.model, t.grad_clip_group)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not math.isfinite(grad_norm):  # a finite loss with inf/nan gradients: never step on them
+            self.optimizer.zero_grad(set_to_none=True)
+            return StepOutcome(loss, grad_norm, lr, tokens, "severe")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if detailed:
@@ -464,7 +469,11 @@ class _Run:
         t = self.tcfg
         mfu = self.flops_per_token * tokens_per_s / self.peak if self.peak > 0 else 0.0
         eta = (t.max_steps - self.step) * t.batch_size * t.seq_len * t.grad_accum / max(tokens_per_s, 1e-9)
-        mem = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else 0.0
+        if self.device.type == "cuda":
+            mem = torch.cuda.max_memory_allocated() / 2**30
+        else:  # peak resident memory of the process (KiB on Linux, bytes on macOS)
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            mem = rss / (2**30 if sys.platform == "darwin" else 2**20)
         log.debug(  # the progress bar shows these; -v prints every logged step
             "step %6d/%d | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | mfu %.2f%% | mem %.1f GiB | eta %.0fs",
             self.step, t.max_steps, out.loss, out.lr, out.grad_norm, tokens_per_s, 100 * mfu, mem, eta,
