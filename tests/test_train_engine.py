@@ -282,7 +282,9 @@ def test_monitoring_records_groups_and_plot_verb(tiny_packed, tmp_path, capsys, 
 
     tokens, tok = tiny_packed
     monkeypatch.setattr("danlu.train.monitor.ClipRate.__init__.__defaults__", (2,))  # a 2-step window
-    loop.run_pretrain(_recipe(max_steps=4, log_every=2, grad_clip=1e-3), tokens, tok, tmp_path / "r")
+    loop.run_pretrain(
+        _recipe(max_steps=4, log_every=2, grad_clip=1e-3, warmup_steps=0), tokens, tok, tmp_path / "r"
+    )
     recs = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in recs] == [2, 4]
     for r in recs:
@@ -292,7 +294,7 @@ def test_monitoring_records_groups_and_plot_verb(tiny_packed, tmp_path, capsys, 
         assert all(0 < v < 1 for v in r["update_ratio_by_group"].values())
         assert r["clip_rate"] == 1.0  # every step clipped at max norm 1e-3
     alerts = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if r.get("event") == "alert"]
-    assert alerts and "clip rate 100%" in alerts[0]["message"]
+    assert len(alerts) == 1 and "clip rate 100%" in alerts[0]["message"]  # reported once, when it starts
     assert main(["plot", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "training.png").stat().st_size > 10_000
     assert main(["plot", str(tmp_path / "nothing")]) == 2
@@ -388,3 +390,16 @@ def test_nan_gradients_with_a_finite_loss_skip_the_step(tiny_packed, tmp_path, m
     assert math.isfinite(out["val_loss"])
     recs = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r and "event" not in r]
     assert [r["step"] for r in recs] == [1, 3, 4] and recs[-1]["mem_gib"] > 0  # step 2 was skipped
+
+
+def test_alerts_are_edge_triggered():
+    from danlu.train.monitor import Alerts, alerts
+
+    a = Alerts()
+    assert a.update(alerts(1.0, 0.0)) == []
+    assert a.update(alerts(150.0, 0.2)) == [
+        ("alert", "gradient norm 150.0 above 100"),
+        ("alert", "clip rate 20% over the last 100 steps, above 5%"),
+    ]
+    assert a.update(alerts(150.0, 0.3)) == []  # still on: not repeated
+    assert a.update(alerts(1.0, 0.3)) == [("alert_cleared", "grad_norm")]

@@ -50,7 +50,14 @@ from danlu.train.losses import (
 )
 from danlu.train.memory import apply_activation_checkpointing
 from danlu.train.metrics import METRICS_FILE, MetricsLogger, peak_flops, plot_metrics
-from danlu.train.monitor import ClipRate, UpdateRatio, alerts, clip_grad_norm_by_group, grad_norms_by_group
+from danlu.train.monitor import (
+    Alerts,
+    ClipRate,
+    UpdateRatio,
+    alerts,
+    clip_grad_norm_by_group,
+    grad_norms_by_group,
+)
 from danlu.train.optimizers import build_named_optimizer
 from danlu.train.schedule import grad_accum_at, lr_at
 from danlu.train.sinks import open_sinks
@@ -221,6 +228,7 @@ class _Run:
         self.spikes = SpikeDetector(tcfg.spike_k, tcfg.spike_k_severe)
         self.lr_mult, self.cooldown_until = 1.0, 0
         self.clip_rate = ClipRate()
+        self.alerts = Alerts()
         self._resume()
         if tcfg.activation_checkpointing:
             n = apply_activation_checkpointing(self.model, tcfg.activation_checkpointing)
@@ -416,7 +424,8 @@ class _Run:
                 window_tokens += out.tokens
                 was_clipped = t.grad_clip > 0 and out.grad_norm > t.grad_clip
                 clipped += was_clipped
-                self.clip_rate.add(was_clipped)
+                if self.step > t.warmup_steps:  # warmup steps are clipped as a matter of course
+                    self.clip_rate.add(was_clipped)
                 self.elapsed += time.perf_counter() - step_start
                 if self.step % t.log_every == 0 or self.step == t.max_steps:
                     now = time.perf_counter()
@@ -424,12 +433,16 @@ class _Run:
                         out, window_tokens / max(now - window_start, 1e-9), clipped / window_steps
                     )
                     metrics.log(rec)
-                    # the clip-rate alert looks at the last 100 steps after warmup, when clipping
-                    # should have become rare; early steps are clipped as a matter of course
-                    rate = self.clip_rate.rate if self.clip_rate.full and self.step > t.warmup_steps else 0.0
-                    for alert in alerts(out.grad_norm, rate):
-                        metrics.log({"step": self.step, "event": "alert", "message": alert})
-                        log.warning("step %d: %s", self.step, alert)
+                    rate = self.clip_rate.rate if self.clip_rate.full else 0.0
+                    for event, message in self.alerts.update(alerts(out.grad_norm, rate)):
+                        metrics.log({"step": self.step, "event": event, "message": message})
+                        log.log(
+                            logging.WARNING if event == "alert" else logging.INFO,
+                            "step %d: %s %s",
+                            self.step,
+                            event,
+                            message,
+                        )
                     bar.set_postfix(
                         loss=f"{rec['loss']:.3f}",
                         tok_s=f"{rec['tokens_per_s']:.0f}",

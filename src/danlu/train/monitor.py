@@ -91,11 +91,28 @@ class ClipRate:
         return len(self.flags) == self.flags.maxlen
 
 
-def alerts(grad_norm: float, clip_rate: float) -> list[str]:
-    """Warnings for a step's gradient norm and the clip rate over the last steps."""
-    out = []
+def alerts(grad_norm: float, clip_rate: float) -> dict[str, str]:
+    """Warnings (kind -> message) for a step's gradient norm and the clip rate over the last steps."""
+    out = {}
     if math.isfinite(grad_norm) and grad_norm > MAX_GRAD_NORM:
-        out.append(f"gradient norm {grad_norm:.1f} above {MAX_GRAD_NORM:g}")
+        out["grad_norm"] = f"gradient norm {grad_norm:.1f} above {MAX_GRAD_NORM:g}"
     if clip_rate > MAX_CLIP_RATE:
-        out.append(f"clip rate {100 * clip_rate:.0f}% above {100 * MAX_CLIP_RATE:g}%")
+        out["clip_rate"] = (
+            f"clip rate {100 * clip_rate:.0f}% over the last 100 steps, above {100 * MAX_CLIP_RATE:g}%"
+        )
     return out
+
+
+class Alerts:
+    """Edge-triggered: an alert is reported when its condition starts and when it clears, not at
+    every logged step while it lasts."""
+
+    def __init__(self) -> None:
+        self.active: set[str] = set()
+
+    def update(self, current: dict[str, str]) -> list[tuple[str, str]]:
+        """(event, message) pairs: ("alert", ...) for new conditions, ("alert_cleared", kind) for ended."""
+        out = [("alert", msg) for kind, msg in current.items() if kind not in self.active]
+        out += [("alert_cleared", kind) for kind in sorted(self.active - current.keys())]
+        self.active = set(current)
+        return out
