@@ -7,13 +7,31 @@ parameter to bf16 (an inexact resume). We reload, then put back each saved tenso
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 
+def run_closure(closure: Callable[[], float] | None) -> float | None:
+    """The loss of an optional closure, evaluated with gradients on (torch's step() protocol)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class StatefulOptimizer(torch.optim.Optimizer):
     """An Optimizer whose load_state_dict keeps the saved dtype of every state tensor."""
+
+    def params_with_grad(self, group: dict[str, Any]) -> Iterator[torch.Tensor]:
+        """The group's parameters that received a (dense) gradient this step."""
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            yield p
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved_state = state_dict["state"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from danlu.train.optimizers._base import StatefulOptimizer, check_beta, check_lr
+from danlu.train.optimizers._base import StatefulOptimizer, check_beta, check_lr, run_closure
 from danlu.train.optimizers.quant8 import Quantized, dequantize, quantize
 
 _Q_KEYS = ("codes", "absmax")
@@ -74,18 +74,11 @@ class AdamW8bit(StatefulOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             lr, wd, eps, bs = group["lr"], group["weight_decay"], group["eps"], group["block_size"]
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("AdamW8bit does not support sparse gradients")
+            for p in self.params_with_grad(group):
                 g = p.grad.float()
                 state = self.state[p]
                 if not state:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from danlu.train.optimizers._base import StatefulOptimizer, check_beta, check_lr
+from danlu.train.optimizers._base import StatefulOptimizer, check_beta, check_lr, run_closure
 
 
 class Lion(StatefulOptimizer):
@@ -37,18 +37,11 @@ class Lion(StatefulOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("Lion does not support sparse gradients")
+            for p in self.params_with_grad(group):
                 g = p.grad.float()
                 state = self.state[p]
                 if not state:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from danlu.train.optimizers._base import StatefulOptimizer, check_beta, check_lr
+from danlu.train.optimizers._base import StatefulOptimizer, check_beta, check_lr, run_closure
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
@@ -91,16 +91,9 @@ class Muon(StatefulOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("Muon does not support sparse gradients")
+            for p in self.params_with_grad(group):
                 update = self._muon(p, group) if group["use_muon"] else self._adamw(p, group)
                 p32 = p.float()
                 p32.mul_(1.0 - group["lr"] * group["weight_decay"]).sub_(update)
