@@ -81,10 +81,22 @@ def test_param_and_flop_counts_match_formulas():
         assert m.flops_per_token(32) == 6 * n_matmul + 12 * L * d * 32
 
 
-def test_smollm2_preset_has_the_published_parameter_count():
-    cfg = resolve_model_config(ModelConfig(preset="smollm2-135m"), 49152)
-    m = build_model(cfg, "meta")  # shapes only: no memory
-    assert m.num_params() == 134_515_008  # HuggingFaceTB/SmolLM2-135M
+PUBLISHED_PARAMS = {
+    "gpt2-124m": 124_439_808,  # openai-community/gpt2
+    "gpt2-355m": 354_823_168,  # openai-community/gpt2-medium
+    "llama-1b": 1_235_814_400,  # meta-llama/Llama-3.2-1B
+    "llama-7b": 6_738_415_616,  # meta-llama/Llama-2-7b-hf
+    "llama-70b": 68_976_648_192,  # meta-llama/Llama-2-70b-hf
+    "smollm2-135m": 134_515_008,  # HuggingFaceTB/SmolLM2-135M
+}
+
+
+@pytest.mark.parametrize(("preset", "count"), PUBLISHED_PARAMS.items())
+def test_presets_have_the_published_parameter_counts(preset, count):
+    from danlu.model.presets import PRESETS
+
+    cfg = resolve_model_config(ModelConfig(preset=preset), PRESETS[preset]["vocab_size"])
+    assert build_model(cfg, "meta").num_params() == count  # shapes only: no memory
 
 
 @pytest.mark.parametrize("kv", [None, 2, 1])

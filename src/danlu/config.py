@@ -85,8 +85,50 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
+    # Architecture options; the defaults are the Llama design (and what HF Llama export supports).
+    norm: str = "rmsnorm"  # rmsnorm | layernorm
+    norm_position: str = "pre"  # pre | post (the original Transformer's post-LN)
+    mlp: str = "swiglu"  # swiglu | geglu | gelu | relu
+    pos: str = "rope"  # rope | alibi | learned | sinusoidal | none
+    # RoPE context extension: none | linear (position interpolation) | ntk | yarn, by rope_factor over
+    # rope_original_max_len (0: max_seq_len / rope_factor).
+    rope_scaling: str = "none"
+    rope_factor: float = 1.0
+    rope_original_max_len: int = 0
+    # Each query sees only the last sliding_window keys (0: all earlier keys).
+    sliding_window: int = 0
+    # RMSNorm on each head's queries and keys before RoPE.
+    qk_norm: bool = False
+    # Final logits squashed to (-cap, cap) by cap * tanh(logits / cap); 0 disables it.
+    logit_softcap: float = 0.0
+    # Biases in every Linear (and LayerNorm).
+    bias: bool = False
+    # Dropout on embeddings, attention probabilities and residual branches.
+    dropout: float = 0.0
+    # Distinct blocks; n_layer blocks cycle through them (ALBERT-style sharing). 0: no sharing.
+    n_unique_layers: int = 0
 
     def __post_init__(self) -> None:
+        choices = {
+            "norm": ("rmsnorm", "layernorm"),
+            "norm_position": ("pre", "post"),
+            "mlp": ("swiglu", "geglu", "gelu", "relu"),
+            "pos": ("rope", "alibi", "learned", "sinusoidal", "none"),
+            "rope_scaling": ("none", "linear", "ntk", "yarn"),
+        }
+        for key, allowed in choices.items():
+            value = getattr(self, key)
+            _check(value in allowed, f"model.{key}", f"must be one of {', '.join(allowed)}, got {value!r}")
+        _check(self.rope_factor >= 1.0, "model.rope_factor", f"must be >= 1, got {self.rope_factor}")
+        _check(self.rope_original_max_len >= 0, "model.rope_original_max_len", "must be >= 0")
+        _check(self.sliding_window >= 0, "model.sliding_window", "must be >= 0")
+        _check(self.logit_softcap >= 0, "model.logit_softcap", "must be >= 0")
+        _check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(
+            self.n_unique_layers == 0 or (1 <= self.n_unique_layers <= self.n_layer),
+            "model.n_unique_layers",
+            f"must be 0 or in [1, n_layer], got {self.n_unique_layers}",
+        )
         for key in ("n_layer", "n_embd", "n_head", "max_seq_len"):
             _check(getattr(self, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.depth is None or self.depth >= 1, "model.depth", f"must be >= 1, got {self.depth}")

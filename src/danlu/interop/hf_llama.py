@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from danlu.config import ModelConfig
-from danlu.errors import CheckpointError
+from danlu.errors import CheckpointError, ConfigError
 from danlu.model.transformer import default_ffn_hidden
 
 
@@ -22,8 +22,48 @@ def _dims(cfg: ModelConfig) -> tuple[int, int, int, int]:
     return cfg.n_head * hd, n_kv * hd, hd, cfg.ffn_hidden or default_ffn_hidden(cfg.n_embd)
 
 
+# ModelConfig fields that Llama fixes, with the value Llama has; RoPE scaling is mapped separately
+_LLAMA_FIXED: dict[str, Any] = {
+    "norm": "rmsnorm",
+    "norm_position": "pre",
+    "mlp": "swiglu",
+    "pos": "rope",
+    "sliding_window": 0,
+    "qk_norm": False,
+    "logit_softcap": 0.0,
+    "bias": False,
+    "n_unique_layers": 0,
+}
+
+
+def check_llama_compatible(cfg: ModelConfig) -> None:
+    """Refuse configs whose architecture HF `LlamaForCausalLM` cannot express."""
+    wrong = {k: getattr(cfg, k) for k, v in _LLAMA_FIXED.items() if getattr(cfg, k) != v}
+    if cfg.rope_scaling == "ntk":  # HF's "dynamic" NTK rescales with the length: not the same model
+        wrong["rope_scaling"] = "ntk"
+    if wrong:
+        found = ", ".join(f"model.{k}={v!r}" for k, v in wrong.items())
+        raise ConfigError(
+            f"this model cannot be exported as a Hugging Face Llama: {found}; the Llama format needs "
+            + ", ".join(f"{k}={v!r}" for k, v in _LLAMA_FIXED.items() if k in wrong)
+            + (" and rope_scaling none, linear or yarn" if "rope_scaling" in wrong else "")
+        )
+
+
+def _hf_rope_scaling(cfg: ModelConfig) -> dict[str, Any] | None:
+    if cfg.rope_scaling == "none" or cfg.rope_factor == 1.0:
+        return None
+    scaling: dict[str, Any] = {"rope_type": cfg.rope_scaling, "factor": cfg.rope_factor}
+    if cfg.rope_scaling == "yarn":
+        scaling["original_max_position_embeddings"] = cfg.rope_original_max_len or int(
+            cfg.max_seq_len / cfg.rope_factor
+        )
+    return scaling
+
+
 def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
     """Keyword arguments of `transformers.LlamaConfig` for a resolved danlu config."""
+    check_llama_compatible(cfg)
     _, _, hd, ffn = _dims(cfg)
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -42,12 +82,14 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
         "attention_bias": False,
         "mlp_bias": False,
         "initializer_range": cfg.init_std,
+        "rope_scaling": _hf_rope_scaling(cfg),
     }
 
 
 def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """HF Llama weights (fresh, contiguous tensors); `lm_head.weight` only when not tied."""
     cfg: ModelConfig = model.cfg  # type: ignore[assignment]
+    check_llama_compatible(cfg)
     q_rows, kv_rows, _, ffn = _dims(cfg)
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"]}

@@ -15,6 +15,17 @@ from danlu.config import ModelConfig
 from danlu.errors import ConfigError
 from danlu.model.transformer import default_ffn_hidden
 
+_GPT2: dict[str, Any] = {
+    "norm": "layernorm",
+    "mlp": "gelu",
+    "pos": "learned",
+    "bias": True,
+    "vocab_size": 50257,
+    "max_seq_len": 1024,
+    "tie_embeddings": True,
+}
+_LLAMA2: dict[str, Any] = {"vocab_size": 32000, "max_seq_len": 4096, "tie_embeddings": False}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU-sized shapes for the default recipe and tests
     "tiny": {"n_layer": 4, "n_embd": 256, "n_head": 4},
@@ -23,6 +34,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     "d12": {"n_layer": 12, "n_embd": 768, "n_head": 12, "max_seq_len": 1024},
     # nanochat's speedrun shape (about 560M parameters with a 65k vocabulary)
     "d20": {"n_layer": 20, "n_embd": 1280, "n_head": 10, "max_seq_len": 2048},
+    # OpenAI GPT-2: LayerNorm, GELU, learned positions, biases, tied 50257-token vocabulary
+    "gpt2-124m": {**_GPT2, "n_layer": 12, "n_embd": 768, "n_head": 12, "ffn_hidden": 3072},
+    "gpt2-355m": {**_GPT2, "n_layer": 24, "n_embd": 1024, "n_head": 16, "ffn_hidden": 4096},
+    # Llama shapes: meta-llama/Llama-3.2-1B, Llama-2-7b and Llama-2-70b
+    "llama-1b": {
+        "n_layer": 16,
+        "n_embd": 2048,
+        "n_head": 32,
+        "n_kv_head": 8,
+        "ffn_hidden": 8192,
+        "vocab_size": 128256,
+        "rope_theta": 500000.0,
+        "max_seq_len": 8192,
+        "tie_embeddings": True,
+    },
+    "llama-7b": {**_LLAMA2, "n_layer": 32, "n_embd": 4096, "n_head": 32, "ffn_hidden": 11008},
+    "llama-70b": {
+        **_LLAMA2,
+        "n_layer": 80,
+        "n_embd": 8192,
+        "n_head": 64,
+        "n_kv_head": 8,
+        "ffn_hidden": 28672,
+    },
     # HuggingFaceTB/SmolLM2-135M: its vocabulary is part of the shape, so its weights can be loaded
     "smollm2-135m": {
         "n_layer": 30,
@@ -106,7 +141,7 @@ def validate(cfg: ModelConfig) -> None:
             f"model.n_head={cfg.n_head} is not divisible by model.n_kv_head={n_kv}; "
             "each key/value head must serve the same number of query heads"
         )
-    if (cfg.n_embd // cfg.n_head) % 2:
+    if cfg.pos == "rope" and (cfg.n_embd // cfg.n_head) % 2:
         raise ConfigError(
             f"head size n_embd / n_head = {cfg.n_embd // cfg.n_head} is odd; rotary embeddings need an "
             "even head size, so change model.n_embd or model.n_head"

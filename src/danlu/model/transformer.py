@@ -18,6 +18,12 @@ Architecture choices (each matches Hugging Face `LlamaForCausalLM`, so weights m
 - inference uses a preallocated `KVCache`; prefill and single-token decode share `forward`
 - speed: RoPE, SwiGLU and RMSNorm are small autograd Functions whose backward writes into one buffer
   (no cat, fewer passes); every Linear is still called as a module, so LoRA/quantization can swap it
+
+Options beyond that Llama default (ModelConfig): LayerNorm, post-LN, GeGLU/GELU/ReLU MLPs (non-gated
+ones have `up` and `down`), ALiBi / learned / sinusoidal / no positions, RoPE scaling (linear position
+interpolation, NTK-aware, YaRN: positions.py), sliding-window attention, QK-norm, final-logit soft-capping,
+biases, dropout, and cross-layer sharing (n_layer blocks cycling through n_unique_layers). Masks other
+than plain causal (ALiBi, windows, a caller's attn_mask) are built once per forward in `attention_bias`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from torch import nn
 
 from danlu.config import ModelConfig
 from danlu.errors import ConfigError
+from danlu.model.positions import alibi_slopes, rope_frequencies, sinusoidal_table
 
 
 class KVCache:
@@ -114,38 +121,47 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.layer = layer
         self.n_head = cfg.n_head
         self.n_kv_head = cfg.n_kv_head or cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
-        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
-        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.n_embd, bias=False)
+        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.n_embd, bias=cfg.bias)
+        self.q_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.dropout = cfg.dropout
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
+        self,
+        x: torch.Tensor,
+        layer: int,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        bias: tuple[torch.Tensor | None, bool],
+        cache: KVCache | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         nq, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
-        # q and k heads are adjacent in the fused output: rotate them with one set of ops. split (not
-        # slicing) keeps the backward to one cat instead of a zero-filled full-size gradient per slice
-        qk, v = self.qkv(x).view(B, T, nq + 2 * nkv, hd).split((nq + nkv, nkv), dim=2)
-        q, k = apply_rope(qk, cos, sin).split((nq, nkv), dim=2)
+        qkv = self.qkv(x).view(B, T, nq + 2 * nkv, hd)
+        if rope is not None and self.q_norm is None:
+            # q and k heads are adjacent in the fused output: rotate them with one set of ops. split (not
+            # slicing) keeps the backward to one cat instead of a zero-filled full-size gradient per slice
+            qk, v = qkv.split((nq + nkv, nkv), dim=2)
+            q, k = apply_rope(qk, *rope).split((nq, nkv), dim=2)
+        else:
+            q, k, v = qkv.split((nq, nkv, nkv), dim=2)
+            if self.q_norm is not None and self.k_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
-        mask, causal = None, T > 1
         if cache is not None:
-            start = cache.pos
-            k, v = cache.update(self.layer, k, v)
-            if start > 0 and T > 1:
-                # queries sit at start..start+T-1 and may see every key up to their own position;
-                # SDPA's is_causal aligns the mask top-left, which is wrong when keys outnumber queries
-                q_pos = torch.arange(start, start + T, device=x.device)
-                mask = torch.arange(start + T, device=x.device) <= q_pos[:, None]
-                causal = False
-            elif start > 0:
-                causal = False  # one new query sees every cached key
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=nkv != nq)
+            k, v = cache.update(layer, k, v)
+        mask, causal = bias
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=drop, enable_gqa=nkv != nq
+        )
         return self.proj(y.transpose(1, 2).reshape(B, T, nq * hd))
 
 
@@ -206,39 +222,73 @@ class _SwiGLU(torch.autograd.Function):
 
 
 class MLP(nn.Module):
+    """Gated (swiglu, geglu: one fused `gate_up` Linear) or plain (gelu, relu: `up`), then `down`."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         hidden = cfg.ffn_hidden or default_ffn_hidden(cfg.n_embd)
-        self.gate_up = nn.Linear(cfg.n_embd, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, cfg.n_embd, bias=False)
+        self.kind = cfg.mlp
+        if self.kind in ("swiglu", "geglu"):
+            self.gate_up = nn.Linear(cfg.n_embd, 2 * hidden, bias=cfg.bias)
+        else:
+            self.up = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.down = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(_SwiGLU.apply(self.gate_up(x)))
+        if self.kind == "swiglu":
+            return self.down(_SwiGLU.apply(self.gate_up(x)))
+        if self.kind == "geglu":
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down(F.gelu(gate, approximate="tanh") * up)
+        h = self.up(x)
+        return self.down(F.gelu(h, approximate="tanh") if self.kind == "gelu" else F.relu(h))
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "layernorm":
+        return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+    return RMSNorm(dim, eps=cfg.norm_eps)
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
-        self.attn = Attention(cfg, layer)
-        self.mlp_norm = RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.attn_norm = make_norm(cfg, cfg.n_embd)
+        self.attn = Attention(cfg)
+        self.mlp_norm = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
-
+        self.post_norm = cfg.norm_position == "post"
+        self.resid_drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         # set by danlu.train.memory.apply_activation_checkpointing: recompute activations in backward
         self.checkpointed = False
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
+        self,
+        x: torch.Tensor,
+        layer: int,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        bias: tuple[torch.Tensor | None, bool],
+        cache: KVCache | None,
     ) -> torch.Tensor:
         if self.checkpointed and cache is None and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(self._forward, x, cos, sin, None, use_reentrant=False)
-        return self._forward(x, cos, sin, cache)
+            return torch.utils.checkpoint.checkpoint(
+                self._forward, x, layer, rope, bias, None, use_reentrant=False
+            )
+        return self._forward(x, layer, rope, bias, cache)
 
     def _forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None
+        self,
+        x: torch.Tensor,
+        layer: int,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        bias: tuple[torch.Tensor | None, bool],
+        cache: KVCache | None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
-        return x + self.mlp(self.mlp_norm(x))
+        if self.post_norm:  # x = norm(x + f(x)), as in the original Transformer
+            x = self.attn_norm(x + self.resid_drop(self.attn(x, layer, rope, bias, cache)))
+            return self.mlp_norm(x + self.resid_drop(self.mlp(x)))
+        x = x + self.resid_drop(self.attn(self.attn_norm(x), layer, rope, bias, cache))
+        return x + self.resid_drop(self.mlp(self.mlp_norm(x)))
 
 
 def default_ffn_hidden(n_embd: int) -> int:
@@ -254,14 +304,23 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.n_kv_head = cfg.n_kv_head or cfg.n_head
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        if cfg.pos == "learned":
+            self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
+        self.embed_drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_unique_layers or cfg.n_layer))
+        # post-LN blocks end normalized; pre-LN ones need a final norm before the head
+        self.norm = make_norm(cfg, cfg.n_embd) if cfg.norm_position == "pre" else nn.Identity()
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         half = cfg.n_embd // cfg.n_head // 2
-        self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, 1, half), persistent=False)
-        self.register_buffer("rope_sin", torch.empty(cfg.max_seq_len, 1, half), persistent=False)
+        if cfg.pos == "rope":
+            self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, 1, half), persistent=False)
+            self.register_buffer("rope_sin", torch.empty(cfg.max_seq_len, 1, half), persistent=False)
+        if cfg.pos == "sinusoidal":
+            self.register_buffer("pos_table", torch.empty(cfg.max_seq_len, cfg.n_embd), persistent=False)
+        if cfg.pos == "alibi":
+            self.register_buffer("alibi", torch.empty(cfg.n_head), persistent=False)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -273,46 +332,95 @@ class Transformer(nn.Module):
         nn.init.normal_(self.embed.weight, 0.0, std)
         if not self.cfg.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, 0.0, std)
+        if self.cfg.pos == "learned":
+            nn.init.normal_(self.pos_embed.weight, 0.0, std)
         for block in self.blocks:
-            nn.init.normal_(block.attn.qkv.weight, 0.0, std)
-            nn.init.normal_(block.attn.proj.weight, 0.0, out_std)
-            nn.init.normal_(block.mlp.gate_up.weight, 0.0, std)
-            nn.init.normal_(block.mlp.down.weight, 0.0, out_std)
-            nn.init.ones_(block.attn_norm.weight)
-            nn.init.ones_(block.mlp_norm.weight)
-        nn.init.ones_(self.norm.weight)
-        self._init_rope()
+            for name, m in block.named_modules():
+                if isinstance(m, nn.Linear):
+                    out = name.endswith(("proj", "down"))  # residual outputs, scaled as in GPT-2
+                    nn.init.normal_(m.weight, 0.0, out_std if out else std)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, nn.RMSNorm | nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        self._init_positions()
 
-    def _init_rope(self) -> None:
-        # angles as HF computes them (fp32 inverse frequencies times positions), so logits match
-        hd = self.cfg.n_embd // self.cfg.n_head
-        device = self.rope_cos.device
-        inv_freq = 1.0 / (
-            self.cfg.rope_theta ** (torch.arange(0, hd, 2, device=device, dtype=torch.int64).float() / hd)
-        )
-        pos = torch.arange(self.cfg.max_seq_len, device=device, dtype=torch.float32)
-        angles = torch.outer(pos, inv_freq)[:, None, :]  # [T, 1, hd/2]: broadcasts over heads
-        self.rope_cos.copy_(angles.cos())
-        self.rope_sin.copy_(angles.sin())
+    def _init_positions(self) -> None:
+        cfg = self.cfg
+        if cfg.pos == "rope":
+            device = self.rope_cos.device
+            inv_freq, scale = rope_frequencies(cfg, device)
+            pos = torch.arange(cfg.max_seq_len, device=device, dtype=torch.float32)
+            angles = torch.outer(pos, inv_freq)[:, None, :]  # [T, 1, hd/2]: broadcasts over heads
+            self.rope_cos.copy_(angles.cos() * scale)
+            self.rope_sin.copy_(angles.sin() * scale)
+        elif cfg.pos == "sinusoidal":
+            self.pos_table.copy_(sinusoidal_table(cfg.max_seq_len, cfg.n_embd))
+        elif cfg.pos == "alibi":
+            self.alibi.copy_(alibi_slopes(cfg.n_head))
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits [B, T, vocab] (fp32) for token ids idx [B, T]; with a cache, idx continues it."""
+    def attention_bias(
+        self, start: int, T: int, device: torch.device, dtype: torch.dtype, attn_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, bool]:
+        """(mask or additive bias for SDPA, is_causal) for queries at start..start+T-1 over all keys
+        up to them. A plain causal model uses SDPA's is_causal without building a mask."""
+        cfg = self.cfg
+        if cfg.pos != "alibi" and not cfg.sliding_window and attn_mask is None:
+            if start == 0:
+                return None, T > 1
+            if T == 1:
+                return None, False  # one new query sees every cached key
+        # queries sit at start..start+T-1; is_causal aligns top-left, wrong when keys outnumber queries
+        rel = torch.arange(start, start + T, device=device)[:, None] - torch.arange(start + T, device=device)
+        allowed = rel >= 0 if attn_mask is None else attn_mask.to(device=device, dtype=torch.bool)
+        if cfg.sliding_window:
+            allowed = allowed & (rel < cfg.sliding_window)
+        if cfg.pos != "alibi":
+            return allowed, False
+        # distance penalty; |rel| also serves bidirectional masks (for causal ones the two agree)
+        bias = -self.alibi[:, None, None] * rel.abs().to(self.alibi.dtype)  # [H, T, S]
+        return bias.masked_fill(~allowed, float("-inf")).to(dtype), False
+
+    def forward(
+        self, idx: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [B, T, vocab] (fp32) for token ids idx [B, T]; with a cache, idx continues it.
+
+        attn_mask (bool, True = may attend, [B, 1, T, T] or [T, T]) replaces causal attention, for the
+        bidirectional and prefix-LM objectives."""
+        cfg = self.cfg
         T = idx.size(1)
         start = cache.pos if cache is not None else 0
-        limit = cache.max_len if cache is not None else self.cfg.max_seq_len
-        if start + T > min(limit, self.cfg.max_seq_len):
+        limit = cache.max_len if cache is not None else cfg.max_seq_len
+        if start + T > min(limit, cfg.max_seq_len):
             raise ConfigError(
-                f"{start + T} positions exceed the model's context of {min(limit, self.cfg.max_seq_len)} "
+                f"{start + T} positions exceed the model's context of {min(limit, cfg.max_seq_len)} "
                 "tokens; use shorter sequences or a model with a larger model.max_seq_len"
             )
         x = self.embed(idx)
-        cos = self.rope_cos[start : start + T].to(x.dtype)
-        sin = self.rope_sin[start : start + T].to(x.dtype)
-        for block in self.blocks:
-            x = block(x, cos, sin, cache)
+        if cfg.pos == "learned":
+            x = x + self.pos_embed.weight[start : start + T]
+        elif cfg.pos == "sinusoidal":
+            x = x + self.pos_table[start : start + T].to(x.dtype)
+        x = self.embed_drop(x)
+        rope = None
+        if cfg.pos == "rope":
+            rope = (
+                self.rope_cos[start : start + T].to(x.dtype),
+                self.rope_sin[start : start + T].to(x.dtype),
+            )
+        bias = self.attention_bias(start, T, x.device, x.dtype, attn_mask)
+        for layer in range(cfg.n_layer):
+            x = self.blocks[layer % len(self.blocks)](x, layer, rope, bias, cache)
         if cache is not None:
             cache.pos += T
-        return self.lm_head(self.norm(x)).float()
+        logits = self.lm_head(self.norm(x)).float()
+        if cfg.logit_softcap > 0:
+            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+        return logits
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         """Distinct parameters; exclude_embedding drops the embedding table (with tying, the LM head too)."""
