@@ -107,6 +107,16 @@ class ModelConfig:
     dropout: float = 0.0
     # Distinct blocks; n_layer blocks cycle through them (ALBERT-style sharing). 0: no sharing.
     n_unique_layers: int = 0
+    # Mixture of experts: n_experts > 0 replaces the MLP of every moe_every-th block by n_experts MLPs
+    # (each ffn_hidden wide) and a router sending each token to its moe_top_k best. An expert takes at
+    # most capacity_factor * tokens * top_k / n_experts tokens per batch (0: no limit, nothing dropped).
+    n_experts: int = 0
+    moe_top_k: int = 2
+    moe_every: int = 1
+    moe_capacity_factor: float = 0.0
+    # Switch-Transformer load-balancing loss and ST-MoE router z-loss, added to the training loss.
+    moe_aux_loss: float = 0.01
+    moe_z_loss: float = 0.001
 
     def __post_init__(self) -> None:
         choices = {
@@ -129,6 +139,16 @@ class ModelConfig:
             "model.n_unique_layers",
             f"must be 0 or in [1, n_layer], got {self.n_unique_layers}",
         )
+        _check(self.n_experts >= 0, "model.n_experts", "must be >= 0")
+        if self.n_experts:
+            _check(
+                1 <= self.moe_top_k <= self.n_experts,
+                "model.moe_top_k",
+                f"must be in [1, n_experts={self.n_experts}], got {self.moe_top_k}",
+            )
+            _check(self.moe_every >= 1, "model.moe_every", "must be >= 1")
+            _check(self.moe_capacity_factor >= 0, "model.moe_capacity_factor", "must be >= 0")
+            _check(self.moe_aux_loss >= 0 and self.moe_z_loss >= 0, "model.moe_aux_loss", "must be >= 0")
         for key in ("n_layer", "n_embd", "n_head", "max_seq_len"):
             _check(getattr(self, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.depth is None or self.depth >= 1, "model.depth", f"must be >= 1, got {self.depth}")

@@ -38,6 +38,7 @@ from torch import nn
 
 from danlu.config import ModelConfig
 from danlu.errors import ConfigError
+from danlu.model.moe import MoE
 from danlu.model.positions import alibi_slopes, rope_frequencies, sinusoidal_table
 
 
@@ -251,12 +252,12 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, moe: bool = False):
         super().__init__()
         self.attn_norm = make_norm(cfg, cfg.n_embd)
         self.attn = Attention(cfg)
         self.mlp_norm = make_norm(cfg, cfg.n_embd)
-        self.mlp = MLP(cfg)
+        self.mlp: nn.Module = MoE(cfg, MLP) if moe else MLP(cfg)
         self.post_norm = cfg.norm_position == "post"
         self.resid_drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         # set by danlu.train.memory.apply_activation_checkpointing: recompute activations in backward
@@ -307,7 +308,13 @@ class Transformer(nn.Module):
         if cfg.pos == "learned":
             self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
         self.embed_drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_unique_layers or cfg.n_layer))
+        self.blocks = nn.ModuleList(
+            Block(cfg, moe=cfg.n_experts > 0 and i % cfg.moe_every == cfg.moe_every - 1)
+            for i in range(cfg.n_unique_layers or cfg.n_layer)
+        )
+        self.moe_layers = [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+        # the weighted router losses of the last forward with gradients (None for a dense model)
+        self.moe_loss: torch.Tensor | None = None
         # post-LN blocks end normalized; pre-LN ones need a final norm before the head
         self.norm = make_norm(cfg, cfg.n_embd) if cfg.norm_position == "pre" else nn.Identity()
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
@@ -413,14 +420,25 @@ class Transformer(nn.Module):
                 self.rope_sin[start : start + T].to(x.dtype),
             )
         bias = self.attention_bias(start, T, x.device, x.dtype, attn_mask)
+        for moe in self.moe_layers:
+            moe.losses.clear()
         for layer in range(cfg.n_layer):
             x = self.blocks[layer % len(self.blocks)](x, layer, rope, bias, cache)
+        self.moe_loss = self._moe_loss()
         if cache is not None:
             cache.pos += T
         logits = self.lm_head(self.norm(x)).float()
         if cfg.logit_softcap > 0:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         return logits
+
+    def _moe_loss(self) -> torch.Tensor | None:
+        losses = [pair for moe in self.moe_layers for pair in moe.losses]
+        if not losses:
+            return None
+        balance = torch.stack([b for b, _ in losses]).mean()
+        z = torch.stack([z for _, z in losses]).mean()
+        return self.cfg.moe_aux_loss * balance + self.cfg.moe_z_loss * z
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         """Distinct parameters; exclude_embedding drops the embedding table (with tying, the LM head too)."""
@@ -430,12 +448,26 @@ class Transformer(nn.Module):
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token: 6 * N_matmul + 12 * n_layer * n_embd * seq_len.
 
-        N_matmul counts the weights of every Linear, the LM head included (tied or not): each weight
-        costs 2 FLOPs forward and 4 backward per token. The second term is attention's score and
-        value matmuls (PaLM appendix B), counted over the full, unmasked seq_len x seq_len matrix.
+        N_matmul counts the weights of every Linear a token passes through, the LM head included (tied
+        or not): each weight costs 2 FLOPs forward and 4 backward per token. An MoE layer counts its
+        router and top_k of its experts; shared blocks count once per use. The second term is
+        attention's score and value matmuls (PaLM appendix B), over the full seq_len x seq_len matrix.
         """
-        n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
-        return 6 * n_matmul + 12 * self.cfg.n_layer * self.cfg.n_embd * seq_len
+
+        def linear_weights(module: nn.Module) -> int:
+            return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+        per_pass = 0.0
+        for block in self.blocks:
+            per_pass += linear_weights(block)
+            if isinstance(block.mlp, MoE):  # only top_k of the experts run for a token
+                per_pass -= linear_weights(block.mlp.experts) * (1 - block.mlp.top_k / block.mlp.n_experts)
+        n_matmul = (
+            per_pass * self.cfg.n_layer / len(self.blocks)
+            + linear_weights(self)
+            - linear_weights(self.blocks)
+        )
+        return int(6 * n_matmul) + 12 * self.cfg.n_layer * self.cfg.n_embd * seq_len
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transformer:

@@ -147,6 +147,19 @@ def evaluate(
     return nats_all / n_tokens, bits_per_byte(nats_text, n_bytes)
 
 
+def moe_stats(model: Any) -> dict[str, Any]:
+    """Router loss and each MoE layer's share of tokens per expert since the last call (then reset)."""
+    loads = []
+    for moe in model.moe_layers:
+        counts = moe.load.double()
+        loads.append([round(v, 4) for v in (counts / counts.sum().clamp(min=1)).tolist()])
+        moe.reset_load()
+    out: dict[str, Any] = {"moe_load": loads}
+    if model.moe_loss is not None:
+        out["moe_loss"] = float(model.moe_loss)
+    return out
+
+
 def forward_backward(
     model: Callable[[torch.Tensor], torch.Tensor],
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -154,12 +167,15 @@ def forward_backward(
     dtype: str = "fp32",
     z_loss: float = 0.0,
     loss_scale: float = 1.0,
+    aux_loss: Callable[[], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Accumulate the gradients of one optimizer step's micro-batches; return its mean loss per token.
 
     Each micro-batch's summed loss is divided by the token count of the whole step, so the gradient
     is that of one batch holding all the micro-batches, even when their token counts differ
-    (masked or padded targets). loss_scale multiplies the loss before backward (fp16).
+    (masked or padded targets). loss_scale multiplies the loss before backward (fp16). aux_loss, read
+    after each forward, is a per-micro-batch mean (MoE router losses): it is weighted by the
+    micro-batch's share of the tokens and trained on, but not part of the returned LM loss.
     """
     n_tokens = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro_batches)
     if n_tokens == 0:
@@ -170,7 +186,9 @@ def forward_backward(
         with autocast(device, dtype):
             logits = model(x)
         loss = summed_lm_loss(logits, y, z_loss) / n_tokens
-        (loss * loss_scale).backward()
+        extra = aux_loss() if aux_loss is not None else None
+        objective = loss if extra is None else loss + extra * (int((y != IGNORE_INDEX).sum()) / n_tokens)
+        (objective * loss_scale).backward()
         total += loss.detach()
     return total
 
@@ -330,7 +348,8 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         scale = self.scaler.scale if self.scaler is not None else 1.0
-        loss_t = forward_backward(self.forward, micro, self.device, self.dtype, t.z_loss, scale)
+        moe_loss = (lambda: self.model.moe_loss) if self.model.moe_layers else None
+        loss_t = forward_backward(self.forward, micro, self.device, self.dtype, t.z_loss, scale, moe_loss)
         tokens = sum(x.numel() for x, _ in micro)
         overflow = self.scaler.unscale_(self.model.parameters()) if self.scaler is not None else False
         if self.scaler is not None:
@@ -357,6 +376,8 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         if detailed:
             details["update_ratio_by_group"] = update.ratios()
+            if self.model.moe_layers:
+                details |= moe_stats(self.model)
         return StepOutcome(loss, grad_norm, lr, tokens, verdict, details)
 
     def _eval(self, metrics: MetricsLogger) -> None:
