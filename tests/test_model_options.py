@@ -338,6 +338,7 @@ OPTION_SETS = [
     {"pos": "none", "qk_norm": True, "logit_softcap": 10.0},
     {"rope_scaling": "yarn", "rope_factor": 4.0, "n_unique_layers": 1, "mlp": "geglu"},
     {"rope_scaling": "ntk", "rope_factor": 2.0, "qk_norm": True},
+    {"n_experts": 4, "moe_top_k": 2, "n_kv_head": 2},
 ]
 
 
@@ -353,3 +354,86 @@ def test_kv_cache_decoding_matches_full_forward(options):
         parts = [m(idx[:, :7], cache), m(idx[:, 7:12], cache)]
         parts += [m(idx[:, t : t + 1], cache) for t in range(12, 24)]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
+
+
+# ---- mixture of experts ----
+
+
+def _moe(**kw):
+    return _model(n_experts=4, moe_top_k=2, **kw)
+
+
+def test_moe_output_is_the_weighted_sum_of_chosen_experts():
+    for k in (1, 2):
+        m = _model(n_experts=4, moe_top_k=k, n_layer=1)
+        moe = m.blocks[0].mlp
+        x = torch.randn(10, 64)
+        probs = (x @ moe.router.weight.t()).softmax(-1)
+        with torch.no_grad():
+            out = moe(x)
+        for i in range(10):
+            w, e = probs[i].topk(k)
+            if k > 1:  # Mixtral renormalizes the k weights; Switch (k = 1) keeps the probability
+                w = w / w.sum()
+            expected = sum(w[j] * moe.experts[e[j]](x[i : i + 1])[0] for j in range(k))
+            torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_moe_losses_follow_switch_and_st_moe_formulas():
+    m = _moe(n_layer=1)
+    moe = m.blocks[0].mlp
+    x = torch.randn(32, 64)
+    moe.losses.clear()
+    moe(x)
+    balance, z = moe.losses[0]
+    logits = x @ moe.router.weight.t()
+    probs = logits.softmax(-1)
+    chosen = probs.topk(2).indices
+    fraction = torch.stack([(chosen == e).float().sum() for e in range(4)]) / (32 * 2)
+    torch.testing.assert_close(balance, 4 * (fraction * probs.mean(0)).sum())
+    torch.testing.assert_close(z, torch.logsumexp(logits, -1).square().mean())
+    with torch.no_grad():
+        moe.router.weight.zero_()  # a uniform router: the balance loss is exactly 1
+    moe.losses.clear()
+    moe(x)
+    assert moe.losses[0][0].item() == pytest.approx(1.0)
+
+
+def test_moe_capacity_limits_tokens_per_expert_first_choices_first():
+    m = _model(n_experts=4, moe_top_k=2, moe_capacity_factor=0.5, n_layer=1)
+    moe = m.blocks[0].mlp
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[0, 0] = 10.0  # every token's first choice is expert 0
+    x = torch.zeros(16, 64)
+    x[:, 0] = torch.linspace(1, 2, 16)
+    chosen, _, kept = moe.route(x)
+    capacity = math.ceil(0.5 * 16 * 2 / 4)
+    assert (chosen[:, 0] == 0).all()
+    assert kept[:, 0].tolist() == [True] * capacity + [False] * (16 - capacity)  # earlier tokens first
+    for e in range(4):
+        assert int(((chosen == e) & kept).sum()) <= capacity
+    moe.reset_load()
+    moe(x)
+    assert int(moe.load[0]) == capacity
+
+
+def test_moe_model_adds_router_loss_and_counts_active_flops():
+    m = _moe(moe_every=2, n_layer=4)
+    assert [type(b.mlp).__name__ for b in m.blocks] == ["MLP", "MoE", "MLP", "MoE"]
+    m.train()
+    m(_ids())
+    parts = [pair for moe in m.moe_layers for pair in moe.losses]
+    expected = (
+        0.01 * torch.stack([b for b, _ in parts]).mean() + 0.001 * torch.stack([z for _, z in parts]).mean()
+    )
+    torch.testing.assert_close(m.moe_loss, expected)
+    m.moe_loss.backward()
+    assert m.blocks[1].mlp.router.weight.grad.abs().sum() > 0
+    # top-2 of 4 experts: a token pays for half of each MoE layer's experts, plus the router
+    dense = _model(n_layer=4)
+    experts = sum(p.numel() for p in m.blocks[1].mlp.experts.parameters())
+    router = m.blocks[1].mlp.router.weight.numel()
+    one_mlp = sum(p.numel() for p in dense.blocks[1].mlp.parameters())
+    extra = 2 * (experts // 2 + router - one_mlp)
+    assert m.flops_per_token(16) - dense.flops_per_token(16) == 6 * extra

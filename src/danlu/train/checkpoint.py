@@ -190,10 +190,17 @@ def save_checkpoint(
     return path
 
 
-def save_model_dir(path: Path, model: nn.Module, model_cfg: ModelConfig, tokenizer_dir: Path) -> Path:
-    """The final model for generation and later stages: config.json, model.safetensors, tokenizer/."""
+def save_model_dir(
+    path: Path,
+    model: nn.Module,
+    model_cfg: ModelConfig,
+    tokenizer_dir: Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """The final model for generation and later stages: config.json (the model config plus `extra`
+    metadata such as "chat": true), model.safetensors, tokenizer/."""
     with atomic_dir(path) as tmp:
-        _write_model_files(tmp, model, to_dict(model_cfg), tokenizer_dir)
+        _write_model_files(tmp, model, to_dict(model_cfg) | (extra or {}), tokenizer_dir)
     return Path(path)
 
 
