@@ -14,6 +14,7 @@ from tokenizers import decoders, models, pre_tokenizers
 from danlu.config import TokenizerConfig
 from danlu.errors import TokenizerError
 from danlu.tokenizer import SPECIAL_TOKENS, Tokenizer, encode_text, tokenizer_stats, train_tokenizer
+from danlu.tokenizer.bpe import ALL_SPECIAL_TOKENS
 from danlu.tokenizer.ranks import GPT2_PATTERN, byte_decoder, mergeable_ranks
 
 SAMPLE = (
@@ -36,11 +37,13 @@ def _hf_ids(tok: Tokenizer, text: str) -> list[int]:
 
 
 def test_special_tokens_have_fixed_ids_then_bytes(tok):
-    assert tok.special_tokens == {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    assert tok.special_tokens == {t: i for i, t in enumerate(ALL_SPECIAL_TOKENS)}
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2)
     tb = tok.token_bytes()
-    assert tb[: len(SPECIAL_TOKENS)].sum() == 0
-    assert (tb[len(SPECIAL_TOKENS) : len(SPECIAL_TOKENS) + 256] == 1).all()  # the 256 single bytes
+    n = len(ALL_SPECIAL_TOKENS)
+    assert tb[:n].sum() == 0
+    assert (tb[n : n + 256] == 1).all()  # the 256 single bytes
+    assert tok.decode([tok.special_tokens["<|mask|>"], *tok.encode("a")], skip_special=True) == "a"
     assert tok.vocab_size == 400 and tb.shape == (400,)
 
 
@@ -169,7 +172,7 @@ def test_save_load_round_trip_and_corruption(tok, tmp_path):
 def test_bad_training_input(tmp_path):
     with pytest.raises(TokenizerError, match="empty"):
         Tokenizer.train([], vocab_size=400)
-    with pytest.raises(TokenizerError, match="below 263"):
+    with pytest.raises(TokenizerError, match="below 283"):
         Tokenizer.train(["plenty of text " * 100], vocab_size=200)
     with pytest.raises(TokenizerError, match=r"supports only \d+ tokens .* lower tokenizer.vocab_size"):
         Tokenizer.train(["a small text, not enough for many merges"], vocab_size=5000)

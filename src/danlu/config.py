@@ -38,9 +38,27 @@ class DataConfig:
     min_chars: int = 20
     # Seed for the train/validation split.
     seed: int = 1337
+    # Blocks to run, in order: [{block: normalize}, {block: minhash_dedup, threshold: 0.8}, ...] (see
+    # danlu.data.pipeline.BLOCKS). None: the basic pipeline [clean, min_chars, exact_dedup].
+    pipeline: list[dict[str, Any]] | None = None
+    # Where the pipeline runs: "local" (a process pool) or "ray" (a Ray cluster, see ray_address).
+    executor: str = "local"
+    # Worker processes of the local executor (0: one per CPU core); also Ray's CPUs for a local instance.
+    workers: int = 1
+    # Ray cluster address ("auto", "ray://host:10001"); None starts a local Ray instance.
+    ray_address: str | None = None
+    # Input shard size: at most this many documents and about this many MB of text per shard.
+    shard_docs: int = 5000
+    shard_mb: float = 64.0
 
     def __post_init__(self) -> None:
         _check(len(self.sources) > 0, "data.sources", "name at least one source")
+        _check(
+            self.executor in ("local", "ray"), "data.executor", f"must be local or ray, got {self.executor!r}"
+        )
+        _check(self.workers >= 0, "data.workers", f"must be >= 0 (0: one per core), got {self.workers}")
+        _check(self.shard_docs >= 1, "data.shard_docs", f"must be >= 1, got {self.shard_docs}")
+        _check(self.shard_mb > 0, "data.shard_mb", f"must be > 0, got {self.shard_mb}")
         _check(
             0.0 < self.val_fraction < 0.5,
             "data.val_fraction",
@@ -209,6 +227,17 @@ class TrainConfig:
     grad_clip: float = 1.0
     # Weight of the z-loss (mean squared log-partition, PaLM uses 1e-4); 0 disables it.
     z_loss: float = 0.0
+    # Pretraining objective (danlu.train.objectives): causal, mlm, prefix_lm, fim or span.
+    objective: str = "causal"
+    # Cross-entropy label smoothing (targets get 1 - eps, the rest eps spread over the vocabulary).
+    label_smoothing: float = 0.0
+    # mlm: the fraction of tokens predicted. fim: the fraction of documents rearranged, and of those
+    # the fraction in SPM order. span: noise density and mean span length.
+    mlm_rate: float = 0.15
+    fim_rate: float = 0.5
+    fim_spm_rate: float = 0.5
+    span_noise: float = 0.15
+    span_mean: float = 3.0
     # Loss-spike guard: above mean + spike_k sigma the LR is halved for spike_cooldown steps; above
     # mean + spike_k_severe sigma (or a non-finite loss) training rolls back to the last checkpoint
     # and skips the batches that caused it.
@@ -275,6 +304,19 @@ class TrainConfig:
         )
         _check(self.batch_ramp_steps >= 0, "train.batch_ramp_steps", "must be >= 0")
         _check(self.z_loss >= 0, "train.z_loss", "must be >= 0")
+        objectives = ("causal", "mlm", "prefix_lm", "fim", "span")
+        _check(
+            self.objective in objectives,
+            "train.objective",
+            f"must be one of {', '.join(objectives)}, got {self.objective!r}",
+        )
+        _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+        for key in ("mlm_rate", "fim_rate", "fim_spm_rate", "span_noise"):
+            _check(
+                0 <= getattr(self, key) <= 1, f"train.{key}", f"must be in [0, 1], got {getattr(self, key)}"
+            )
+        _check(self.mlm_rate > 0 and 0 < self.span_noise < 1, "train.mlm_rate", "rates must be > 0")
+        _check(self.span_mean >= 1, "train.span_mean", "must be >= 1")
         _check(0 < self.spike_k < self.spike_k_severe, "train.spike_k", "need 0 < spike_k < spike_k_severe")
         _check(self.spike_cooldown >= 0, "train.spike_cooldown", "must be >= 0")
         _check(self.early_stop_patience >= 0, "train.early_stop_patience", "must be >= 0")
@@ -380,6 +422,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:  # free-form settings (e.g. a pipeline block's options), checked by their consumer
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")

@@ -25,6 +25,17 @@ from danlu.tokenizer.ranks import GPT2_PATTERN, bpe_model_parts, inconsistent_me
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", chat.END)
+# Tokens of the non-causal objectives (danlu.train.objectives), ids right after SPECIAL_TOKENS. Optional
+# on load: tokenizers trained before they existed still load, and those objectives then ask for a new one.
+N_SENTINELS = 16
+OBJECTIVE_TOKENS = (
+    "<|mask|>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    *(f"<|sentinel_{i}|>" for i in range(N_SENTINELS)),
+)
+ALL_SPECIAL_TOKENS = SPECIAL_TOKENS + OBJECTIVE_TOKENS
 HF_FILE, META_FILE = "tokenizer.json", "danlu_tokenizer.json"
 CHAT_TEMPLATE = "danlu-v1"
 
@@ -45,7 +56,7 @@ def hf_trainer(vocab_size: int, min_frequency: int) -> Any:
     return trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(ALL_SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -63,6 +74,10 @@ class Tokenizer:
             raise TokenizerError(
                 f"special tokens must have ids 0..{len(SPECIAL_TOKENS) - 1}, got {self.special_tokens}"
             )
+        for t in OBJECTIVE_TOKENS:
+            if hf.token_to_id(t) is not None:
+                self.special_tokens[t] = hf.token_to_id(t)
+        self._special_ids = frozenset(self.special_tokens.values())
         self.vocab_size: int = hf.get_vocab_size()
         self.bos_id, self.eos_id, self.pad_id = (self.special_tokens[t] for t in SPECIAL_TOKENS[:3])
         vocab, merges = bpe_model_parts(self._json)
@@ -91,10 +106,10 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
-        floor = len(SPECIAL_TOKENS) + 256
+        floor = len(ALL_SPECIAL_TOKENS) + 256
         if vocab_size < floor:  # the trainer would silently keep all 256 bytes and the specials anyway
             raise TokenizerError(
-                f"vocab_size={vocab_size} is below {floor} (256 bytes + {len(SPECIAL_TOKENS)} special "
+                f"vocab_size={vocab_size} is below {floor} (256 bytes + {len(ALL_SPECIAL_TOKENS)} special "
                 "tokens): raise tokenizer.vocab_size"
             )
         # a list goes to the trainer as is (its fast path); a stream is counted on the way through
@@ -168,7 +183,7 @@ class Tokenizer:
         """Token ids of `text`. Special-token strings in it stay plain text unless listed in
         allowed_special ("all" for every one)."""
         if allowed_special:
-            allowed = set(SPECIAL_TOKENS) if allowed_special == "all" else set(allowed_special)
+            allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
             ids = self._encode_with_specials(text, allowed)
         elif self._enc is not None:
             ids = self._enc.encode_ordinary(text)
@@ -177,10 +192,10 @@ class Tokenizer:
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def _encode_with_specials(self, text: str, allowed: set[str]) -> list[int]:
-        unknown = allowed - set(SPECIAL_TOKENS)
+        unknown = allowed - set(self.special_tokens)
         if unknown:
             raise TokenizerError(
-                f"unknown special tokens {sorted(unknown)}; known: {', '.join(SPECIAL_TOKENS)}"
+                f"unknown special tokens {sorted(unknown)}; known: {', '.join(self.special_tokens)}"
             )
         if self._enc is not None:
             return self._enc.encode(text, allowed_special=allowed, disallowed_special=())
@@ -203,12 +218,11 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
         ids = [int(i) for i in ids]
-        n_special = len(SPECIAL_TOKENS)
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise TokenizerError(f"token id {bad[0]} is outside the vocabulary of {self.vocab_size}")
         if skip_special:
-            ids = [i for i in ids if i >= n_special]
+            ids = [i for i in ids if i not in self._special_ids]
         if self._enc is not None:
             return self._enc.decode(ids, errors="replace")
         return self.hf.decode(ids, skip_special_tokens=False)

@@ -58,6 +58,7 @@ from danlu.train.monitor import (
     clip_grad_norm_by_group,
     grad_norms_by_group,
 )
+from danlu.train.objectives import Objective
 from danlu.train.optimizers import build_named_optimizer
 from danlu.train.schedule import grad_accum_at, lr_at
 from danlu.train.sinks import open_sinks
@@ -124,20 +125,26 @@ def evaluate(
     token_bytes: torch.Tensor,
     device: torch.device,
     dtype: str,
+    objective: Objective | None = None,
 ) -> tuple[float, float]:
-    """(mean loss in nats/token, bits per byte) over `tcfg.eval_batches` batches of `dataset`."""
+    """(mean loss in nats/token, bits per byte) over `tcfg.eval_batches` batches of `dataset`, under
+    the training objective (its random choices fixed per batch, so every evaluation sees the same)."""
     from danlu.data.loader import eval_batches
 
     was_training = model.training
     model.eval()
     nats_all, n_tokens, nats_text, n_bytes = 0.0, 0, 0.0, 0
-    for x, y in eval_batches(dataset, tcfg.batch_size, tcfg.seq_len, max_batches=tcfg.eval_batches):
+    batches = eval_batches(dataset, tcfg.batch_size, tcfg.seq_len, max_batches=tcfg.eval_batches)
+    for i, (x, y) in enumerate(batches):
+        mask = None
+        if objective is not None:
+            x, y, mask = dataclasses.astuple(objective(x, y, step=-1 - i))
         x, y = x.to(device), y.to(device)
         with autocast(device, dtype):
-            logits = model(x)
+            logits = model(x) if mask is None else model(x, attn_mask=mask.to(device))
         losses = token_cross_entropy(logits, y)
         nats_all += float(losses.double().sum())
-        n_tokens += y.numel()
+        n_tokens += int((y != IGNORE_INDEX).sum())
         nats, nb = nats_and_bytes(losses, y, token_bytes)
         nats_text += nats
         n_bytes += nb
@@ -168,6 +175,7 @@ def forward_backward(
     z_loss: float = 0.0,
     loss_scale: float = 1.0,
     aux_loss: Callable[[], torch.Tensor | None] | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Accumulate the gradients of one optimizer step's micro-batches; return its mean loss per token.
 
@@ -175,17 +183,19 @@ def forward_backward(
     is that of one batch holding all the micro-batches, even when their token counts differ
     (masked or padded targets). loss_scale multiplies the loss before backward (fp16). aux_loss, read
     after each forward, is a per-micro-batch mean (MoE router losses): it is weighted by the
-    micro-batch's share of the tokens and trained on, but not part of the returned LM loss.
+    micro-batch's share of the tokens and trained on, but not part of the returned LM loss. A
+    micro-batch (x, y, attn_mask) attends through attn_mask (non-causal objectives).
     """
-    n_tokens = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro_batches)
+    n_tokens = sum(int((mb[1] != IGNORE_INDEX).sum()) for mb in micro_batches)
     if n_tokens == 0:
         raise DataError("an optimizer step has no target tokens (every target is masked)")
     total = torch.zeros((), device=device)
-    for x, y in micro_batches:
+    for x, y, *rest in micro_batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        mask = rest[0] if rest else None
         with autocast(device, dtype):
-            logits = model(x)
-        loss = summed_lm_loss(logits, y, z_loss) / n_tokens
+            logits = model(x) if mask is None else model(x, attn_mask=mask.to(device))
+        loss = summed_lm_loss(logits, y, z_loss, label_smoothing) / n_tokens
         extra = aux_loss() if aux_loss is not None else None
         objective = loss if extra is None else loss + extra * (int((y != IGNORE_INDEX).sum()) / n_tokens)
         (objective * loss_scale).backward()
@@ -238,6 +248,18 @@ class _Run:
         options = {"muon_lr": tcfg.muon_lr} if tcfg.optimizer == "muon" else {}
         self.optimizer = build_named_optimizer(self.model, tcfg.optimizer, self.tcfg, **options)
         self.loader = TrainLoader(self.train_ds, tcfg.batch_size, tcfg.seq_len, tcfg.seed)
+        self.objective = None
+        if tcfg.objective != "causal":
+            self.objective = Objective(
+                tcfg.objective,
+                self.tok,
+                tcfg.seed,
+                mlm_rate=tcfg.mlm_rate,
+                fim_rate=tcfg.fim_rate,
+                fim_spm_rate=tcfg.fim_spm_rate,
+                span_noise=tcfg.span_noise,
+                span_mean=tcfg.span_mean,
+            )
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         self.best_val: float | None = None
         self.last_eval: dict[str, Any] | None = None
@@ -343,14 +365,20 @@ class _Run:
         """One optimizer step over this step's micro-batches, unless a guard refuses it."""
         t = self.tcfg
         accum = grad_accum_at(self.step, t)
-        micro = [next(batches) for _ in range(accum)]
+        micro: list[tuple[torch.Tensor, ...]] = [next(batches) for _ in range(accum)]
+        if self.objective is not None:
+            micro = [
+                dataclasses.astuple(self.objective(x, y, self.step, i)) for i, (x, y) in enumerate(micro)
+            ]
         lr = lr_at(self.step, t) * (self.lr_mult if self.step < self.cooldown_until else 1.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         scale = self.scaler.scale if self.scaler is not None else 1.0
         moe_loss = (lambda: self.model.moe_loss) if self.model.moe_layers else None
-        loss_t = forward_backward(self.forward, micro, self.device, self.dtype, t.z_loss, scale, moe_loss)
-        tokens = sum(x.numel() for x, _ in micro)
+        loss_t = forward_backward(
+            self.forward, micro, self.device, self.dtype, t.z_loss, scale, moe_loss, t.label_smoothing
+        )
+        tokens = sum(mb[0].numel() for mb in micro)
         overflow = self.scaler.unscale_(self.model.parameters()) if self.scaler is not None else False
         if self.scaler is not None:
             self.scaler.update(overflow)
@@ -382,7 +410,7 @@ class _Run:
 
     def _eval(self, metrics: MetricsLogger) -> None:
         val_loss, val_bpb = evaluate(
-            self.forward, self.val_ds, self.tcfg, self.token_bytes, self.device, self.dtype
+            self.forward, self.val_ds, self.tcfg, self.token_bytes, self.device, self.dtype, self.objective
         )
         if self.best_val is None or val_loss < self.best_val:
             self.best_val, self.evals_since_best = val_loss, 0
