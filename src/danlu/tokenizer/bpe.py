@@ -148,19 +148,22 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         path = Path(path)
+        kind = _read_meta(path / META_FILE).get("kind") if (path / META_FILE).is_file() else None
+        if kind == "pretrained":  # a tokenizer imported with a pretrained model
+            from danlu.tokenizer.pretrained import PretrainedTokenizer
+
+            return PretrainedTokenizer.load(path, _read_meta(path / META_FILE))  # type: ignore[return-value]
+        if kind == "tiktoken":  # GPT-2's ranks
+            from danlu.tokenizer.gpt2 import GPT2Tokenizer
+
+            return GPT2Tokenizer.load(path, _read_meta(path / META_FILE))  # type: ignore[return-value]
         if not (path / HF_FILE).is_file():
             raise TokenizerError(f"{path} is not a tokenizer directory ({HF_FILE} missing); train one first")
+        if not (path / META_FILE).is_file():
+            raise TokenizerError(f"{path / META_FILE} missing; the tokenizer directory is incomplete")
+        meta = _read_meta(path / META_FILE)
         try:
-            meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-            if meta.get("kind") == "pretrained":  # a tokenizer imported with a pretrained model
-                from danlu.tokenizer.pretrained import PretrainedTokenizer
-
-                return PretrainedTokenizer.load(path, meta)  # type: ignore[return-value]
             hf = HFTokenizer.from_str((path / HF_FILE).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TokenizerError(
-                f"{path / META_FILE} missing; the tokenizer directory is incomplete"
-            ) from None
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise TokenizerError(
                 f"{path} holds a corrupt tokenizer ({str(e).splitlines()[0]}); retrain it"
@@ -262,6 +265,16 @@ class Tokenizer:
             ids += [self.special_tokens[chat.role_token(m["role"])], *body]
             mask += [0] + [learn] * len(body)
         return ids, mask
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{path} is unreadable or corrupt ({e}); retrain the tokenizer") from None
+    if not isinstance(meta, dict):
+        raise TokenizerError(f"{path} should hold a JSON object; retrain the tokenizer")
+    return meta
 
 
 class _CountingIterator:
