@@ -41,6 +41,11 @@ from danlu.errors import ConfigError
 from danlu.model.moe import MoE
 from danlu.model.positions import alibi_slopes, rope_frequencies, sinusoidal_table
 
+# (cos, sin) tables of the positions in the forward pass, or None without RoPE
+Rope = tuple[torch.Tensor, torch.Tensor] | None
+# (SDPA attn_mask: bool mask or additive bias, or None; is_causal), built once per forward
+AttnBias = tuple[torch.Tensor | None, bool]
+
 
 class KVCache:
     """Preallocated keys and values of every layer: [n_layer, batch, n_kv_head, max_len, head_dim].
@@ -137,8 +142,8 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         layer: int,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        bias: tuple[torch.Tensor | None, bool],
+        rope: Rope,
+        bias: AttnBias,
         cache: KVCache | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
@@ -267,8 +272,8 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         layer: int,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        bias: tuple[torch.Tensor | None, bool],
+        rope: Rope,
+        bias: AttnBias,
         cache: KVCache | None,
     ) -> torch.Tensor:
         if self.checkpointed and cache is None and torch.is_grad_enabled():
@@ -281,8 +286,8 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         layer: int,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        bias: tuple[torch.Tensor | None, bool],
+        rope: Rope,
+        bias: AttnBias,
         cache: KVCache | None,
     ) -> torch.Tensor:
         if self.post_norm:  # x = norm(x + f(x)), as in the original Transformer
@@ -371,7 +376,7 @@ class Transformer(nn.Module):
 
     def attention_bias(
         self, start: int, T: int, device: torch.device, dtype: torch.dtype, attn_mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor | None, bool]:
+    ) -> AttnBias:
         """(mask or additive bias for SDPA, is_causal) for queries at start..start+T-1 over all keys
         up to them. A plain causal model uses SDPA's is_causal without building a mask."""
         cfg = self.cfg

@@ -20,7 +20,13 @@ import numpy as np
 from danlu.errors import TokenizerError
 from danlu.io import atomic_dir
 from danlu.tokenizer import chat
-from danlu.tokenizer.ranks import GPT2_PATTERN, bpe_model_parts, inconsistent_merges, mergeable_ranks
+from danlu.tokenizer.ranks import (
+    GPT2_PATTERN,
+    bpe_model_parts,
+    checked_ids,
+    inconsistent_merges,
+    mergeable_ranks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +226,7 @@ class Tokenizer:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise TokenizerError(f"token id {bad[0]} is outside the vocabulary of {self.vocab_size}")
+        ids = checked_ids(ids, self.vocab_size)
         if skip_special:
             ids = [i for i in ids if i not in self._special_ids]
         if self._enc is not None:

@@ -21,7 +21,7 @@ import numpy as np
 from danlu.data.sources import Source, fetch_source
 from danlu.errors import TokenizerError
 from danlu.io import atomic_dir
-from danlu.tokenizer.ranks import GPT2_PATTERN
+from danlu.tokenizer.ranks import GPT2_PATTERN, checked_ids
 
 RANKS_FILE, META_FILE = "gpt2.tiktoken", "danlu_tokenizer.json"
 END_OF_TEXT = "<|endoftext|>"
@@ -99,10 +99,7 @@ class GPT2Tokenizer:
         return self.enc.encode_ordinary_batch(list(texts))
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise TokenizerError(f"token id {bad[0]} is outside the vocabulary of {self.vocab_size}")
+        ids = checked_ids(ids, self.vocab_size)
         if skip_special:
             ids = [i for i in ids if i != self.eos_id]
         return self.enc.decode(ids, errors="replace")

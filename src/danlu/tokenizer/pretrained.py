@@ -20,6 +20,7 @@ import numpy as np
 
 from danlu.errors import TokenizerError
 from danlu.io import atomic_dir
+from danlu.tokenizer.ranks import checked_ids
 
 HF_FILE, META_FILE = "tokenizer.json", "danlu_tokenizer.json"
 
@@ -130,10 +131,7 @@ class PretrainedTokenizer:
         return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise TokenizerError(f"token id {bad[0]} is outside the vocabulary of {self.vocab_size}")
+        ids = checked_ids(ids, self.vocab_size)
         return self.hf.decode(ids, skip_special_tokens=skip_special)
 
     @cached_property

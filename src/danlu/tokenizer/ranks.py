@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from typing import Any
+
+from danlu.errors import TokenizerError
 
 # GPT-2's pre-tokenization regex, the one HF's ByteLevel pre-tokenizer applies (use_regex=True).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -85,3 +88,12 @@ def inconsistent_merges(ranks: dict[bytes, int], merges: list[tuple[str, str]]) 
     enc = {b: c for c, b in byte_decoder().items()}
     bad += ["".join(enc[x] for x in t) for t in ranks if len(t) > 1 and t not in made]
     return bad
+
+
+def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
+    """ids as ints, refusing any outside the vocabulary (decoding them would fail obscurely)."""
+    out = [int(i) for i in ids]
+    bad = [i for i in out if not 0 <= i < vocab_size]
+    if bad:
+        raise TokenizerError(f"token id {bad[0]} is outside the vocabulary of {vocab_size}")
+    return out
