@@ -190,3 +190,18 @@ def test_gguf_weights_and_tokenizer_equal_transformers_gguf_loader(gguf_path, sm
     ids = torch.tensor([tok.encode(TEXTS[0])])
     with torch.no_grad():
         assert (model(ids) - hf(ids).logits).abs().max().item() <= 1e-4
+
+
+def test_import_and_export_verbs(tmp_path, capsys):
+    from danlu.cli import main
+
+    _write_gguf(tmp_path / "m.gguf", "llama", 2, 2)
+    assert main(["import", str(tmp_path / "m.gguf"), str(tmp_path / "model")]) == 0
+    assert main(["export", str(tmp_path / "model"), str(tmp_path / "hf")]) == 0
+    model, _, _ = load_model(tmp_path / "model")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ids = torch.randint(0, 300, (2, 12))
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max().item() <= 1e-4
+    assert main(["import", str(tmp_path / "nothing-here"), str(tmp_path / "x")]) == 2
+    assert "neither a registry model" in capsys.readouterr().err
