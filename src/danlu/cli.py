@@ -2,6 +2,7 @@
 
     danlu run [RECIPE] [--train.lr=3e-4 ...]     every stage of a recipe, skipping finished ones
     danlu data [RECIPE]                          fetch, clean, dedup and split the documents
+    danlu data report RUN_OR_DATA_DIR            counts, removal examples and histograms of the data
     danlu tokenizer train|encode|stats           byte-level BPE: train, encode text, compression stats
     danlu pack [RECIPE]                          documents -> token shards
     danlu pretrain [RECIPE]                      train (resumes from the run's last checkpoint)
@@ -81,6 +82,15 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
 def cmd_data(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.run import RunLayout, run_data_stage
 
+    if args.recipe == "report" and not Path("report").is_file():
+        from danlu.data.report import write_report
+
+        if args.target is None or overrides:
+            raise ConfigError("usage: danlu data report RUN_OR_DATA_DIR (no config overrides)")
+        print(f"report written to {write_report(args.target)}")
+        return
+    if args.target is not None:
+        raise ConfigError(f"danlu data takes one recipe, got also {args.target!r}; see danlu data --help")
     cfg = _recipe(args, overrides)
     result = run_data_stage(cfg, RunLayout(cfg.run_path))
     print(f"documents written to {RunLayout(cfg.run_path).docs}: {result['splits']}")
@@ -247,6 +257,32 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"wrote {out}: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.eval.harness import EvalConfig, evaluate_dir
+    from danlu.eval.report import format_table, write_json
+
+    cfg = EvalConfig(
+        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+        limit=args.limit,
+        batch_size=args.batch_size,
+        num_fewshot=args.num_fewshot,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        ppl_files=tuple(args.ppl),
+        ppl_stride=args.stride,
+    )
+    out = evaluate_dir(_model_dir(args.model), cfg, device=args.device)
+    print(format_table(out))
+    if args.out:
+        print(f"results written to {write_json(out, args.out)}")
+        for name, res in out["results"].items():
+            if name.startswith("ppl:"):
+                from danlu.eval.perplexity import plot_loss_by_position
+
+                png = Path(args.out).with_name(f"loss_by_position_{name[4:]}.png")
+                print(f"plot written to {plot_loss_by_position(res['loss_by_position'], png, name)}")
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -278,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if up to date"
     )
-    recipe_verb("data", cmd_data, "fetch, clean, dedup and split the documents")
+    p = recipe_verb("data", cmd_data, "fetch, clean, dedup and split the documents")
+    p.add_argument("target", nargs="?", help="`danlu data report DIR`: summarize a run or documents dir")
     recipe_verb("pack", cmd_pack, "tokenize documents into token shards")
     recipe_verb("pretrain", cmd_pretrain, "pretrain (resumes from the last checkpoint of the run)")
 
@@ -318,6 +355,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model dir (or run dir)")
     p.add_argument("out", help="the directory to write")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("eval", help="score a model on benchmark tasks (HellaSwag, ARC, MMLU, GSM8K, ...)")
+    p.add_argument("model", help="model dir (or run dir)")
+    p.add_argument("--tasks", default="", help="comma-separated, e.g. hellaswag,arc_easy,mmlu")
+    p.add_argument("--ppl", action="append", default=[], metavar="FILE", help="perplexity, bits/byte")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride for --ppl (tokens)")
+    p.add_argument("--limit", type=int, default=None, help="first N items per task (per MMLU subject)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--seed", type=int, default=1234, help="seed of the few-shot example draw")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="cap for generative tasks")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.set_defaults(fn=cmd_eval)
     return parser
 
 

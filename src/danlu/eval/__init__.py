@@ -1,0 +1,1 @@
+"""Evaluation: benchmark tasks, metrics, sandboxed code execution, LLM-as-judge and long-context probes."""

@@ -1,0 +1,92 @@
+"""Generative tasks: greedy decoding until a stop string, answer extraction and lm-eval's exact match.
+
+GSM8K follows lm-eval's gsm8k.yaml filters: "strict" takes the number after "#### " (for the chain-of-
+thought prompt, after "The answer is"), "flexible" takes the last number in the output; both are
+compared after removing lm-eval's regexes_to_ignore. TriviaQA and NQ-Open compare the output (first
+line, stripped) against every alias with case and punctuation ignored, and report SQuAD token F1.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from typing import Any
+
+from danlu.eval.metrics import token_f1
+from danlu.infer.sampling import generate
+
+GSM8K_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
+GSM8K_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+GSM8K_COT_STRICT = re.compile(r"[Tt]he answer is (\-?[0-9\.\,]+)")
+FLEXIBLE_NUMBER = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+NQ_IGNORE = ("\\b(?:The |the |An |A |The |a |an )",)
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def greedy_until(
+    model: Any, tok: Any, prompt: str, until: Sequence[str], max_new_tokens: int
+) -> tuple[str, int]:
+    """Greedy continuation of prompt, cut before the first stop string; (text, tokens generated)."""
+    ids = tok.encode(prompt)
+    out: list[int] = []
+    stops = set(until)
+    eos = getattr(tok, "eos_id", None)
+    text = ""
+    for token in generate(
+        model, ids, max_new_tokens, temperature=0.0, stop_ids=(eos,) if eos is not None else ()
+    ):
+        if token == eos:
+            break
+        out.append(token)
+        text = tok.decode(out)
+        if any(s in text for s in stops):
+            break
+    for s in stops:
+        text = text.split(s)[0]
+    return text, len(out)
+
+
+def extract_number(text: str, strict: re.Pattern[str] | None) -> str:
+    """lm-eval's regex filter: the strict pattern's first match, or (strict=None) the last number."""
+    if strict is not None:
+        m = strict.search(text)
+        return m.group(1) if m else "[invalid]"
+    matches = FLEXIBLE_NUMBER.findall(text)
+    if not matches:
+        return "[invalid]"
+    last = matches[-1]
+    return next(g for g in last if g) if isinstance(last, tuple) else last
+
+
+def lm_eval_exact_match(
+    prediction: str,
+    reference: str,
+    ignore: Sequence[str] = (),
+    ignore_case: bool = True,
+    ignore_punctuation: bool = False,
+) -> float:
+    """lm-eval's exact_match metric (HF evaluate's): regexes removed, then case and punctuation."""
+    p, r = prediction, reference
+    for pattern in ignore:
+        p, r = re.sub(pattern, "", p), re.sub(pattern, "", r)
+    if ignore_case:
+        p, r = p.lower(), r.lower()
+    if ignore_punctuation:
+        p, r = p.translate(_PUNCT), r.translate(_PUNCT)
+    return float(p == r)
+
+
+def score_generation(task: str, output: str, answers: Sequence[str]) -> dict[str, float]:
+    """Per-item metrics of a generative task's output."""
+    if task in ("gsm8k", "gsm8k_cot"):
+        strict = GSM8K_STRICT if task == "gsm8k" else GSM8K_COT_STRICT
+        ref = answers[0]
+        return {
+            "exact_match_strict": lm_eval_exact_match(extract_number(output, strict), ref, GSM8K_IGNORE),
+            "exact_match": lm_eval_exact_match(extract_number(output, None), ref, GSM8K_IGNORE),
+        }
+    answer = output.strip()  # lm-eval's remove_whitespace + take_first filters
+    ignore = NQ_IGNORE if task == "nq_open" else ()
+    em = max((lm_eval_exact_match(answer, a, ignore, True, True) for a in answers), default=0.0)
+    return {"exact_match": em, "f1": token_f1(answer, list(answers)) if answers else 0.0}

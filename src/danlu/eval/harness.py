@@ -1,0 +1,184 @@
+"""Run evaluation tasks on a model: scores with standard errors, and how fast and how much memory.
+
+`evaluate` is the function behind `danlu eval`. Multiple-choice tasks put all their requests through
+one `Scorer` call (sorted, batched, shared inputs deduplicated); LAMBADA scores the last word;
+generative tasks decode greedily one item at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from danlu.errors import ConfigError
+from danlu.eval import tasks as task_lib
+from danlu.eval.generative import greedy_until, score_generation
+from danlu.eval.perplexity import perplexity
+from danlu.eval.scoring import Scorer, mc_metrics, mean_stderr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tasks: tuple[str, ...]
+    limit: int | None = None
+    batch_size: int = 16
+    num_fewshot: int = 0
+    seed: int = 1234
+    max_new_tokens: int = 256
+    ppl_files: tuple[str, ...] = ()  # text files to measure perplexity and bits per byte on
+    ppl_stride: int | None = None  # sliding-window stride in tokens (None: disjoint windows)
+
+    def __post_init__(self) -> None:
+        if not self.tasks and not self.ppl_files:
+            raise ConfigError("no tasks given; pass e.g. --tasks hellaswag,arc_easy (or --ppl FILE)")
+        for path in self.ppl_files:
+            if not Path(path).is_file():
+                raise ConfigError(f"--ppl {path}: no such file; give a UTF-8 text file")
+        for name in self.tasks:
+            task_lib.get_task(name)
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.batch_size < 1 or self.num_fewshot < 0 or self.max_new_tokens < 1:
+            raise ConfigError("need --batch-size >= 1, --num-fewshot >= 0 and --max-new-tokens >= 1")
+
+
+def _summary(per_item: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key in per_item[0] if per_item else ():
+        values = [m[key] for m in per_item]
+        out[key] = sum(values) / len(values)
+        out[f"{key}_stderr"] = mean_stderr(values)
+    return out
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return rss_kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def evaluate_mc(
+    scorer: Scorer, docs: Sequence[task_lib.MCDoc]
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    requests = [(c, x) for d in docs for c, x in zip(d.contexts, d.continuations, strict=True)]
+    scores = scorer.loglikelihood(requests)
+    per_item: list[dict[str, float]] = []
+    i = 0
+    for d in docs:
+        k = len(d.continuations)
+        per_item.append(mc_metrics(scores[i : i + k], d.choices, d.gold))
+        i += k
+    result: dict[str, Any] = _summary(per_item)
+    groups: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for d, m in zip(docs, per_item, strict=True):
+        if d.group:
+            groups[d.group].append(m)
+    if groups:
+        # lm-eval's MMLU average weights subjects by size: the mean over all items (above);
+        # the unweighted mean of subjects is given beside it
+        result["subsets"] = {g: {"n": len(v), **_summary(v)} for g, v in sorted(groups.items())}
+        result["acc_subject_mean"] = sum(s["acc"] for s in result["subsets"].values()) / len(groups)
+    return result, per_item
+
+
+def evaluate_lambada(scorer: Scorer, docs: Sequence[task_lib.MCDoc]) -> dict[str, Any]:
+    scores = scorer.loglikelihood([(d.contexts[0], d.continuations[0]) for d in docs])
+    accs = [float(s.greedy) for s in scores]
+    lls = [s.logprob for s in scores]
+    return {
+        "acc": sum(accs) / len(accs),
+        "acc_stderr": mean_stderr(accs),
+        "perplexity": math.exp(-sum(lls) / len(lls)),  # lm-eval's perplexity aggregation
+    }
+
+
+def evaluate_gen(
+    model: Any, tok: Any, spec: task_lib.TaskSpec, docs: Sequence[task_lib.GenDoc], max_new: int
+) -> tuple[dict[str, Any], int]:
+    per_item = []
+    generated = 0
+    for d in tqdm(docs, desc=spec.name, leave=False, disable=len(docs) < 2):
+        text, n = greedy_until(model, tok, d.prompt, spec.until, max_new)
+        generated += n
+        per_item.append(score_generation(spec.name, text, d.answers))
+    return _summary(per_item), generated
+
+
+def evaluate(model: Any, tok: Any, cfg: EvalConfig, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Scores of every task in cfg, with efficiency figures; a JSON-ready dict."""
+    device = torch.device(device)
+    results: dict[str, Any] = {}
+    total_tokens = 0
+    total_seconds = 0.0
+    for name in cfg.tasks:
+        spec = task_lib.get_task(name)
+        docs = task_lib.build_docs(spec, cfg.limit, cfg.num_fewshot, cfg.seed)
+        log.info("%s: %d items", name, len(docs))
+        scorer = Scorer(model, tok, batch_size=cfg.batch_size, device=device)
+        t0 = time.perf_counter()
+        generated = 0
+        if spec.kind == "mc":
+            res, _ = evaluate_mc(scorer, docs)
+        elif spec.kind == "loglik":
+            res = evaluate_lambada(scorer, docs)
+        else:
+            res, generated = evaluate_gen(model, tok, spec, docs, cfg.max_new_tokens)
+        seconds = time.perf_counter() - t0
+        tokens = scorer.tokens_forwarded + generated
+        total_tokens += tokens
+        total_seconds += seconds
+        res.update(
+            n=len(docs),
+            seconds=seconds,
+            seconds_per_item=seconds / max(len(docs), 1),
+            tokens_per_second=tokens / seconds if seconds > 0 else float("nan"),
+            **({"generated_tokens": generated} if spec.kind == "gen" else {}),
+        )
+        results[name] = res
+    for path in cfg.ppl_files:
+        scorer = Scorer(model, tok, batch_size=cfg.batch_size, device=device)
+        t0 = time.perf_counter()
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        res = perplexity(scorer, [text], stride=cfg.ppl_stride)
+        seconds = time.perf_counter() - t0
+        total_tokens += scorer.tokens_forwarded
+        total_seconds += seconds
+        res.update(n=1, seconds=seconds, tokens_per_second=scorer.tokens_forwarded / max(seconds, 1e-9))
+        results[f"ppl:{Path(path).name}"] = res
+    return {
+        "results": results,
+        "config": {
+            "tasks": list(cfg.tasks), "limit": cfg.limit, "batch_size": cfg.batch_size,
+            "ppl_files": list(cfg.ppl_files), "ppl_stride": cfg.ppl_stride, "num_fewshot": cfg.num_fewshot, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
+        },
+        "efficiency": {
+            "seconds": total_seconds,
+            "tokens_per_second": total_tokens / total_seconds if total_seconds > 0 else float("nan"),
+            "peak_memory_mb": _peak_memory_mb(device),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+        },
+    }  # fmt: skip
+
+
+def evaluate_dir(model_dir: str | Path, cfg: EvalConfig, device: str = "cpu") -> dict[str, Any]:
+    from danlu.train.checkpoint import load_model
+
+    model, tok, _ = load_model(model_dir, device=device)
+    out = evaluate(model, tok, cfg, device)
+    out["model"] = str(model_dir)
+    return out

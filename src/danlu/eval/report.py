@@ -1,0 +1,60 @@
+"""Evaluation results as a table for the screen and a JSON file on disk."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from danlu.io import atomic_write_json
+
+_METRICS = (
+    "acc", "acc_norm", "acc_norm_tokens", "acc_subject_mean", "perplexity", "bits_per_byte",
+    "exact_match", "exact_match_strict", "f1",
+)  # fmt: skip
+
+
+def _fmt(value: float, metric: str) -> str:
+    if value != value:
+        return "nan"
+    return f"{value:.3f}" if metric in ("perplexity", "bits_per_byte") else f"{100 * value:.2f}"
+
+
+def format_table(out: dict[str, Any]) -> str:
+    """Markdown table: task, n, metric, value (percent; perplexity and bits per byte as they are),
+    standard error, seconds."""
+    lines = ["| task | n | metric | value | ± stderr | seconds | tokens/s |", "|---|---|---|---|---|---|---|"]
+    for task, res in out["results"].items():
+        for metric in _METRICS:
+            if metric not in res:
+                continue
+            se = res.get(f"{metric}_stderr")
+            se_text = "-" if se is None or (isinstance(se, float) and math.isnan(se)) else _fmt(se, metric)
+            lines.append(
+                f"| {task} | {res['n']} | {metric} | {_fmt(res[metric], metric)} | {se_text} | "
+                f"{res['seconds']:.1f} | {res['tokens_per_second']:.0f} |"
+            )
+    eff = out["efficiency"]
+    lines.append(
+        f"\n{eff['seconds']:.1f} s, {eff['tokens_per_second']:.0f} tokens/s, peak memory "
+        f"{eff['peak_memory_mb']:.0f} MB on {eff['device']} ({eff['threads']} threads)"
+    )
+    return "\n".join(lines)
+
+
+def write_json(out: dict[str, Any], path: str | Path) -> Path:
+    """Write results atomically (NaN becomes null: strict JSON readers reject NaN)."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, clean(out))
+    return path

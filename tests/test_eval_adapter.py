@@ -1,0 +1,140 @@
+"""The lm-eval adapter answers lm-eval's three request types like direct scoring; `danlu eval` CLI."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from danlu.cli import main
+from danlu.config import ModelConfig
+from danlu.errors import ConfigError
+from danlu.eval.generative import greedy_until
+from danlu.eval.harness import EvalConfig
+from danlu.eval.lm_eval_adapter import DanluLMCore
+from danlu.eval.scoring import Scorer, encode_pair
+from danlu.model import build_model, resolve_model_config
+from test_eval_scoring import ByteTok, direct_logprob
+
+
+@pytest.fixture(scope="module")
+def core():
+    torch.manual_seed(1)
+    cfg = resolve_model_config(ModelConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, max_seq_len=32), 258)
+    model = build_model(cfg)
+    model.eval()
+    return DanluLMCore(model, ByteTok(), batch_size=4, max_gen_toks=12)
+
+
+def test_loglikelihood_equals_direct_scoring(core):
+    reqs = [("Question: 2+2\nAnswer:", " 4"), ("The cat", " sat on"), ("", "hello")]
+    got = core.loglikelihood(reqs)
+    for (c, x), (lp, greedy) in zip(reqs, got, strict=True):
+        want, want_greedy = direct_logprob(core.model, *encode_pair(core.tok, c, x))
+        assert lp == pytest.approx(want, abs=1e-4) and greedy == want_greedy
+    scores = Scorer(core.model, core.tok, batch_size=1).loglikelihood(reqs)
+    assert [s.logprob for s in scores] == pytest.approx([g[0] for g in got], abs=1e-4)
+
+
+def test_loglikelihood_rolling_sums_every_token_once(core):
+    short = "a short text"  # fits one window: the plain full-context loss after the prefix token
+    ids = [core.tok.eos_id, *core.tok.encode(short)]
+    with torch.no_grad():
+        logp = F.log_softmax(core.model(torch.tensor([ids[:-1]]))[0].double(), -1)
+    want = float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
+    long = "0123456789" * 8  # 80 tokens: three windows of 32
+    got_short, got_long = core.loglikelihood_rolling([short, long])
+    assert got_short == pytest.approx(want, abs=1e-4)
+    # lm-eval's disjoint windows of 32 inputs: [eos] + 0..30 predicts 0..31; 31..62 predicts 32..63;
+    # the last window slides back to stay full: 47..78 predicts 64..79
+    toks = core.tok.encode(long)
+    manual = direct_logprob(core.model, [core.tok.eos_id], toks[:32])[0]
+    manual += direct_logprob(core.model, toks[31:32], toks[32:64])[0]
+    manual += direct_logprob(core.model, toks[47:64], toks[64:80])[0]
+    assert got_long == pytest.approx(manual, abs=1e-3)
+    assert not math.isnan(got_long)
+
+
+def test_generate_until_is_greedy_and_cut_at_stop_strings(core):
+    prompt = "abc"
+    (text,) = core.generate_until([(prompt, {"until": [], "max_gen_toks": 6})])
+    # the greedy continuation by hand: argmax, append, repeat
+    ids = core.tok.encode(prompt)
+    out = []
+    with torch.no_grad():
+        for _ in range(6):
+            nxt = int(core.model(torch.tensor([ids + out]))[0, -1].argmax())
+            if nxt == core.tok.eos_id:
+                break
+            out.append(nxt)
+    assert text == core.tok.decode(out)
+    if len(text) > 1:
+        stop = text[1]
+        (cut,) = core.generate_until([(prompt, {"until": [stop], "max_gen_toks": 6})])
+        assert cut == text.split(stop)[0]
+    with pytest.raises(ConfigError, match="greedily"):
+        core.generate_until([(prompt, {"do_sample": True, "temperature": 0.7})])
+    assert greedy_until(core.model, core.tok, prompt, [], 6)[0] == text
+
+
+def test_lm_eval_lm_class_wraps_the_core(core):
+    pytest.importorskip("lm_eval")
+    from danlu.eval.lm_eval_adapter import lm_class
+
+    lm = lm_class()(core=core)
+    reqs = [SimpleNamespace(args=("Q:", " yes")), SimpleNamespace(args=("Q:", " no"))]
+    assert lm.loglikelihood(reqs) == core.loglikelihood([r.args for r in reqs])
+    rolling = lm.loglikelihood_rolling([SimpleNamespace(args=("some text",))])
+    assert rolling == core.loglikelihood_rolling(["some text"])
+
+
+def test_eval_config_and_cli_reject_bad_input(capsys):
+    with pytest.raises(ConfigError, match="unknown task"):
+        EvalConfig(tasks=("hellaswag", "nope"))
+    with pytest.raises(ConfigError, match="limit"):
+        EvalConfig(tasks=("piqa",), limit=0)
+    assert main(["eval", "/nonexistent", "--tasks", "nope"]) == 2
+    assert "unknown task" in capsys.readouterr().err
+
+
+def test_evaluate_perplexity_file_table_and_json(core, tmp_path):
+    import json
+
+    from danlu.eval.harness import evaluate
+    from danlu.eval.perplexity import perplexity
+    from danlu.eval.report import format_table, write_json
+
+    text = "to be or not to be, that is the question. " * 2
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    out = evaluate(core.model, core.tok, EvalConfig(tasks=(), ppl_files=(str(path),), ppl_stride=8))
+    res = out["results"]["ppl:t.txt"]
+    want = perplexity(Scorer(core.model, core.tok), [text], stride=8)
+    assert res["bits_per_byte"] == pytest.approx(want["bits_per_byte"], rel=1e-6)
+    assert res["tokens"] == res["bytes"] == len(text)  # one byte per token
+    assert out["efficiency"]["peak_memory_mb"] > 0 and out["efficiency"]["tokens_per_second"] > 0
+    table = format_table(out)
+    assert f"| ppl:t.txt | 1 | bits_per_byte | {res['bits_per_byte']:.3f} |" in table
+    saved = json.loads(write_json(out, tmp_path / "r.json").read_text())
+    assert saved["results"]["ppl:t.txt"]["perplexity"] == pytest.approx(res["perplexity"])
+    with pytest.raises(ConfigError, match="no such file"):
+        EvalConfig(tasks=(), ppl_files=(str(tmp_path / "missing.txt"),))
+
+
+def test_local_lm_eval_task_configs_include_lm_eval_yamls(tmp_path):
+    pytest.importorskip("lm_eval")
+    import json
+    from pathlib import Path
+
+    from danlu.eval.lm_eval_adapter import write_local_tasks
+
+    written = write_local_tasks(["arc_easy"], tmp_path)
+    assert written == {"arc_easy": ["danlu_arc_easy"]}
+    cfg = json.loads((tmp_path / "danlu_arc_easy.yaml").read_text())
+    assert cfg["include"].endswith("arc/arc_easy.yaml") and Path(cfg["include"]).is_file()
+    assert (
+        cfg["dataset_path"] == "arrow" and Path(cfg["dataset_kwargs"]["data_files"]["validation"]).is_file()
+    )
