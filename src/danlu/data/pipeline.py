@@ -237,6 +237,21 @@ def _decontaminate(**kwargs: Any) -> DocFilter:
     return Decontaminator(**kwargs)
 
 
+def _quality_classifier(model: str, threshold: float | None = None, keep_top: float | None = None) -> Any:
+    # lazy: danlu.data.quality_model imports GlobalBlock from this module
+    from danlu.data.quality_model import quality_classifier_block
+
+    return quality_classifier_block(model, threshold=threshold, keep_top=keep_top)
+
+
+def _perplexity(
+    model: str, max_perplexity: float | None = None, keep_bottom: float | None = None, device: str = "cpu"
+) -> Any:
+    from danlu.data.quality_model import perplexity_block
+
+    return perplexity_block(model, max_perplexity=max_perplexity, keep_bottom=keep_bottom, device=device)
+
+
 def _decontam_signature() -> inspect.Signature:
     from danlu.data.decontam import Decontaminator
 
@@ -255,6 +270,8 @@ BLOCKS: dict[str, Callable[..., Any]] = {
     "toxicity": ToxicityFilter,
     "pii": _pii,
     "decontaminate": _decontaminate,
+    "quality_classifier": _quality_classifier,
+    "perplexity": _perplexity,
     "exact_dedup": ExactDedupBlock,
     "minhash_dedup": MinHashDedupBlock,
     "simhash_dedup": SimHashDedupBlock,
