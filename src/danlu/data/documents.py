@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from danlu.config import DataConfig
 from danlu.data.corpora import CORPORA, read_corpus
 from danlu.data.executors import ShardTask, make_executor, merge_stats, read_shard, run_shard, write_shard
+from danlu.data.hf_datasets import PREFIX as HF_PREFIX
+from danlu.data.hf_datasets import read_hf_spec
 from danlu.data.pipeline import build_pipeline, default_pipeline, pipeline_fingerprint, segments
 from danlu.data.readers import ReadReport, input_files, read_path
 from danlu.data.sources import SOURCES, Document, read_source
@@ -46,6 +48,8 @@ def read_source_or_path(spec: str, report: ReadReport | None = None) -> Iterator
         return read_source(spec)
     if spec in CORPORA:
         return read_corpus(spec)
+    if spec.startswith(HF_PREFIX):  # a Hugging Face dataset, streamed
+        return read_hf_spec(spec, report)
     if not Path(spec).expanduser().exists():
         raise DataError(
             f"data source '{spec}' is neither a registry name ({', '.join([*SOURCES, *CORPORA])}) "
