@@ -14,6 +14,7 @@ moe_loss_per_flop.png and moe_load.png.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def main() -> None:
         model = build_model(resolve_model_config(cfg.model, vocab), "meta")
         fpt = model.flops_per_token(cfg.train.seq_len)
         slug = name.split(" ")[0].replace("(", "").replace(")", "").replace("/", "")
+        shutil.rmtree(out / f"moe-{slug}", ignore_errors=True)  # never resume another length's run
         res = run_pretrain(cfg, run / "tokens", run / "tokenizer", out / f"moe-{slug}")
         recs = read_metrics(out / f"moe-{slug}" / "metrics.jsonl")
         loads = [r["moe_load"] for r in recs if "moe_load" in r]
