@@ -1,4 +1,5 @@
-"""Atomic file writes and hashing: an interrupted run never leaves a file that looks complete."""
+"""Atomic file writes, hashing and checked JSON reads: an interrupted run never leaves a file that looks
+complete, and a damaged one is reported as such."""
 
 from __future__ import annotations
 
@@ -88,3 +89,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_json_object(path: str | Path, error: type[Exception], remedy: str) -> dict[str, Any]:
+    """The JSON object in path; an unreadable, truncated or non-object file raises `error` with `remedy`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path} is unreadable or truncated ({e}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} should hold a JSON object; {remedy}")
+    return data

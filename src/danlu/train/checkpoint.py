@@ -32,7 +32,7 @@ from torch import nn
 
 from danlu.config import ModelConfig, RecipeConfig, from_dict, to_dict
 from danlu.errors import CheckpointCorrupt, CheckpointError, ConfigError, DanluError
-from danlu.io import atomic_dir, sha256_file
+from danlu.io import atomic_dir, read_json_object, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -220,13 +220,7 @@ def _require_files(path: Path, names: tuple[str, ...]) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointCorrupt(f"{path} is unreadable or truncated ({e}); delete its directory") from None
-    if not isinstance(data, dict):
-        raise CheckpointCorrupt(f"{path} should hold a JSON object; delete its directory")
-    return data
+    return read_json_object(path, CheckpointCorrupt, "delete its directory")
 
 
 def read_model_config(path: Path) -> ModelConfig:
