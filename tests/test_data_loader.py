@@ -14,11 +14,15 @@ from danlu.data.loader import TokenDataset, TrainLoader, eval_batches
 from danlu.errors import DataError
 
 
-def _tokens_dir(path, n_tokens: int, dtype=np.uint16):
-    """A packed directory whose token at position i is i (mod 2^16), so windows are easy to check."""
+def _tokens_dir(path, n_tokens: int, dtype=np.uint16, phase_ends: tuple[int, ...] = ()):
+    """A packed directory whose token at position i is i (mod 2^16), so windows are easy to check;
+    phase_ends records a phased mix whose phases end at these token offsets."""
     path.mkdir(parents=True, exist_ok=True)
     np.arange(n_tokens, dtype=np.int64).astype(dtype).tofile(path / "train.bin")
     split = {"file": "train.bin", "tokens": n_tokens, "documents": 1, "bytes": n_tokens}
+    if phase_ends:
+        starts = [0, *phase_ends[:-1]]
+        split["mix"] = {"phases": [{"start": a, "end": b} for a, b in zip(starts, phase_ends, strict=True)]}
     index = {"dtype": np.dtype(dtype).name, "vocab_size": 70000, "splits": {"train": split}}
     (path / "index.json").write_text(json.dumps(index))
     return path
@@ -96,3 +100,44 @@ def test_too_small_split_is_refused(tmp_path):
     ds = TokenDataset(_tokens_dir(tmp_path, 50), "train")
     with pytest.raises(DataError, match="fewer than one batch"):
         TrainLoader(ds, batch_size=8, seq_len=16, seed=0)
+
+
+def _epoch_starts(loader: TrainLoader, n_batches: int) -> list[int]:
+    return [int(v) for _ in range(n_batches) for v in loader.next_batch()[0][:, 0]]
+
+
+def test_phased_split_is_read_phase_by_phase_each_shuffled(tmp_path):
+    # phases [0, 400), [400, 1001): windows 0-39 start in phase 1, windows 40-99 in phase 2
+    ds = TokenDataset(_tokens_dir(tmp_path, 1001, np.uint32, phase_ends=(400, 1001)), "train")
+    assert ds.phase_starts == [400]
+    loader = TrainLoader(ds, batch_size=4, seq_len=10, seed=3)
+    first, second = _epoch_starts(loader, 25), _epoch_starts(loader, 25)
+    for epoch in (first, second):
+        assert sorted(epoch[:40]) == list(range(0, 400, 10))  # all of phase 1 first
+        assert sorted(epoch[40:]) == list(range(400, 1000, 10))  # then all of phase 2
+    assert first[:40] != list(range(0, 400, 10)) and first != second  # shuffled, anew each epoch
+    # one phase is exactly the unphased order
+    one = TokenDataset(_tokens_dir(tmp_path / "one", 1001, np.uint32, phase_ends=(1001,)), "train")
+    plain = TokenDataset(_tokens_dir(tmp_path / "plain", 1001, np.uint32), "train")
+    assert _epoch_starts(TrainLoader(one, 4, 10, 3), 25) == _epoch_starts(TrainLoader(plain, 4, 10, 3), 25)
+
+
+def test_phased_resume_continues_identically_and_refuses_other_phases(tmp_path):
+    ds = TokenDataset(_tokens_dir(tmp_path / "a", 2001, phase_ends=(700, 1500, 2001)), "train")
+    a = TrainLoader(ds, 3, 10, 5)
+    _epoch_starts(a, 40)  # into the third phase
+    b = TrainLoader(ds, 3, 10, 5)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert _epoch_starts(a, 50) == _epoch_starts(b, 50)  # across the epoch boundary too
+    other = TokenDataset(_tokens_dir(tmp_path / "b", 2001, phase_ends=(800, 1500, 2001)), "train")
+    with pytest.raises(DataError, match=r"phase_starts was \[700, 1500\], now \[800, 1500\]"):
+        TrainLoader(other, 3, 10, 5).load_state_dict(a.state_dict())
+    old = {k: v for k, v in TrainLoader(ds, 3, 10, 5).state_dict().items() if k != "phase_starts"}
+    plain = TokenDataset(_tokens_dir(tmp_path / "c", 2001), "train")
+    TrainLoader(plain, 3, 10, 5).load_state_dict(old)  # a checkpoint from before phases still loads
+
+
+def test_phases_that_do_not_cover_the_split_are_refused(tmp_path):
+    _tokens_dir(tmp_path, 1000, phase_ends=(400, 900))
+    with pytest.raises(DataError, match="do not cover its 1000 tokens"):
+        TokenDataset(tmp_path, "train")

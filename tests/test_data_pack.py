@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -59,3 +60,21 @@ def test_pack_without_documents_fails_and_writes_nothing(docs_and_tok, tmp_path)
     with pytest.raises(DataError, match="run the data stage"):
         run_pack(tmp_path / "no-docs", tok, tmp_path / "tokens")
     assert not (tmp_path / "tokens").exists()
+
+
+def test_default_pack_is_corpus_order_byte_for_byte(docs_and_tok, tmp_path):
+    """mix=None is today's output: bos + tokens + eos per document in corpus order, no "mix" entry."""
+    root, tok = docs_and_tok
+    index = run_pack(root / "docs", tok, tmp_path / "default")
+    explicit = run_pack(root / "docs", tok, tmp_path / "none", mix=None)
+    for split in ("train", "val"):
+        rows = [
+            [tok.bos_id, *tok.encode(d["text"]), tok.eos_id] for d in read_documents(root / "docs", split)
+        ]
+        expected = np.concatenate(rows).astype(np.uint16).tobytes()
+        assert (tmp_path / "default" / f"{split}.bin").read_bytes() == expected
+        assert index["splits"][split]["sha256"] == hashlib.sha256(expected).hexdigest()
+        assert "mix" not in index["splits"][split]
+    assert explicit == index
+    for name in ("index.json", "train.bin", "train.docs.npy", "val.bin", "val.docs.npy"):
+        assert (tmp_path / "none" / name).read_bytes() == (tmp_path / "default" / name).read_bytes()

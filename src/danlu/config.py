@@ -50,9 +50,19 @@ class DataConfig:
     # Input shard size: at most this many documents and about this many MB of text per shard.
     shard_docs: int = 5000
     shard_mb: float = 64.0
+    # How the pack stage mixes sources in the train split (danlu.data.mixing); None: corpus order.
+    # {weights: {shakespeare: 0.7, chitchat: 0.3}} or {alpha: 0.5} (p_i ~ tokens_i^alpha), and optional
+    # max_epochs (repeats allowed per source), tokens (budget; default: the train split's own size),
+    # phases [{until: 0.7, weights: {...}}, ..., {until: 1.0, weights: {...}}] (fractions of the
+    # budget, trained in order) and seed (default: data.seed). The validation split is never mixed.
+    mix: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check(len(self.sources) > 0, "data.sources", "name at least one source")
+        if self.mix is not None:
+            from danlu.data.mixing import parse_mix  # numpy stays out of a plain config import
+
+            parse_mix(self.mix, self.sources, self.seed)
         _check(
             self.executor in ("local", "ray"), "data.executor", f"must be local or ray, got {self.executor!r}"
         )

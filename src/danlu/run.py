@@ -8,6 +8,7 @@ interrupted `danlu run` continues where it stopped (pretraining itself resumes f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from danlu.config import RecipeConfig, save_yaml, to_dict
+from danlu.data.mixing import MixSpec, parse_mix
 from danlu.io import atomic_write_json, sha256_json
 
 log = logging.getLogger(__name__)
@@ -67,9 +69,13 @@ def _write_stamp(layout: RunLayout, stage: str, key: str, result: dict[str, Any]
 
 def stage_keys(cfg: RecipeConfig) -> dict[str, str]:
     """The up-to-date key of every stage: its own config chained with the keys of its inputs."""
-    data = sha256_json({"data": to_dict(cfg.data), "inputs": _local_input_fingerprint(cfg.data.sources)})
+    # the mix only shapes the pack stage: changing it re-packs and retrains, but keeps documents and
+    # tokenizer (and without a mix, every key is what it was before mixing existed)
+    data_cfg = {k: v for k, v in to_dict(cfg.data).items() if k != "mix"}
+    data = sha256_json({"data": data_cfg, "inputs": _local_input_fingerprint(cfg.data.sources)})
     tok = sha256_json({"tokenizer": to_dict(cfg.tokenizer), "data": data})
-    pack = sha256_json({"tok": tok})
+    mix = run_mix(cfg)
+    pack = sha256_json({"tok": tok} if mix is None else {"tok": tok, "mix": dataclasses.asdict(mix)})
     pretrain = sha256_json({"model": to_dict(cfg.model), "train": to_dict(cfg.train), "pack": pack})
     return {"data": data, "tokenizer": tok, "pack": pack, "pretrain": pretrain}
 
@@ -127,12 +133,54 @@ def run_tokenizer_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
     return {"vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()}
 
 
+def training_tokens(cfg: RecipeConfig) -> int:
+    """Tokens the pretraining stage reads: steps x accumulation x batch x sequence length."""
+    t = cfg.train
+    return t.max_steps * t.grad_accum * t.batch_size * t.seq_len
+
+
+def run_mix(cfg: RecipeConfig) -> MixSpec | None:
+    """The recipe's checked data mix. A phase schedule is a share of the training tokens, so without
+    data.mix.tokens a phased mix packs exactly what training reads and its phases play out once."""
+    if cfg.data.mix is None:
+        return None
+    mix = parse_mix(cfg.data.mix, cfg.data.sources, cfg.data.seed)
+    if len(mix.phases) > 1 and mix.tokens is None:
+        mix = dataclasses.replace(mix, tokens=training_tokens(cfg))
+    return mix
+
+
 def run_pack_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
     from danlu.data.pack import run_pack
     from danlu.tokenizer import Tokenizer
 
-    index = run_pack(layout.docs, Tokenizer.load(layout.tokenizer), layout.tokens)
+    index = run_pack(layout.docs, Tokenizer.load(layout.tokenizer), layout.tokens, run_mix(cfg))
+    _warn_if_schedule_misfits(cfg, index)
     return {"splits": index.get("splits", {})}
+
+
+def _warn_if_schedule_misfits(cfg: RecipeConfig, index: dict[str, Any]) -> None:
+    """The loader trains a phased mix's phases in order, once per pass over the train split: a
+    training budget far from the packed size cuts the schedule short or starts it over."""
+    phases = index["splits"]["train"].get("mix", {}).get("phases", [])
+    if len(phases) < 2:
+        return
+    budget = training_tokens(cfg)
+    packed = phases[-1]["end"]
+    if abs(budget - packed) <= 0.1 * packed:
+        return
+    if budget < packed:
+        last = next(k for k, p in enumerate(phases, 1) if p["end"] >= budget)
+        what = f"training stops in phase {last} of {len(phases)}"
+    else:
+        what = f"the schedule starts over at phase 1 after {packed} tokens"
+    log.warning(
+        "training reads about %d tokens, the phased mix packs %d: %s; set data.mix.tokens to about %d",
+        budget,
+        packed,
+        what,
+        budget,
+    )
 
 
 def run_pretrain_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:

@@ -3,12 +3,21 @@
 The training stream is cut into non-overlapping windows of seq_len + 1 tokens (y is x shifted by one).
 Each epoch visits every window once in an order drawn from (seed, epoch); the loader's position is
 (epoch, windows consumed), which is all a checkpoint needs to continue the same sequence of batches.
+
+A train split packed with a phased data mix records each phase's token range. An epoch then walks the
+phases in order, each phase's windows in a seeded shuffle of their own, so the schedule's phases are
+trained one after the other rather than blended; a window belongs to the phase its first token is in
+(its last few tokens may come from the next phase). The schedule plays out once per pass over the
+split: a run that trains on about data.mix.tokens tokens sees it exactly, a shorter one stops in an
+earlier phase, a longer one starts over at phase 1. With one phase (or none recorded) the order is the
+unphased one.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +56,29 @@ class TokenDataset:
         self.split, self.path = split, path
         self.vocab_size = int(index["vocab_size"])
         self.tokens = np.memmap(path, dtype=dtype, mode="r")
+        self.phase_starts = _phase_starts(info, split, len(self.tokens), index_path)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def window(self, start: int, seq_len: int) -> np.ndarray:
         return np.asarray(self.tokens[start : start + seq_len + 1], dtype=np.int64)
+
+
+def _phase_starts(info: dict[str, Any], split: str, n_tokens: int, index_path: Path) -> list[int]:
+    """Token offsets where the mix's phases 2, 3, ... begin; [] for an unphased split."""
+    phases = (info.get("mix") or {}).get("phases") or []
+    try:
+        ranges = [(int(p["start"]), int(p["end"])) for p in phases]
+    except (KeyError, TypeError, ValueError):
+        ranges = [(-1, -1)]
+    contiguous = all(a[1] == b[0] for a, b in pairwise(ranges))
+    if ranges and not (ranges[0][0] == 0 and ranges[-1][1] == n_tokens and contiguous):
+        raise DataError(
+            f"{index_path}: the mix phases of split '{split}' do not cover its {n_tokens} "
+            "tokens in order; re-run the pack stage"
+        )
+    return [start for start, _ in ranges[1:]]
 
 
 def _num_windows(dataset: TokenDataset, seq_len: int) -> int:
@@ -65,7 +91,8 @@ def _to_batch(rows: list[np.ndarray]) -> Batch:
 
 
 class TrainLoader:
-    """Endless shuffled batches; `state_dict()` after any batch resumes exactly at the next one."""
+    """Endless shuffled batches, phase by phase for a phased mix (see the module docstring);
+    `state_dict()` after any batch resumes exactly at the next one."""
 
     def __init__(self, dataset: TokenDataset, batch_size: int, seq_len: int, seed: int):
         self.dataset, self.batch_size, self.seq_len, self.seed = dataset, batch_size, seq_len, seed
@@ -75,12 +102,16 @@ class TrainLoader:
                 f"the {dataset.split} split has {len(dataset)} tokens, fewer than one batch of "
                 f"{batch_size} x {seq_len + 1}; add data or lower train.batch_size/seq_len"
             )
+        # window i starts at token i * seq_len; it belongs to the phase that token is in
+        cuts = [-(-start // seq_len) for start in dataset.phase_starts]  # ceil: first window at/after
+        self._bounds = [0, *(min(c, self.n_windows) for c in cuts), self.n_windows]
         self.epoch, self.pos = 0, 0
         self._order: np.ndarray | None = None
 
     def _epoch_order(self) -> np.ndarray:
         if self._order is None:
-            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_windows)
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._order = np.concatenate([lo + rng.permutation(hi - lo) for lo, hi in pairwise(self._bounds)])
         return self._order
 
     def next_batch(self) -> Batch:
@@ -105,11 +136,13 @@ class TrainLoader:
             "batch_size": self.batch_size,
             "seq_len": self.seq_len,
             "n_tokens": len(self.dataset),
+            "phase_starts": list(self.dataset.phase_starts),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mine = self.state_dict()
-        for key in ("seed", "batch_size", "seq_len", "n_tokens"):
+        state = {"phase_starts": [], **state}  # checkpoints from before phased mixes have none
+        for key in ("seed", "batch_size", "seq_len", "n_tokens", "phase_starts"):
             if state.get(key) != mine[key]:
                 raise DataError(
                     f"cannot resume the data loader: {key} was {state.get(key)}, now {mine[key]}; "

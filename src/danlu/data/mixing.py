@@ -8,15 +8,17 @@ uncapped ones in proportion to their weights (water-filling, as UniMax does), so
 whenever the cap allows it. Phase schedules split the budget by fraction of tokens (e.g. 0-70%, 70-90%,
 90-100%) with a weight set per phase; the epoch cap holds over all phases together.
 Selection is deterministic for a seed: whole shuffled passes over a source for each full epoch, then a
-seeded random subset for the fractional part.
+seeded random subset for the fractional part. `parse_mix` checks a recipe's `data.mix` against its
+sources and turns it into the `MixSpec` the pack stage lays the train split out by.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -173,3 +175,106 @@ def sample_mix(
         order = _rng(seed, "phase", k).permutation(len(picks))
         phases.append([picks[i] for i in order])
     return phases
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe's data.mix, checked before any work
+
+
+MIX_KEYS = ("weights", "alpha", "max_epochs", "tokens", "phases", "seed")
+_PHASE_KEYS = ("until", "weights")
+
+
+@dataclass(frozen=True)
+class MixSpec:
+    """A checked `data.mix`: weights (or temperature alpha), epoch cap, token budget, phases, seed."""
+
+    seed: int
+    weights: dict[str, float] | None = None
+    alpha: float = 1.0
+    max_epochs: float = math.inf
+    tokens: int | None = (
+        None  # None: the train split's token count (a phased mix in a run: the training budget)
+    )
+    phases: list[Phase] = field(default_factory=list)
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(value: Any, key: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        at_least = f" >= {minimum}" if minimum is not None else ""
+        raise ConfigError(f"{key}: expected an integer{at_least}, got {value!r}")
+    return value
+
+
+def _weights(value: Any, sources: Sequence[str], key: str) -> dict[str, float]:
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"{key}: expected a mapping of source name to weight, got {value!r}")
+    for name in value:
+        if name not in sources:
+            raise ConfigError(f"{key}: unknown source {name!r}; data.sources are {', '.join(sources)}")
+    weights = {name: _number(w, f"{key}.{name}") for name, w in value.items()}
+    if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+        raise ConfigError(
+            f"{key}: weights must be >= 0 with at least one > 0 (leave a source out to give it no "
+            f"tokens), got {weights}"
+        )
+    return weights
+
+
+def _mapping(value: Any, key: str, valid: Sequence[str]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping with keys {', '.join(valid)}, got {value!r}")
+    for name in value:
+        if name not in valid:
+            close = difflib.get_close_matches(str(name), valid, n=1)
+            hint = f"did you mean {key}.{close[0]}?" if close else f"valid keys: {', '.join(valid)}"
+            raise ConfigError(f"{key}.{name}: unknown key; {hint}")
+    return value
+
+
+def _phases(value: Any, sources: Sequence[str]) -> list[Phase]:
+    key = "data.mix.phases"
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a list like [{{until: 0.7, weights: {{...}}}}, {{until: 1.0}}]")
+    spec = []
+    for i, raw in enumerate(value):
+        phase = _mapping(raw, f"{key}[{i}]", _PHASE_KEYS)
+        if "until" not in phase:
+            raise ConfigError(f"{key}[{i}]: missing until (the fraction of tokens where the phase ends)")
+        until = _number(phase["until"], f"{key}[{i}].until")
+        w = phase.get("weights")
+        spec.append(
+            {"until": until, "weights": None if w is None else _weights(w, sources, f"{key}[{i}].weights")}
+        )
+    try:
+        return parse_phases(spec)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def parse_mix(raw: Mapping[str, Any], sources: Sequence[str], default_seed: int) -> MixSpec:
+    """Check a recipe's data.mix (errors name the key) and resolve its defaults."""
+    raw = _mapping(raw, "data.mix", MIX_KEYS)
+    get = {k: raw[k] for k in MIX_KEYS if raw.get(k) is not None}
+    if "weights" in get and "alpha" in get:
+        raise ConfigError("data.mix: give weights or alpha, not both (alpha derives weights from sizes)")
+    alpha = _number(get.get("alpha", 1.0), "data.mix.alpha")
+    if alpha < 0:
+        raise ConfigError(f"data.mix.alpha: must be >= 0 (1: proportional, 0: uniform), got {alpha}")
+    max_epochs = _number(get["max_epochs"], "data.mix.max_epochs") if "max_epochs" in get else math.inf
+    if max_epochs <= 0:
+        raise ConfigError(f"data.mix.max_epochs: must be > 0 (repeats allowed per source), got {max_epochs}")
+    return MixSpec(
+        seed=_integer(get.get("seed", default_seed), "data.mix.seed"),
+        weights=_weights(get["weights"], sources, "data.mix.weights") if "weights" in get else None,
+        alpha=alpha,
+        max_epochs=max_epochs,
+        tokens=_integer(get["tokens"], "data.mix.tokens", 1) if "tokens" in get else None,
+        phases=_phases(get["phases"], sources) if "phases" in get else [],
+    )
