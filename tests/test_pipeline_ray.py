@@ -36,6 +36,7 @@ def test_ray_executor_gives_byte_identical_output(tmp_path):
         {"block": "exact_dedup"},
         {"block": "toxicity"},
         {"block": "minhash_dedup", "threshold": 0.8},
+        {"block": "substring_dedup", "min_length": 100},
         {"block": "pii"},
     ]
     outs = {}
@@ -52,3 +53,4 @@ def test_ray_executor_gives_byte_identical_output(tmp_path):
         assert a == (tmp_path / "ray" / f"{split}.parquet").read_bytes()
     assert outs["local"]["blocks"] == outs["ray"]["blocks"]
     assert outs["local"]["blocks"]["minhash_dedup"]["documents_out"] >= 5
+    assert outs["local"]["blocks"]["substring_dedup"]["counts"]["documents_changed"] >= 1

@@ -226,21 +226,45 @@ def test_trained_classifier_ranks_held_out_shakespeare_above_chat(quality_files)
 
 def test_blocks_are_registered_and_validated(quality_files):
     root = quality_files[0]
-    annotate = build_block({"block": "quality_classifier", "model": str(root / "clf.npz")})
+    annotate = build_block(
+        {"block": "quality_classifier", "model": str(root / "clf.npz"), "annotate_only": True}
+    )
     assert isinstance(annotate, DocBlock) and annotate.reasons == ("low_quality",)
+    assert isinstance(
+        build_block({"block": "perplexity", "model": str(root / "lm.npz"), "annotate_only": True}), DocBlock
+    )
     top = build_block({"block": "quality_classifier", "model": str(root / "clf.npz"), "keep_top": 0.5})
     assert isinstance(top, GlobalBlock)
     assert isinstance(
         build_block({"block": "perplexity", "model": str(root / "lm.npz"), "keep_bottom": 0.2}), GlobalBlock
     )
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(
+        ConfigError, match=r"exactly one of threshold, keep_top, annotate_only.*got threshold, keep_top"
+    ):
         build_block(
             {"block": "quality_classifier", "model": str(root / "clf.npz"), "threshold": 0.5, "keep_top": 0.2}
         )
+    with pytest.raises(
+        ConfigError, match=r"exactly one of max_perplexity, keep_bottom, annotate_only.*got none"
+    ):
+        build_block(
+            {"block": "perplexity", "model": str(root / "lm.npz")}
+        )  # nothing chosen: no silent keep-all
+    with pytest.raises(ConfigError, match="got keep_bottom, annotate_only"):
+        build_block(
+            {"block": "perplexity", "model": str(root / "lm.npz"), "keep_bottom": 0.5, "annotate_only": True}
+        )
+    with pytest.raises(ConfigError, match="annotate_only is true or false, got 'yes'"):
+        build_block({"block": "perplexity", "model": str(root / "lm.npz"), "annotate_only": "yes"})
+    # a threshold of 0 is a choice (keeps everything scoring >= 0), not a missing one
+    assert isinstance(
+        build_block({"block": "quality_classifier", "model": str(root / "clf.npz"), "threshold": 0.0}),
+        DocBlock,
+    )
     with pytest.raises(ConfigError, match="keep_bottom must be a fraction"):
         build_block({"block": "perplexity", "model": str(root / "lm.npz"), "keep_bottom": 1.5})
     with pytest.raises(ConfigError, match="does not exist"):
-        build_block({"block": "perplexity", "model": str(root / "nope.npz")})
+        build_block({"block": "perplexity", "model": str(root / "nope.npz"), "annotate_only": True})
     with pytest.raises(ConfigError, match="valid options: model, threshold, keep_top"):
         build_block({"block": "quality_classifier", "model": "x", "top": 3})
 
@@ -250,22 +274,26 @@ def test_percentile_blocks_keep_the_exact_fraction_across_shards(quality_files):
     texts = good[-30:] + chat[-30:]
     top = build_block({"block": "quality_classifier", "model": str(root / "clf.npz"), "keep_top": 0.25})
     shards = [texts[i : i + 7] for i in range(0, len(texts), 7)]
-    masks = top.decide([top.keys(s) for s in shards])
-    keep = np.concatenate(masks)
+    decisions = top.decide([top.keys(s) for s in shards])
+    keep = np.concatenate(decisions)["keep"]
     scores = clf.score_many(texts)
-    assert keep.sum() == 15 and [len(m) for m in masks] == [len(s) for s in shards]
+    assert keep.sum() == 15 and [len(m) for m in decisions] == [len(s) for s in shards]
     assert scores[keep].min() >= scores[~keep].max()  # exactly the 15 best
+    # the decision carries each document's score, for the kept documents' meta
+    np.testing.assert_allclose(np.concatenate(decisions)["quality_score"], scores)
     lm = NgramLM.load(root / "lm.npz")
     low = build_block({"block": "perplexity", "model": str(root / "lm.npz"), "keep_bottom": 0.1})
-    keep = np.concatenate(low.decide([low.keys(s) for s in shards]))
+    decision = np.concatenate(low.decide([low.keys(s) for s in shards]))
+    keep = decision["keep"]
     ppl = np.array([lm.perplexity(t) for t in texts])
     assert keep.sum() == 6 and ppl[keep].max() <= ppl[~keep].min()
+    np.testing.assert_allclose(decision["perplexity"], ppl)
 
 
 def test_pipeline_run_writes_scores_and_filters_by_threshold_and_percentile(quality_files, tmp_path):
     root, clf, _, _ = quality_files
     specs = [
-        {"block": "quality_classifier", "model": str(root / "clf.npz")},  # annotate only
+        {"block": "quality_classifier", "model": str(root / "clf.npz"), "annotate_only": True},
         {"block": "perplexity", "model": str(root / "lm.npz"), "max_perplexity": 1e6},
         {"block": "quality_classifier", "model": str(root / "clf.npz"), "keep_top": 0.5},
         {"block": "quality_classifier", "model": str(root / "clf.npz"), "threshold": 0.5},
@@ -279,3 +307,42 @@ def test_pipeline_run_writes_scores_and_filters_by_threshold_and_percentile(qual
         assert d["meta"]["quality_score"] == pytest.approx(clf.score(d["text"]))
         assert 1 < d["meta"]["perplexity"] < 1e6
     assert "low_quality" in json.dumps(manifest)
+
+
+def _run_quality(root, tmp_path, specs, name):
+    cfg = DataConfig(sources=[str(root / "corpus.jsonl")], pipeline=specs, val_fraction=0.1, shard_docs=8)
+    manifest = run_data(cfg, tmp_path / name)
+    docs = [d for split in ("train", "val") for d in read_documents(tmp_path / name, split)]
+    return manifest, docs
+
+
+def test_percentile_modes_write_scores_into_the_documents_they_keep(quality_files, tmp_path):
+    root, clf, _, _ = quality_files
+    lm = NgramLM.load(root / "lm.npz")
+    specs = [
+        {"block": "quality_classifier", "model": str(root / "clf.npz"), "keep_top": 0.5},
+        {"block": "perplexity", "model": str(root / "lm.npz"), "keep_bottom": 0.8},
+    ]
+    manifest, docs = _run_quality(root, tmp_path, specs, "out")
+    assert manifest["blocks"]["quality_classifier"]["removed_by_reason"] == {"low_quality": 30}
+    assert manifest["blocks"]["perplexity"]["removed_by_reason"] == {"high_perplexity": 6}
+    assert len(docs) == 24 and all(d["id"].startswith("g") for d in docs)
+    for d in docs:  # no annotate block before them: the percentile cuts wrote the scores themselves
+        assert d["meta"]["quality_score"] == pytest.approx(clf.score(d["text"]))
+        assert d["meta"]["perplexity"] == pytest.approx(lm.perplexity(d["text"]))
+
+
+def test_annotate_only_keeps_every_document_and_scores_each(quality_files, tmp_path):
+    root, clf, _, _ = quality_files
+    lm = NgramLM.load(root / "lm.npz")
+    specs = [
+        {"block": "quality_classifier", "model": str(root / "clf.npz"), "annotate_only": True},
+        {"block": "perplexity", "model": str(root / "lm.npz"), "annotate_only": True},
+    ]
+    manifest, docs = _run_quality(root, tmp_path, specs, "out")
+    assert len(docs) == 60 and {b["documents_out"] for b in manifest["blocks"].values()} == {60}
+    for d in docs:
+        assert d["meta"]["quality_score"] == pytest.approx(clf.score(d["text"]))
+        assert d["meta"]["perplexity"] == pytest.approx(lm.perplexity(d["text"]))
+    scores = [d["meta"]["quality_score"] for d in docs]
+    assert min(scores) < 0.5 < max(scores)  # the chat half scored low and was kept anyway

@@ -5,9 +5,9 @@ Work directory layout (one per output directory, removed once the output is comp
   ingest/shard-NNNNN.parquet        the input, read once and cut into shards
   ingest/done.json                  marker: shard count, per-source counts and malformed-input reports
   stage-S/shard-NNNNN.parquet       segment S's output of shard N
-  stage-S/shard-NNNNN.keys.npy      the next global block's per-document keys for shard N
+  stage-S/shard-NNNNN.keys.npy      the next global block's keys for shard N (substring_dedup: its text)
   stage-S/shard-NNNNN.done.json     marker: shard N of segment S is complete (its counts inside)
-  stage-S/decision.npz              the global block's keep masks, one per shard
+  stage-S/decision.npz              the global block's decisions (keep masks, scores, spans), per shard
 Every file is written to a temp name and renamed, and a marker is written only after the files it
 vouches for, so a run killed at any point and rerun redoes only unfinished shards: no document is
 lost or duplicated. Shards are processed independently and merged in shard order, so the output
@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from danlu.data.filters import Stats
-from danlu.data.pipeline import GlobalBlock, build_pipeline, removal_key, segments
+from danlu.data.pipeline import BlockStats, build_pipeline, segments
 from danlu.data.sources import Document
 from danlu.errors import ConfigError
 from danlu.io import atomic_path, atomic_write_json
@@ -109,13 +108,16 @@ def read_shard(path: Path) -> Iterator[Document]:
 
 
 def merge_stats(into: dict[str, Any], part: dict[str, Any], max_examples: int = 5) -> dict[str, Any]:
-    """Add one shard's Stats.as_dict() to a running total (examples in shard order, at most a few)."""
+    """Add one shard's BlockStats.as_dict() to a running total (examples in shard order, at most a few)."""
     if not into:
         into.update(name=part["name"], documents_in=0, documents_out=0, removed_by_reason={}, examples={})
     into["documents_in"] += part["documents_in"]
     into["documents_out"] += part["documents_out"]
     for reason, n in part["removed_by_reason"].items():
         into["removed_by_reason"][reason] = into["removed_by_reason"].get(reason, 0) + n
+    for key, n in part.get("counts", {}).items():
+        counts = into.setdefault("counts", {})
+        counts[key] = counts.get(key, 0) + n
     for reason, shown in part["examples"].items():
         have = into["examples"].setdefault(reason, [])
         have.extend(shown[: max_examples - len(have)])
@@ -146,24 +148,6 @@ def _blocks(specs: tuple[dict[str, Any], ...]) -> list[Any]:
     return _BLOCK_CACHE[key]
 
 
-def _apply_mask(
-    docs: Iterable[Document], keep: np.ndarray, block: GlobalBlock, stats: Stats, by_source: Counter[str]
-) -> Iterator[Document]:
-    stats.name = block.name
-    i = -1
-    for i, doc in enumerate(docs):
-        k = bool(keep[i])
-        stats.record(doc, k, None if k else block.reason)
-        if not k:
-            by_source[removal_key(doc["source"], block.reason)] += 1
-        else:
-            yield doc
-    if i + 1 != len(keep):
-        raise RuntimeError(
-            f"shard has {i + 1} documents but the decision has {len(keep)}; rerun from scratch"
-        )
-
-
 def run_shard(task: ShardTask) -> dict[str, Any]:
     """Run one segment on one shard; return its marker (read back if the shard was already done)."""
     stage = f"stage-{task.segment}"
@@ -177,19 +161,19 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
         if task.segment == 0
         else task.path(f"stage-{task.segment - 1}", ".parquet")
     )
-    all_stats: list[Stats] = []
+    all_stats: list[BlockStats] = []
     by_source: Counter[str] = Counter()
     docs: Iterable[Document] = read_shard(src)
     if task.segment > 0:
         prev = segments(blocks)[task.segment - 1][1]
         assert prev is not None
         with np.load(Path(task.work) / f"stage-{task.segment - 1}" / "decision.npz") as z:
-            keep = z[f"shard{task.shard}"]
-        st = Stats()
+            decision = z[f"shard{task.shard}"]
+        st = BlockStats()
         all_stats.append(st)
-        docs = _apply_mask(docs, keep, prev, st, by_source)
+        docs = prev.apply(docs, decision, st, by_source)
     for b in doc_blocks:
-        st = Stats()
+        st = BlockStats()
         all_stats.append(st)
         docs = b.run(docs, st, by_source)
     texts: list[str] = []

@@ -2,10 +2,12 @@
 
 A block is one of two kinds (datatrove's shape: blocks take and yield documents):
   DocBlock     decides per document (filters, normalizers, PII, decontamination); runs inside each shard.
-  GlobalBlock  decides from the whole corpus (dedup). It runs in two halves around a barrier: `keys`
-               computes a small per-document summary inside each shard (a hash, a MinHash signature);
-               `decide` sees the summaries of every shard, in shard order, and returns which documents
-               to keep. Texts never need to be in memory together.
+  GlobalBlock  decides from the whole corpus (dedup, percentile cuts). It runs in three steps around a
+               barrier: `keys` computes a small per-document summary inside each shard (a hash, a MinHash
+               signature, a score); `decide` sees the summaries of every shard, in shard order, and
+               returns one decision per shard (saved, so a resumed run reuses it); `apply` carries a
+               shard's decision out in the next pass. Texts need not be in memory together, except for
+               substring_dedup, whose suffix array spans the corpus.
 `build_pipeline(specs)` validates each spec ({"block": name, **options}) against the registry: an unknown
 block or option is a ConfigError naming the valid ones.
 """
@@ -15,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,7 +37,7 @@ from danlu.data.filters import (
     ToxicityFilter,
 )
 from danlu.data.sources import Document
-from danlu.errors import ConfigError
+from danlu.errors import ConfigError, DataError
 
 # --- per-document blocks -------------------------------------------------------------------------
 
@@ -98,8 +102,26 @@ def removal_key(source: str, reason: str) -> str:
 # --- global blocks -------------------------------------------------------------------------------
 
 
+@dataclass
+class BlockStats(Stats):
+    """Stats plus a block's own totals (substring_dedup: spans, characters and bytes it cut)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = super().as_dict()
+        if self.counts:
+            out["counts"] = dict(sorted(self.counts.items()))
+        return out
+
+
 class GlobalBlock(ABC):
-    """A corpus-wide block: per-shard `keys`, then `decide` over all shards' keys -> keep masks."""
+    """A corpus-wide block: per-shard `keys`, `decide` over all shards' keys, `apply` per shard.
+
+    A decision is, by default, a keep mask; or a record array with a `keep` field whose other fields
+    are per-document values that `apply` writes into each kept document's meta (a percentile cut
+    stores the scores it ranked by). A block may use its own form and override `apply`.
+    """
 
     kind = "global"
     name = "global"
@@ -108,11 +130,42 @@ class GlobalBlock(ABC):
 
     @abstractmethod
     def keys(self, texts: Sequence[str]) -> np.ndarray:
-        """One row of summary per text (computed inside a shard, in a worker)."""
+        """A summary of a shard's texts, usually one row per text (computed inside a shard, in a worker)."""
 
     @abstractmethod
     def decide(self, keys: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Keep masks, one per shard, from every shard's keys in shard order."""
+        """Decisions, one per shard, from every shard's keys in shard order."""
+
+    def apply(
+        self, docs: Iterable[Document], decision: np.ndarray, stats: BlockStats, by_source: Counter[str]
+    ) -> Iterator[Document]:
+        """One shard's documents after its decision; counts go into `stats` and `by_source`."""
+        stats.name = self.name
+        keep = decision["keep"] if decision.dtype.names else decision
+        values = [f for f in decision.dtype.names or () if f != "keep"]
+        n = 0
+        for i, doc in enumerate(docs):
+            n = i + 1
+            if i >= len(keep):
+                break
+            k = bool(keep[i])
+            stats.record(doc, k, None if k else self.reason)
+            if not k:
+                by_source[removal_key(doc["source"], self.reason)] += 1
+                continue
+            for f in values:
+                doc["meta"][f] = decision[f][i].item()
+            yield doc
+        if n != len(keep):
+            raise _stale_decision(n, len(keep))
+
+
+def _stale_decision(docs: int, decided: int) -> RuntimeError:
+    # the plan fingerprint of the work directory rules this out unless the directory was damaged
+    return RuntimeError(
+        f"a shard's documents ({docs} read) and its saved decision (for {decided}) disagree; "
+        "delete the .work directory and rerun"
+    )
 
 
 def _split_mask(keep: np.ndarray, keys: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -216,6 +269,128 @@ class SimHashDedupBlock(GlobalBlock):
         return _split_mask(found.keep, keys)
 
 
+class SubstringDedupBlock(GlobalBlock):
+    """Exact-substring dedup across every shard (danlu.data.dedup.substring; Lee et al. 2022).
+
+    Each span of at least `min_length` UTF-8 bytes (characters, for ASCII text) that also occurs
+    earlier in the corpus (shard order, then document order) is cut, so the first occurrence stays and
+    every later repeat goes; whole characters only, and no span crosses a document boundary. A
+    document that lost text keeps its id, source and meta, and gets meta["substring_removed_chars"];
+    one left with fewer than `min_chars` characters (whitespace trimmed) is dropped
+    ("too_short_after_dedup"). Untouched documents are never dropped. The manifest entry counts the
+    spans, characters and bytes cut and the documents changed.
+
+    Needs the whole corpus in memory: the keys are each shard's UTF-8 text (saved beside the shard),
+    and the barrier builds one suffix array over all of it: about `BYTES_PER_BYTE` bytes of memory per
+    byte of text (the default max_mb of 2048 MiB needs about 48 GiB). A corpus over `max_mb` MiB of
+    text, or one whose estimate exceeds this machine's memory, is a DataError before that memory is taken.
+    The decision (the byte spans to cut, per shard) is saved like the other global blocks' masks, so a
+    resumed run reuses it.
+    """
+
+    name = "substring_dedup"
+    reason = "too_short_after_dedup"
+    reasons = ("too_short_after_dedup",)
+    BYTES_PER_BYTE = 24  # measured peak with pydivsufsort: keys, corpus, int32 then int64 SA, LCP
+
+    def __init__(
+        self, min_length: int = 50, min_chars: int = 1, max_mb: float = 2048, backend: str = "auto"
+    ) -> None:
+        from danlu.data.dedup.suffix_array import BACKENDS
+
+        if min_length < 1:
+            raise ConfigError(f"substring_dedup: min_length must be >= 1 byte, got {min_length}")
+        if min_chars < 0:
+            raise ConfigError(f"substring_dedup: min_chars must be >= 0, got {min_chars}")
+        if max_mb <= 0:
+            raise ConfigError(f"substring_dedup: max_mb must be > 0, got {max_mb}")
+        if backend not in BACKENDS:
+            raise ConfigError(
+                f"substring_dedup: backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
+            )
+        self.min_length, self.min_chars, self.max_mb, self.backend = min_length, min_chars, max_mb, backend
+
+    def keys(self, texts: Sequence[str]) -> np.ndarray:
+        from danlu.data.dedup.substring import concatenate
+
+        return concatenate(texts)[0]  # the texts themselves, as the suffix array's bytes
+
+    def decide(self, keys: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per shard, rows (document index in the shard, byte start, byte end) to cut."""
+        from danlu.data.dedup.substring import SEPARATOR, repeated_spans
+
+        self._check_size(sum(len(k) for k in keys))
+        first_doc = np.cumsum([0, *(np.count_nonzero(k == SEPARATOR) for k in keys)])
+        corpus = np.concatenate(keys) if keys else np.empty(0, np.uint8)
+        spans = repeated_spans(corpus, self.min_length, self.backend)
+        del corpus
+        bounds = np.searchsorted(spans[:, 0], first_doc)  # spans come in corpus order
+        out = []
+        for s in range(len(keys)):
+            rows = spans[bounds[s] : bounds[s + 1]].copy()
+            rows[:, 0] -= first_doc[s]
+            out.append(rows)
+        return out
+
+    def _check_size(self, n_bytes: int) -> None:
+        mb, need = n_bytes / 2**20, n_bytes * self.BYTES_PER_BYTE
+        have = _physical_memory()
+        if mb > self.max_mb:
+            raise DataError(
+                f"substring_dedup: the corpus holds {mb:.0f} MiB of text, over max_mb={self.max_mb:g}; "
+                f"its suffix array needs the whole corpus in memory (about {need / 2**30:.1f} GiB). "
+                "Raise max_mb if this machine has that memory, or run substring_dedup on fewer sources"
+            )
+        if have is not None and need > have:
+            raise DataError(
+                f"substring_dedup: the corpus holds {mb:.0f} MiB of text, and its suffix array needs "
+                f"about {need / 2**30:.1f} GiB of memory, more than this machine's "
+                f"{have / 2**30:.1f} GiB; run substring_dedup on fewer sources or a larger machine"
+            )
+
+    def apply(
+        self, docs: Iterable[Document], decision: np.ndarray, stats: BlockStats, by_source: Counter[str]
+    ) -> Iterator[Document]:
+        from danlu.data.dedup.substring import cut_spans, spans_by_text
+
+        stats.name = self.name
+        cuts = spans_by_text(decision)
+        n = 0
+        for i, doc in enumerate(docs):
+            n = i + 1
+            original = doc["text"]
+            if i in cuts:
+                doc["text"] = cut_spans(original, cuts[i])
+            if doc["text"] == original:  # a span inside one multi-byte character cuts nothing
+                stats.record(doc, True, None)
+                yield doc
+                continue
+            removed = len(original) - len(doc["text"])
+            doc["meta"]["substring_removed_chars"] = removed
+            stats.counts.update(
+                documents_changed=1,
+                spans_removed=len(cuts[i]),
+                chars_removed=removed,
+                bytes_removed=len(original.encode("utf-8")) - len(doc["text"].encode("utf-8")),
+            )
+            keep = len(doc["text"].strip()) >= self.min_chars
+            stats.record(doc, keep, None if keep else self.reason, original)
+            if keep:
+                yield doc
+            else:
+                by_source[removal_key(doc["source"], self.reason)] += 1
+        if cuts and max(cuts) >= n:
+            raise _stale_decision(n, max(cuts) + 1)
+
+
+def _physical_memory() -> int | None:
+    """This machine's RAM in bytes, where the OS says (Linux, macOS)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 
@@ -237,19 +412,33 @@ def _decontaminate(**kwargs: Any) -> DocFilter:
     return Decontaminator(**kwargs)
 
 
-def _quality_classifier(model: str, threshold: float | None = None, keep_top: float | None = None) -> Any:
+def _quality_classifier(
+    model: str, threshold: float | None = None, keep_top: float | None = None, annotate_only: bool = False
+) -> Any:
     # lazy: danlu.data.quality_model imports GlobalBlock from this module
     from danlu.data.quality_model import quality_classifier_block
 
-    return quality_classifier_block(model, threshold=threshold, keep_top=keep_top)
+    return quality_classifier_block(
+        model, threshold=threshold, keep_top=keep_top, annotate_only=annotate_only
+    )
 
 
 def _perplexity(
-    model: str, max_perplexity: float | None = None, keep_bottom: float | None = None, device: str = "cpu"
+    model: str,
+    max_perplexity: float | None = None,
+    keep_bottom: float | None = None,
+    annotate_only: bool = False,
+    device: str = "cpu",
 ) -> Any:
     from danlu.data.quality_model import perplexity_block
 
-    return perplexity_block(model, max_perplexity=max_perplexity, keep_bottom=keep_bottom, device=device)
+    return perplexity_block(
+        model,
+        max_perplexity=max_perplexity,
+        keep_bottom=keep_bottom,
+        annotate_only=annotate_only,
+        device=device,
+    )
 
 
 def _decontam_signature() -> inspect.Signature:
@@ -275,6 +464,7 @@ BLOCKS: dict[str, Callable[..., Any]] = {
     "exact_dedup": ExactDedupBlock,
     "minhash_dedup": MinHashDedupBlock,
     "simhash_dedup": SimHashDedupBlock,
+    "substring_dedup": SubstringDedupBlock,
 }
 # options a recipe may not set: Python objects, not data
 _HIDDEN = {"classifier", "identifier", "scrubber", "shingling"}

@@ -6,15 +6,14 @@ NgramLM                  a character n-gram LM (interpolated Kneser-Ney, or add-
                          text; a document's perplexity says how far it is from that text.
 ModelPerplexity          the same score from a danlu model dir (mean token loss -> perplexity).
 
-Pipeline blocks (registered in danlu.data.pipeline):
-  quality_classifier  scores into doc["meta"]["quality_score"]; keep score >= threshold, or the top
-                      `keep_top` fraction of the whole corpus.
-  perplexity          scores into doc["meta"]["perplexity"]; keep perplexity <= max_perplexity, or the
-                      lowest `keep_bottom` fraction of the corpus.
+Pipeline blocks (registered in danlu.data.pipeline), each in one of three modes:
+  quality_classifier  scores into doc["meta"]["quality_score"]; keep score >= `threshold`, or the top
+                      `keep_top` fraction of the whole corpus, or (`annotate_only: true`) every document.
+  perplexity          scores into doc["meta"]["perplexity"]; keep perplexity <= `max_perplexity`, or the
+                      lowest `keep_bottom` fraction of the corpus, or (`annotate_only: true`) every one.
 Percentile modes need the score distribution of the whole corpus, so they are GlobalBlocks (scores are
-the per-document keys, the cut is made in `decide`, as the dedup blocks do). A GlobalBlock sees texts
-only, not documents, so it cannot write meta: put the same block without a threshold (annotate mode,
-keeps everything) before it when the scores should also be stored in the documents.
+the per-document keys, the cut is made in `decide`, as the dedup blocks do); the decision carries the
+scores too, so every kept document gets its score in meta as in the other modes.
 """
 
 from __future__ import annotations
@@ -451,6 +450,13 @@ def _keep_ranked(scores: np.ndarray, fraction: float, largest: bool) -> np.ndarr
     return keep
 
 
+def _decision(keep: np.ndarray, meta_key: str, scores: np.ndarray) -> np.ndarray:
+    """A GlobalBlock decision that also writes each kept document's score into meta[meta_key]."""
+    out = np.empty(len(keep), dtype=[("keep", bool), (meta_key, np.float64)])
+    out["keep"], out[meta_key] = keep, scores
+    return out
+
+
 class QualityClassifierFilter:
     """Writes meta["quality_score"]; removes documents scoring below `threshold` (None: keeps all)."""
 
@@ -485,8 +491,10 @@ class QualityTopBlock(GlobalBlock):
         return self.classifier.score_many(list(texts)) if texts else np.empty(0)
 
     def decide(self, keys: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per shard: keep, and the score each kept document gets in meta["quality_score"]."""
         allk = np.concatenate(keys) if keys else np.empty(0)
-        return _split_mask(_keep_ranked(allk, self.keep_top, largest=True), keys)
+        keep = _keep_ranked(allk, self.keep_top, largest=True)
+        return _split_mask(_decision(keep, "quality_score", allk), keys)
 
 
 class PerplexityFilter:
@@ -523,16 +531,32 @@ class PerplexityBottomBlock(GlobalBlock):
         return np.array([self.lm.perplexity(t) for t in texts], np.float64)
 
     def decide(self, keys: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per shard: keep, and the perplexity each kept document gets in meta["perplexity"]."""
         allk = np.concatenate(keys) if keys else np.empty(0)
-        return _split_mask(_keep_ranked(allk, self.keep_bottom, largest=False), keys)
+        keep = _keep_ranked(allk, self.keep_bottom, largest=False)
+        return _split_mask(_decision(keep, "perplexity", allk), keys)
+
+
+def _check_one_mode(block: str, options: dict[str, Any]) -> None:
+    """Exactly one of a scoring block's modes: a threshold, a fraction, or annotate_only: true."""
+    annotate_only = options["annotate_only"]
+    if not isinstance(annotate_only, bool):
+        raise ConfigError(f"{block}: annotate_only is true or false, got {annotate_only!r}")
+    chosen = [name for name, v in options.items() if v is not None and v is not False]
+    if len(chosen) != 1:
+        got = ", ".join(chosen) if chosen else "none"
+        raise ConfigError(
+            f"{block}: set exactly one of {', '.join(options)} (annotate_only: true scores every document "
+            f"and keeps them all); got {got}"
+        )
 
 
 def quality_classifier_block(
-    model: str, threshold: float | None = None, keep_top: float | None = None
+    model: str, threshold: float | None = None, keep_top: float | None = None, annotate_only: bool = False
 ) -> QualityClassifierFilter | QualityTopBlock:
-    """The `quality_classifier` pipeline block: threshold, top fraction, or (neither) annotate only."""
-    if threshold is not None and keep_top is not None:
-        raise ConfigError("quality_classifier: set threshold or keep_top, not both")
+    """The `quality_classifier` pipeline block: keep by threshold, keep the top fraction, or annotate only."""
+    options = {"threshold": threshold, "keep_top": keep_top, "annotate_only": annotate_only}
+    _check_one_mode("quality_classifier", options)
     clf = FastTextLikeClassifier.load(model)
     if keep_top is not None:
         return QualityTopBlock(clf, keep_top)
@@ -540,11 +564,15 @@ def quality_classifier_block(
 
 
 def perplexity_block(
-    model: str, max_perplexity: float | None = None, keep_bottom: float | None = None, device: str = "cpu"
+    model: str,
+    max_perplexity: float | None = None,
+    keep_bottom: float | None = None,
+    annotate_only: bool = False,
+    device: str = "cpu",
 ) -> PerplexityFilter | PerplexityBottomBlock:
     """The `perplexity` pipeline block; `model` is an NgramLM .npz or a danlu model dir."""
-    if max_perplexity is not None and keep_bottom is not None:
-        raise ConfigError("perplexity: set max_perplexity or keep_bottom, not both")
+    options = {"max_perplexity": max_perplexity, "keep_bottom": keep_bottom, "annotate_only": annotate_only}
+    _check_one_mode("perplexity", options)
     lm = load_perplexity_model(model, device)
     if keep_bottom is not None:
         return PerplexityBottomBlock(lm, keep_bottom)

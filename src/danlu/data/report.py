@@ -124,10 +124,16 @@ def write_report(path: str | Path) -> Path:
     if blocks:
         lines += ["", "## Blocks", ""]
         rows = [
-            [n, b.get("documents_in", 0), b.get("documents_out", 0), b.get("removed_by_reason") or ""]
+            [
+                n,
+                b.get("documents_in", 0),
+                b.get("documents_out", 0),
+                b.get("removed_by_reason") or "",
+                b.get("counts") or "",  # a block's own totals, e.g. what substring_dedup cut
+            ]
             for n, b in blocks.items()
         ]
-        lines += _table(rows, ["block", "in", "out", "removed by reason"])
+        lines += _table(rows, ["block", "in", "out", "removed by reason", "other counts"])
         for n, b in blocks.items():
             for reason, shown in (b.get("examples") or {}).items():
                 lines += ["", f"### {n}: {reason}", ""]

@@ -14,7 +14,12 @@ from danlu.data.dedup.minhash import (
 )
 from danlu.data.dedup.shingles import Shingling, jaccard, shingle_hashes
 from danlu.data.dedup.simhash import SimHashDedup, simhash, simhash_near_duplicates
-from danlu.data.dedup.substring import SubstringDedup, remove_repeated_substrings
+from danlu.data.dedup.substring import (
+    SubstringDedup,
+    cut_spans,
+    remove_repeated_substrings,
+    repeated_spans,
+)
 from danlu.data.dedup.suffix_array import lcp_array, suffix_array, suffix_array_lcp
 
 __all__ = [
@@ -24,12 +29,14 @@ __all__ = [
     "SimHashDedup",
     "SubstringDedup",
     "connected_components",
+    "cut_spans",
     "jaccard",
     "lcp_array",
     "minhash_near_duplicates",
     "minhash_signatures",
     "optimal_bands",
     "remove_repeated_substrings",
+    "repeated_spans",
     "shingle_hashes",
     "signatures_from_hashes",
     "simhash",

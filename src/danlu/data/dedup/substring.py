@@ -6,6 +6,8 @@ corpus is removed; the earliest occurrence is kept. With the suffix array, the s
 given window are one contiguous run of entries whose adjacent LCPs are all >= min_len, so "occurs
 earlier" is "is not the smallest position of its run": all of it is a few vectorized passes.
 Windows are removed as whole characters: a character goes only if all its bytes are covered.
+The `substring_dedup` pipeline block (danlu.data.pipeline) finds `repeated_spans` over every shard at
+its barrier and applies them with `cut_spans` inside each shard.
 """
 
 from __future__ import annotations
@@ -34,26 +36,24 @@ def concatenate(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def repeated_window_starts(data: np.ndarray, sa: np.ndarray, lcp: np.ndarray, min_len: int) -> np.ndarray:
     """Positions p (unordered) where data[p:p+min_len] has no SEPARATOR and occurs at a position < p."""
-    n = len(data)
-    if n < min_len:
+    if len(data) < min_len:
         return np.empty(0, dtype=np.int64)
-    # run boundaries: a new run starts wherever the adjacent LCP drops below min_len
-    new_run = lcp < min_len
-    new_run[0] = True
-    run_starts = np.flatnonzero(new_run)
-    run_min = np.minimum.reduceat(sa, run_starts)
-    first_of_run = np.repeat(run_min, np.diff(np.r_[run_starts, n]))
-    later = sa[(sa != first_of_run)]
-    # a run of length >= 2 shares its first min_len bytes, so one SEPARATOR check per start suffices
-    seps = np.r_[np.flatnonzero(data == SEPARATOR), n]  # n: the end also bounds the last text
+    # entry i continues the run of entry i - 1 when they share min_len bytes; only entries in runs of
+    # two or more can repeat, and in real text they are few: the rest of the work is on those alone
+    joined = lcp >= min_len
+    in_run = joined.copy()
+    in_run[:-1] |= joined[1:]
+    idx = np.flatnonzero(in_run)
+    del in_run
+    starts = sa[idx]
+    run_starts = np.flatnonzero(~joined[idx])
+    run_min = np.minimum.reduceat(starts, run_starts) if len(idx) else starts
+    first_of_run = np.repeat(run_min, np.diff(np.r_[run_starts, len(idx)]))
+    later = starts[starts != first_of_run]
+    # a run shares its first min_len bytes, so one SEPARATOR check per start suffices
+    seps = np.r_[np.flatnonzero(data == SEPARATOR), len(data)]  # the end also bounds the last text
     next_sep = seps[np.searchsorted(seps, later)]
     return later[next_sep - later >= min_len]
-
-
-def removed_mask(n: int, window_starts: np.ndarray, min_len: int) -> np.ndarray:
-    """Bytes covered by any window [p, p + min_len)."""
-    diff = np.bincount(window_starts, minlength=n + 1) - np.bincount(window_starts + min_len, minlength=n + 1)
-    return np.cumsum(diff[:n]) > 0
 
 
 def _cut(raw: np.ndarray, removed: np.ndarray) -> str:
@@ -64,6 +64,49 @@ def _cut(raw: np.ndarray, removed: np.ndarray) -> str:
     return raw[keep].tobytes().decode("utf-8")
 
 
+def repeated_spans(data: np.ndarray, min_len: int = 50, backend: str = "auto") -> np.ndarray:
+    """The byte ranges to remove from a corpus in `concatenate`'s layout: rows (text index, start, end),
+    offsets inside that text, end exclusive, maximal (adjacent windows merged), in corpus order."""
+    if min_len < 1:
+        raise ConfigError(f"substring dedup min_len must be >= 1 byte, got {min_len}")
+    if len(data) == 0:
+        return np.empty((0, 3), dtype=np.int64)
+    sa, lcp = suffix_array_lcp(data, backend)
+    windows = np.sort(repeated_window_starts(data, sa, lcp, min_len))
+    del sa, lcp
+    if not len(windows):
+        return np.empty((0, 3), dtype=np.int64)
+    # every window is min_len long: a span starts at a window that begins past the previous one's end
+    new_span = np.r_[True, np.diff(windows) > min_len]
+    starts = windows[new_span]
+    ends = windows[np.r_[new_span[1:], True]] + min_len
+    # no window holds a SEPARATOR, so each range lies inside one text
+    text_starts = np.r_[0, np.flatnonzero(data == SEPARATOR)[:-1] + 1]
+    text = np.searchsorted(text_starts, starts, side="right") - 1
+    return np.stack([text, starts - text_starts[text], ends - text_starts[text]], axis=1).astype(np.int64)
+
+
+def cut_spans(text: str, spans: np.ndarray) -> str:
+    """text without the byte ranges `spans` (rows start, end), whole characters only: a character goes
+    only if all its bytes are covered."""
+    raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    if len(spans) and int(spans[:, 1].max()) > len(raw):
+        raise ValueError(f"a removed span ends at byte {int(spans[:, 1].max())} of a {len(raw)}-byte text")
+    diff = np.zeros(len(raw) + 1, dtype=np.int64)
+    np.add.at(diff, spans[:, 0], 1)
+    np.add.at(diff, spans[:, 1], -1)
+    return _cut(raw, np.cumsum(diff[:-1]) > 0) if len(raw) else text
+
+
+def spans_by_text(spans: np.ndarray) -> dict[int, np.ndarray]:
+    """repeated_spans' rows grouped by text index: {text: rows (start, end)}."""
+    if not len(spans):
+        return {}
+    texts, first = np.unique(spans[:, 0], return_index=True)
+    groups = np.split(spans[:, 1:], first[1:])
+    return {int(t): g for t, g in zip(texts, groups, strict=True)}
+
+
 def remove_repeated_substrings(
     texts: Sequence[str], min_len: int = 50, backend: str = "auto"
 ) -> tuple[list[str], np.ndarray]:
@@ -71,20 +114,11 @@ def remove_repeated_substrings(
     number of UTF-8 bytes removed from each."""
     if min_len < 1:
         raise ConfigError(f"substring dedup min_len must be >= 1 byte, got {min_len}")
-    data, starts = concatenate(texts)
-    if len(data) == 0:
-        return list(texts), np.zeros(len(texts), dtype=np.int64)
-    sa, lcp = suffix_array_lcp(data, backend)
-    windows = repeated_window_starts(data, sa, lcp, min_len)
-    del sa, lcp
-    removed = removed_mask(len(data), windows, min_len)
-    ends = np.r_[starts[1:], len(data)] - 1  # exclusive end of each text (its separator)
-    marked = np.add.reduceat(removed.astype(np.int64), starts)
+    data, _ = concatenate(texts)
     out, counts = list(texts), np.zeros(len(texts), dtype=np.int64)
-    for i in np.flatnonzero(marked):
-        raw = data[starts[i] : ends[i]]
-        out[i] = _cut(raw, removed[starts[i] : ends[i]])
-        counts[i] = len(raw) - len(out[i].encode("utf-8"))  # bytes actually cut: whole characters only
+    for i, spans in spans_by_text(repeated_spans(data, min_len, backend)).items():
+        out[i] = cut_spans(texts[i], spans)
+        counts[i] = len(texts[i].encode("utf-8")) - len(out[i].encode("utf-8"))  # whole characters only
     return out, counts
 
 

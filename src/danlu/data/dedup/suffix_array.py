@@ -118,9 +118,11 @@ def suffix_array_lcp(
             s = s.copy()
         sa = divsufsort(s)
         following = kasai(s, sa)  # its lcp[i] pairs sa[i] with sa[i+1]; shift to pair sa[i-1] with sa[i]
-        lcp = np.zeros(len(s), dtype=np.int64)
+        lcp = np.empty(len(s), dtype=np.int64)
+        lcp[0] = 0
         lcp[1:] = following[:-1]
-        return sa.astype(np.int64), lcp
+        del following  # large corpora: free each array before the next widens
+        return sa.astype(np.int64, copy=False), lcp
     sa, ranks = _doubling(s)
     return sa, _lcp_from_ranks(sa, ranks)
 
