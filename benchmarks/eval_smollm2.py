@@ -52,10 +52,11 @@ def run_danlu(args: argparse.Namespace) -> dict[str, dict]:
     from danlu.train.checkpoint import load_model
 
     torch.manual_seed(0)
-    model, tok, _ = load_model(args.model)
+    model, tok, _ = load_model(args.model, device=args.device)
     out = {}
     for task, limit in _limits(args).items():
-        res = evaluate(model, tok, EvalConfig(tasks=(task,), limit=limit, batch_size=args.batch_size))
+        cfg = EvalConfig(tasks=(task,), limit=limit, batch_size=args.batch_size)
+        res = evaluate(model, tok, cfg, device=args.device)
         r = res["results"][task]
         out[task] = {
             "n": r["n"], "acc": r.get("acc"),
@@ -65,6 +66,7 @@ def run_danlu(args: argparse.Namespace) -> dict[str, dict]:
             "peak_memory_mb": res["efficiency"]["peak_memory_mb"],
         }  # fmt: skip
         print(f"danlu {task}: {out[task]}", file=sys.stderr, flush=True)
+        Path(args.out).write_text(json.dumps({"danlu": out}, indent=1))  # what is done survives a kill
     return out
 
 
@@ -89,7 +91,7 @@ def lm_eval_worker(args: argparse.Namespace) -> None:
     else:  # transformers on the HF export: independent model code and scoring
         from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=args.hf, dtype="float32", batch_size=args.batch_size, device="cpu")
+        lm = HFLM(pretrained=args.hf, dtype="float32", batch_size=args.batch_size, device=args.device)
     out = {}
     for task, limit in _limits(args).items():
         t0 = time.perf_counter()
@@ -115,9 +117,10 @@ def run_lm_eval(args: argparse.Namespace) -> dict[str, dict]:
     cmd = [
         args.lm_eval_python, __file__, "--lm-eval-worker", "--worker-out", str(out_file),
         "--hf", args.hf, "--model", args.model, "--lm-eval-model", args.lm_eval_model, "--tasks", ",".join(args.tasks), "--limit", str(args.limit or 0),
-        "--limit-for", args.limit_for, "--batch-size", str(args.batch_size),
+        "--limit-for", args.limit_for, "--batch-size", str(args.batch_size), "--device", args.device,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    path = [str(ROOT / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         print(f"lm-eval worker failed with status {proc.returncode}", file=sys.stderr)
@@ -163,6 +166,11 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=100, help="items per task (per MMLU subject); 0 = all")
     p.add_argument("--limit-for", default="hellaswag=40,mmlu=1", help="per-task limits, e.g. mmlu=2")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (both harnesses, fp32)")
+    p.add_argument(
+        "--table", nargs=2, metavar=("DANLU_JSON", "LM_EVAL_JSON"),
+        help="only print the table of two result files (e.g. from --side danlu and --side lm-eval run at once)",
+    )  # fmt: skip
     p.add_argument("--side", choices=["both", "danlu", "lm-eval"], default="both")
     p.add_argument("--lm-eval-python", default=sys.executable, help="python of a venv with lm-eval[hf]")
     p.add_argument(
@@ -181,6 +189,11 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from _machine import machine_markdown
+
+    if args.table:
+        danlu_json, lm_json = (json.loads(Path(f).read_text()) for f in args.table)
+        print(table(danlu_json["danlu"], lm_json.get("lm_eval", lm_json)))
+        return
 
     if not (Path(args.model) / "config.json").is_file():
         subprocess.run(
