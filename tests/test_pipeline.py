@@ -247,7 +247,7 @@ def test_manifest_counts_every_block_with_examples(tmp_path):
 
 
 _KILL_SCRIPT = """
-import sys, time
+import json, sys, time
 from danlu.config import DataConfig
 from danlu.data import pipeline
 from danlu.data.documents import run_data
@@ -255,13 +255,12 @@ from danlu.data.documents import run_data
 class Slow:
     name = "slow"
     def filter(self, doc):
-        time.sleep(0.05)
+        time.sleep(float(sys.argv[5]))
         return True, None
 
 pipeline.BLOCKS["slow"] = Slow
-cfg = DataConfig(sources=[sys.argv[1]], shard_docs=4, workers=int(sys.argv[3]),
-                 pipeline=[{"block": "clean"}, {"block": "slow"}, {"block": "exact_dedup"},
-                           {"block": "min_chars", "min_chars": 20}])
+cfg = DataConfig(sources=[sys.argv[1]], shard_docs=int(sys.argv[3]), workers=int(sys.argv[4]),
+                 pipeline=json.loads(sys.argv[6]))
 run_data(cfg, sys.argv[2])
 """
 
@@ -273,40 +272,61 @@ class _Slow:
         return True, None
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_killed_run_resumes_with_no_document_lost_or_duplicated(tmp_path, monkeypatch, workers):
-    corpus = _corpus(tmp_path / "corpus", n=60)
-    out = tmp_path / "out"
+def kill_data_run_midway(
+    tmp_path: Path, corpus: Path, specs: list[dict], shard_docs: int, stage: int, done: int,
+    workers: int = 1, sleep: float = 0.05,
+) -> int:  # fmt: skip
+    """Runs the data stage of `corpus` into tmp_path/out in a subprocess, a `slow` block (sleeping
+    `sleep` s per document) among `specs`, and SIGKILLs it once `done` shards of pass `stage` are
+    finished; returns how many were."""
     script = tmp_path / "run.py"
     script.write_text(_KILL_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(corpus), str(out), str(workers)], env=env, start_new_session=True
-    )
-    markers = tmp_path / "out.work" / "stage-0"
+    args = [str(corpus), str(tmp_path / "out"), str(shard_docs), str(workers), str(sleep), json.dumps(specs)]
+    proc = subprocess.Popen([sys.executable, str(script), *args], env=env, start_new_session=True)
+    markers = tmp_path / "out.work" / f"stage-{stage}"
     deadline = time.monotonic() + 60
-    while len(list(markers.glob("*.done.json"))) < 3 and time.monotonic() < deadline:
+    while len(list(markers.glob("*.done.json"))) < done and time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job, pool workers included
     proc.wait()
-    done_before = len(list(markers.glob("*.done.json")))
-    assert 3 <= done_before < 15 and not out.exists()  # killed midway: 15 shards in all
+    assert not (tmp_path / "out").exists()
+    return len(list(markers.glob("*.done.json")))
 
+
+def resume_and_compare_with_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corpus: Path, specs: list[dict], shard_docs: int
+) -> tuple[dict, dict]:
+    """Finishes the killed run in tmp_path/out, runs the same pipeline afresh into tmp_path/clean, and
+    asserts identical files and manifests; returns both manifests."""
     monkeypatch.setitem(BLOCKS, "slow", _Slow)
+    cfg = DataConfig(sources=[str(corpus)], shard_docs=shard_docs, pipeline=specs)
+    resumed = run_data(cfg, tmp_path / "out")
+    clean = run_data(cfg, tmp_path / "clean")
+    for split in ("train", "val"):
+        assert (tmp_path / "out" / f"{split}.parquet").read_bytes() == (
+            tmp_path / "clean" / f"{split}.parquet"
+        ).read_bytes()
+    assert resumed["blocks"] == clean["blocks"]
+    return resumed, clean
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_run_resumes_with_no_document_lost_or_duplicated(tmp_path, monkeypatch, workers):
+    corpus = _corpus(tmp_path / "corpus", n=60)
     specs = [
         {"block": "clean"},
         {"block": "slow"},
         {"block": "exact_dedup"},
         {"block": "min_chars", "min_chars": 20},
     ]
-    resumed = run_data(DataConfig(sources=[str(corpus)], shard_docs=4, pipeline=specs), out)
-    clean = run_data(DataConfig(sources=[str(corpus)], shard_docs=4, pipeline=specs), tmp_path / "clean")
-    for split in ("train", "val"):
-        assert (out / f"{split}.parquet").read_bytes() == (
-            tmp_path / "clean" / f"{split}.parquet"
-        ).read_bytes()
-    assert resumed["blocks"] == clean["blocks"]
+    done_before = kill_data_run_midway(
+        tmp_path, corpus, specs, shard_docs=4, stage=0, done=3, workers=workers
+    )
+    assert 3 <= done_before < 15  # killed midway: 15 shards in all
+    _, clean = resume_and_compare_with_clean(tmp_path, monkeypatch, corpus, specs, shard_docs=4)
+    out = tmp_path / "out"
     ids = [d["id"] for s in ("train", "val") for d in read_documents(out, s)]
     assert len(ids) == len(set(ids)) == clean["sources"][str(corpus)]["documents_out"]
 

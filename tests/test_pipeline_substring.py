@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,10 +13,9 @@ from danlu.cli import main
 from danlu.config import DataConfig
 from danlu.data.dedup import remove_repeated_substrings
 from danlu.data.documents import read_documents, run_data
-from danlu.data.pipeline import BLOCKS, BlockStats, SubstringDedupBlock, build_block
+from danlu.data.pipeline import BlockStats, SubstringDedupBlock, build_block
 from danlu.errors import ConfigError, DataError
-
-ROOT = Path(__file__).resolve().parents[1]
+from test_pipeline import kill_data_run_midway, resume_and_compare_with_clean
 
 # 300 characters, planted in five documents; the characters around it differ per document, so the
 # repeated span is exactly the paragraph
@@ -175,58 +169,12 @@ def test_report_shows_what_was_cut(tmp_path):
     assert "| substring_dedup | 12 | 12 |  | {'bytes_removed': 1200, 'chars_removed': 1200," in md
 
 
-_KILL_SCRIPT = """
-import sys, time
-from danlu.config import DataConfig
-from danlu.data import pipeline
-from danlu.data.documents import run_data
-
-class Slow:
-    name = "slow"
-    def filter(self, doc):
-        time.sleep(0.1)
-        return True, None
-
-pipeline.BLOCKS["slow"] = Slow
-cfg = DataConfig(sources=[sys.argv[1]], shard_docs=2,
-                 pipeline=[{"block": "substring_dedup"}, {"block": "slow"}])
-run_data(cfg, sys.argv[2])
-"""
-
-
-class _Slow:
-    name = "slow"
-
-    def filter(self, doc):
-        return True, None
-
-
 def test_killed_run_resumes_from_the_saved_decision(tmp_path, monkeypatch):
     src = _write(tmp_path / "in", _planted_docs(n=16, seed=7))
-    out = tmp_path / "out"
-    script = tmp_path / "run.py"
-    script.write_text(_KILL_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(src), str(out)], env=env, start_new_session=True
-    )
-    markers = tmp_path / "out.work" / "stage-1"  # the pass that applies the decision
-    deadline = time.monotonic() + 60
-    while len(list(markers.glob("*.done.json"))) < 2 and time.monotonic() < deadline:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert (tmp_path / "out.work" / "stage-0" / "decision.npz").exists() and not out.exists()
-    assert 2 <= len(list(markers.glob("*.done.json"))) < 8  # killed midway: 8 shards in all
-
-    monkeypatch.setitem(BLOCKS, "slow", _Slow)
     specs = [{"block": "substring_dedup"}, {"block": "slow"}]
-    resumed = run_data(DataConfig(sources=[str(src)], shard_docs=2, pipeline=specs), out)
-    clean = run_data(DataConfig(sources=[str(src)], shard_docs=2, pipeline=specs), tmp_path / "clean")
-    for split in ("train", "val"):
-        assert (out / f"{split}.parquet").read_bytes() == (
-            tmp_path / "clean" / f"{split}.parquet"
-        ).read_bytes()
-    assert resumed["blocks"] == clean["blocks"]
+    # killed in the pass that applies the decision
+    done_before = kill_data_run_midway(tmp_path, src, specs, shard_docs=2, stage=1, done=2, sleep=0.1)
+    assert (tmp_path / "out.work" / "stage-0" / "decision.npz").exists()
+    assert 2 <= done_before < 8  # killed midway: 8 shards in all
+    _, clean = resume_and_compare_with_clean(tmp_path, monkeypatch, src, specs, shard_docs=2)
     assert clean["blocks"]["substring_dedup"]["counts"]["documents_changed"] == 4
