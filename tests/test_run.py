@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -11,6 +12,7 @@ from danlu.cli import main
 from danlu.data.sources import CHAT_LABELS
 from danlu.infer.chat import ChatSession
 from danlu.run import RunLayout, read_stamp
+from danlu.tokenizer.bpe import OBJECTIVE_TOKENS
 from danlu.train.checkpoint import load_model
 
 
@@ -100,3 +102,25 @@ def test_vocab_too_large_for_the_data_fails_cleanly(recipe, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "lower tokenizer.vocab_size" in err and "Traceback" not in err
     assert not (tmp_path / "big" / "tokenizer").exists()
+
+
+def test_a_tokenizer_from_an_older_danlu_is_retrained_and_later_stages_follow(recipe, tmp_path, caplog):
+    run = tmp_path / "old"
+    shutil.copytree(recipe / "out", run)
+    layout = RunLayout(run)
+    before = {s: read_stamp(layout, s) for s in ("data", "tokenizer", "pack", "pretrain")}
+    tok_file = layout.tokenizer / "tokenizer.json"
+    spec = json.loads(tok_file.read_text())  # as trained before the objective tokens existed
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] not in OBJECTIVE_TOKENS]
+    tok_file.write_text(json.dumps(spec))
+    shutil.rmtree(run / "checkpoints")  # they were trained on the old tokenizer's tokens
+    shutil.rmtree(layout.model)
+
+    assert main(["run", str(recipe / "r.yaml"), f"--run_dir={run}"]) == 0
+    assert "lacks 20 special tokens (<|mask|>, ...)" in caplog.text
+    after = {s: read_stamp(layout, s) for s in before}
+    assert after["data"] == before["data"]  # up to date: kept
+    for stage in ("tokenizer", "pack", "pretrain"):  # the tokenizer reran, so everything after it did
+        assert after[stage]["finished"] > before[stage]["finished"]
+    added = {t["content"] for t in json.loads(tok_file.read_text())["added_tokens"]}
+    assert set(OBJECTIVE_TOKENS) <= added

@@ -4,6 +4,8 @@ Each stage is a plain function that reads and writes artifacts in the run direct
 finishes, a stamp `.stages/<stage>.json` records a key: the hash of the stage's config and of the keys
 of the stages it reads from. A stage whose stamp matches is up to date and is skipped, so rerunning an
 interrupted `danlu run` continues where it stopped (pretraining itself resumes from its checkpoints).
+A stage that runs (forced, changed, or its output missing or made by older code, like a tokenizer
+without today's special tokens) makes every later stage run too.
 """
 
 from __future__ import annotations
@@ -103,20 +105,48 @@ def _stage_output(layout: RunLayout, stage: str) -> Path:
     }[stage]
 
 
+def _missing_special_tokens(tokenizer_dir: Path) -> list[str]:
+    """Special tokens danlu's trainer adds today that a run's saved tokenizer lacks (it was trained
+    by an older danlu, before the objective tokens, say)."""
+    from danlu.tokenizer.bpe import ALL_SPECIAL_TOKENS
+
+    try:
+        added = json.loads((tokenizer_dir / "tokenizer.json").read_text()).get("added_tokens", [])
+        have = {t.get("content") for t in added if isinstance(t, dict)}
+    except (OSError, ValueError, AttributeError):
+        return list(ALL_SPECIAL_TOKENS)
+    return [t for t in ALL_SPECIAL_TOKENS if t not in have]
+
+
+def _output_current(layout: RunLayout, stage: str) -> bool:
+    """The stage's output is there and is what today's code would make of the same inputs."""
+    if not _stage_output(layout, stage).exists():
+        return False
+    if stage == "tokenizer" and (missing := _missing_special_tokens(layout.tokenizer)):
+        log.warning(
+            "the run's tokenizer lacks %d special tokens (%s, ...) that danlu adds now: retraining it",
+            len(missing),
+            missing[0],
+        )
+        return False
+    return True
+
+
 def _run_stage(
     layout: RunLayout, stage: str, key: str, fn: Callable[[], dict[str, Any]], force: bool = False
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], bool]:
+    """(the stage's result, whether it ran)."""
     stamp = read_stamp(layout, stage)
-    fresh = stamp is not None and stamp.get("key") == key and _stage_output(layout, stage).exists()
+    fresh = stamp is not None and stamp.get("key") == key and _output_current(layout, stage)
     if fresh and not force:
         log.info("stage %-9s up to date, skipped", stage)
-        return stamp.get("result", {})
+        return stamp.get("result", {}), False
     log.info("stage %-9s running", stage)
     start = time.perf_counter()
     result = fn()
     _write_stamp(layout, stage, key, result)
     log.info("stage %-9s done in %.1fs", stage, time.perf_counter() - start)
-    return result
+    return result, True
 
 
 def run_data_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
@@ -219,10 +249,12 @@ def run_recipe(cfg: RecipeConfig, force: tuple[str, ...] = ()) -> dict[str, Any]
         "pretrain": run_pretrain_stage,
     }
     results: dict[str, Any] = {}
+    upstream_ran = False  # a stage that ran may have changed its output: every later stage reruns
     for stage in STAGES:
-        results[stage] = _run_stage(
-            layout, stage, keys[stage], lambda f=fns[stage]: f(cfg, layout), stage in force
+        results[stage], ran = _run_stage(
+            layout, stage, keys[stage], lambda f=fns[stage]: f(cfg, layout), stage in force or upstream_ran
         )
+        upstream_ran = upstream_ran or ran
     results["samples"] = sample_texts(cfg, layout.model)
     results["model_dir"] = str(layout.model)
     return results
