@@ -213,6 +213,9 @@ def test_run_with_a_mix_trains_and_a_changed_mix_repacks_only(tmp_path, word_lin
     layout = RunLayout(tmp_path / "out")
     index = json.loads((layout.tokens / "index.json").read_text())
     assert [p["until"] for p in index["splits"]["train"]["mix"]["phases"]] == [0.5, 1.0]
+    assert (
+        "mix" not in json.loads((layout.docs / "manifest.json").read_text())["config"]
+    )  # pack's, not data's
     metrics = [json.loads(line) for line in (layout.root / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4]
     assert all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)

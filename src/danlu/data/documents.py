@@ -292,7 +292,8 @@ def run_data(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
         )
     val_ids = _val_ids(files, cfg.val_fraction, cfg.seed)
     manifest: dict[str, Any] = {
-        "config": {**cfg.__dict__},
+        # the mix shapes the pack stage only (changing it does not rerun this one): the token index holds it
+        "config": {k: v for k, v in cfg.__dict__.items() if k != "mix"},
         "pipeline": specs,
         "executor": cfg.executor,
         "sources": counts["sources"],
