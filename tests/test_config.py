@@ -28,6 +28,22 @@ def test_overrides_are_typed_and_nested():
     assert cfg.run_path == Path("runs/x")
 
 
+def test_overrides_take_yaml_lists_of_maps():
+    cfg = load_recipe(
+        None,
+        [
+            "--data.pipeline=[{block: clean}, {block: minhash_dedup, threshold: 0.8}]",
+            "--data.mix={weights: {shakespeare: 0.7, chitchat: 0.3}, phases: [{until: 0.6}, {until: 1.0}]}",
+            "--train.lr=2.5E-3",
+        ],
+    )
+    assert cfg.data.pipeline == [{"block": "clean"}, {"block": "minhash_dedup", "threshold": 0.8}]
+    assert cfg.data.mix["phases"] == [{"until": 0.6}, {"until": 1.0}]
+    assert cfg.train.lr == pytest.approx(2.5e-3)
+    with pytest.raises(ConfigError, match="data.pipeline: expected list"):
+        load_recipe(None, ["--data.pipeline=[{block: clean}"])  # unclosed: a string, not a list
+
+
 def test_int_accepted_for_float_and_none_for_optional():
     cfg = load_recipe(None, ["--train.lr=1", "--model.n_kv_head=none"])
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)

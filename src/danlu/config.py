@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -485,17 +486,19 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def _parse_scalar(raw: str) -> Any:
-    """Parse an override value as a YAML scalar; also read 3e-4 (a string to YAML 1.1) and none."""
+    """Parse an override value as YAML (scalars, and flow lists and maps such as
+    `[{block: clean}, {block: exact_dedup}]`); also read 3e-4 (a string to YAML 1.1) and none."""
     if raw.lower() in ("none", "null", "~"):
         return None
+    if _EXPONENT_FLOAT.fullmatch(raw):
+        return float(raw)
     try:
-        return (
-            float(raw)
-            if "e" in raw.lower() and not raw.lower().startswith(("e", "t", "f", "n"))
-            else yaml.safe_load(raw)
-        )
-    except (ValueError, yaml.YAMLError):
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
         return raw
 
 
