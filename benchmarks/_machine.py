@@ -5,20 +5,10 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from pathlib import Path
 
 import torch
 
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else what `platform` reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from danlu.train.metrics import cpu_model
 
 
 def machine_info() -> dict[str, str]:
