@@ -23,7 +23,8 @@ import math
 import re
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -404,11 +405,11 @@ class ModelPerplexity:
 
     @classmethod
     def from_dir(cls, path: str | Path, device: str = "cpu", batch_size: int = 8) -> ModelPerplexity:
-        from danlu.eval.scoring import Scorer
+        from danlu.eval.scoring import DocScore
         from danlu.train.checkpoint import load_model
 
         model, tok, _ = load_model(path, device)
-        return cls(Scorer(model, tok, batch_size=batch_size, device=device))
+        return cls(DocScore(model, tok, batch_size=batch_size, device=device))
 
     def perplexity(self, text: str) -> float:
         from danlu.eval.perplexity import text_token_logprobs
@@ -457,84 +458,50 @@ def _decision(keep: np.ndarray, meta_key: str, scores: np.ndarray) -> np.ndarray
     return out
 
 
-class QualityClassifierFilter:
-    """Writes meta["quality_score"]; removes documents scoring below `threshold` (None: keeps all)."""
+@dataclass(frozen=True)
+class DocScore:
+    """A document score of a pipeline block: its name, the meta key the score goes into, the removal
+    reason, and which way is better (classifier probability: higher; perplexity: lower)."""
 
-    name = "quality_classifier"
-    reasons = ("low_quality",)
+    block: str
+    meta_key: str
+    reason: str
+    higher_is_better: bool
+    score_many: Callable[[Sequence[str]], np.ndarray]
 
-    def __init__(self, classifier: FastTextLikeClassifier, threshold: float | None = None) -> None:
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"threshold is a probability in [0, 1], got {threshold}")
-        self.classifier, self.threshold = classifier, threshold
+
+class ScoreFilter:
+    """Writes meta[meta_key]; removes documents on the wrong side of `limit` (None: keeps all)."""
+
+    def __init__(self, score: DocScore, limit: float | None = None) -> None:
+        self.score, self.limit = score, limit
+        self.name, self.reasons = score.block, (score.reason,)
 
     def filter(self, doc: Document) -> tuple[bool, str | None]:
-        score = self.classifier.score(doc["text"])
-        doc["meta"]["quality_score"] = score
-        if self.threshold is not None and score < self.threshold:
-            return False, "low_quality"
+        value = float(self.score.score_many([doc["text"]])[0])
+        doc["meta"][self.score.meta_key] = value
+        if self.limit is not None and (
+            value < self.limit if self.score.higher_is_better else value > self.limit
+        ):
+            return False, self.score.reason
         return True, None
 
 
-class QualityTopBlock(GlobalBlock):
-    """Keeps the top `keep_top` fraction of the corpus by classifier score."""
+class ScoreRankBlock(GlobalBlock):
+    """Keeps the best `fraction` of the whole corpus by score; kept documents get their score in meta."""
 
-    name = "quality_classifier"
-    reason = "low_quality"
-    reasons = ("low_quality",)
-
-    def __init__(self, classifier: FastTextLikeClassifier, keep_top: float) -> None:
-        _check_fraction("keep_top", keep_top)
-        self.classifier, self.keep_top = classifier, keep_top
+    def __init__(self, score: DocScore, fraction: float) -> None:
+        self.score, self.fraction = score, fraction
+        self.name, self.reason, self.reasons = score.block, score.reason, (score.reason,)
 
     def keys(self, texts: Sequence[str]) -> np.ndarray:
-        return self.classifier.score_many(list(texts)) if texts else np.empty(0)
+        return np.asarray(self.score.score_many(list(texts)), np.float64) if texts else np.empty(0)
 
     def decide(self, keys: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Per shard: keep, and the score each kept document gets in meta["quality_score"]."""
+        """Per shard: keep, and the score each kept document gets in meta."""
         allk = np.concatenate(keys) if keys else np.empty(0)
-        keep = _keep_ranked(allk, self.keep_top, largest=True)
-        return _split_mask(_decision(keep, "quality_score", allk), keys)
-
-
-class PerplexityFilter:
-    """Writes meta["perplexity"]; removes documents above `max_perplexity` (None: keeps all)."""
-
-    name = "perplexity"
-    reasons = ("high_perplexity",)
-
-    def __init__(self, lm: NgramLM | ModelPerplexity, max_perplexity: float | None = None) -> None:
-        if max_perplexity is not None and max_perplexity <= 0:
-            raise ConfigError(f"max_perplexity must be > 0, got {max_perplexity}")
-        self.lm, self.max_perplexity = lm, max_perplexity
-
-    def filter(self, doc: Document) -> tuple[bool, str | None]:
-        ppl = self.lm.perplexity(doc["text"])
-        doc["meta"]["perplexity"] = ppl
-        if self.max_perplexity is not None and ppl > self.max_perplexity:
-            return False, "high_perplexity"
-        return True, None
-
-
-class PerplexityBottomBlock(GlobalBlock):
-    """Keeps the `keep_bottom` fraction of the corpus with the lowest perplexity."""
-
-    name = "perplexity"
-    reason = "high_perplexity"
-    reasons = ("high_perplexity",)
-
-    def __init__(self, lm: NgramLM | ModelPerplexity, keep_bottom: float) -> None:
-        _check_fraction("keep_bottom", keep_bottom)
-        self.lm, self.keep_bottom = lm, keep_bottom
-
-    def keys(self, texts: Sequence[str]) -> np.ndarray:
-        return np.array([self.lm.perplexity(t) for t in texts], np.float64)
-
-    def decide(self, keys: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Per shard: keep, and the perplexity each kept document gets in meta["perplexity"]."""
-        allk = np.concatenate(keys) if keys else np.empty(0)
-        keep = _keep_ranked(allk, self.keep_bottom, largest=False)
-        return _split_mask(_decision(keep, "perplexity", allk), keys)
+        keep = _keep_ranked(allk, self.fraction, largest=self.score.higher_is_better)
+        return _split_mask(_decision(keep, self.score.meta_key, allk), keys)
 
 
 def _check_one_mode(block: str, options: dict[str, Any]) -> None:
@@ -553,14 +520,18 @@ def _check_one_mode(block: str, options: dict[str, Any]) -> None:
 
 def quality_classifier_block(
     model: str, threshold: float | None = None, keep_top: float | None = None, annotate_only: bool = False
-) -> QualityClassifierFilter | QualityTopBlock:
+) -> ScoreFilter | ScoreRankBlock:
     """The `quality_classifier` pipeline block: keep by threshold, keep the top fraction, or annotate only."""
     options = {"threshold": threshold, "keep_top": keep_top, "annotate_only": annotate_only}
     _check_one_mode("quality_classifier", options)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"threshold is a probability in [0, 1], got {threshold}")
     clf = FastTextLikeClassifier.load(model)
+    score = DocScore("quality_classifier", "quality_score", "low_quality", True, clf.score_many)
     if keep_top is not None:
-        return QualityTopBlock(clf, keep_top)
-    return QualityClassifierFilter(clf, threshold)
+        _check_fraction("keep_top", keep_top)
+        return ScoreRankBlock(score, keep_top)
+    return ScoreFilter(score, threshold)
 
 
 def perplexity_block(
@@ -569,11 +540,21 @@ def perplexity_block(
     keep_bottom: float | None = None,
     annotate_only: bool = False,
     device: str = "cpu",
-) -> PerplexityFilter | PerplexityBottomBlock:
+) -> ScoreFilter | ScoreRankBlock:
     """The `perplexity` pipeline block; `model` is an NgramLM .npz or a danlu model dir."""
     options = {"max_perplexity": max_perplexity, "keep_bottom": keep_bottom, "annotate_only": annotate_only}
     _check_one_mode("perplexity", options)
+    if max_perplexity is not None and max_perplexity <= 0:
+        raise ConfigError(f"max_perplexity must be > 0, got {max_perplexity}")
     lm = load_perplexity_model(model, device)
+    score = DocScore(
+        "perplexity",
+        "perplexity",
+        "high_perplexity",
+        False,
+        lambda texts: np.array([lm.perplexity(t) for t in texts], np.float64),
+    )
     if keep_bottom is not None:
-        return PerplexityBottomBlock(lm, keep_bottom)
-    return PerplexityFilter(lm, max_perplexity)
+        _check_fraction("keep_bottom", keep_bottom)
+        return ScoreRankBlock(score, keep_bottom)
+    return ScoreFilter(score, max_perplexity)
