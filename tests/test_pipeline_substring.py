@@ -13,7 +13,8 @@ from danlu.cli import main
 from danlu.config import DataConfig
 from danlu.data.dedup import remove_repeated_substrings
 from danlu.data.documents import read_documents, run_data
-from danlu.data.pipeline import BlockStats, SubstringDedupBlock, build_block
+from danlu.data.filters import Stats
+from danlu.data.pipeline import SubstringDedupBlock, build_block
 from danlu.errors import ConfigError, DataError
 from test_pipeline import kill_data_run_midway, resume_and_compare_with_clean
 
@@ -95,7 +96,7 @@ def test_the_block_cuts_what_the_library_cuts():
     got = []
     for shard, decision in zip(shards, decisions, strict=True):
         docs = [{"id": str(i), "text": t, "source": "s", "meta": {}} for i, t in enumerate(shard)]
-        got += [d["text"] for d in block.apply(docs, decision, BlockStats(), Counter())]
+        got += [d["text"] for d in block.apply(docs, decision, Stats(), Counter())]
     assert got == [t for t in expected if t.strip()]
 
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from danlu.data.pipeline import BlockStats, build_pipeline, segments
+from danlu.data.filters import Stats
+from danlu.data.pipeline import build_pipeline, segments
 from danlu.data.sources import Document
 from danlu.errors import ConfigError
 from danlu.io import atomic_path, atomic_write_json
@@ -108,7 +109,7 @@ def read_shard(path: Path) -> Iterator[Document]:
 
 
 def merge_stats(into: dict[str, Any], part: dict[str, Any], max_examples: int = 5) -> dict[str, Any]:
-    """Add one shard's BlockStats.as_dict() to a running total (examples in shard order, at most a few)."""
+    """Add one shard's Stats.as_dict() to a running total (examples in shard order, at most a few)."""
     if not into:
         into.update(name=part["name"], documents_in=0, documents_out=0, removed_by_reason={}, examples={})
     into["documents_in"] += part["documents_in"]
@@ -161,7 +162,7 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
         if task.segment == 0
         else task.path(f"stage-{task.segment - 1}", ".parquet")
     )
-    all_stats: list[BlockStats] = []
+    all_stats: list[Stats] = []
     by_source: Counter[str] = Counter()
     docs: Iterable[Document] = read_shard(src)
     if task.segment > 0:
@@ -169,11 +170,11 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
         assert prev is not None
         with np.load(Path(task.work) / f"stage-{task.segment - 1}" / "decision.npz") as z:
             decision = z[f"shard{task.shard}"]
-        st = BlockStats()
+        st = Stats()
         all_stats.append(st)
         docs = prev.apply(docs, decision, st, by_source)
     for b in doc_blocks:
-        st = BlockStats()
+        st = Stats()
         all_stats.append(st)
         docs = b.run(docs, st, by_source)
     texts: list[str] = []

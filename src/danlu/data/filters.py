@@ -81,6 +81,7 @@ class Stats:
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     max_examples: int = 5
     example_chars: int = 300
+    counts: Counter[str] = field(default_factory=Counter)  # a block's own totals (substring_dedup: bytes cut)
 
     def record(self, doc: Document, keep: bool, reason: str | None, text: str | None = None) -> None:
         """Count one decision; `text` is the document's text before the filter rewrote it."""
@@ -107,6 +108,7 @@ class Stats:
             "documents_out": self.n_out,
             "removed_by_reason": dict(self.removed_by_reason.most_common()),
             "examples": self.examples,
+            **({"counts": dict(sorted(self.counts.items()))} if self.counts else {}),
         }
 
 

@@ -21,7 +21,6 @@ import os
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -102,19 +101,6 @@ def removal_key(source: str, reason: str) -> str:
 # --- global blocks -------------------------------------------------------------------------------
 
 
-@dataclass
-class BlockStats(Stats):
-    """Stats plus a block's own totals (substring_dedup: spans, characters and bytes it cut)."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = super().as_dict()
-        if self.counts:
-            out["counts"] = dict(sorted(self.counts.items()))
-        return out
-
-
 class GlobalBlock(ABC):
     """A corpus-wide block: per-shard `keys`, `decide` over all shards' keys, `apply` per shard.
 
@@ -137,7 +123,7 @@ class GlobalBlock(ABC):
         """Decisions, one per shard, from every shard's keys in shard order."""
 
     def apply(
-        self, docs: Iterable[Document], decision: np.ndarray, stats: BlockStats, by_source: Counter[str]
+        self, docs: Iterable[Document], decision: np.ndarray, stats: Stats, by_source: Counter[str]
     ) -> Iterator[Document]:
         """One shard's documents after its decision; counts go into `stats` and `by_source`."""
         stats.name = self.name
@@ -349,7 +335,7 @@ class SubstringDedupBlock(GlobalBlock):
             )
 
     def apply(
-        self, docs: Iterable[Document], decision: np.ndarray, stats: BlockStats, by_source: Counter[str]
+        self, docs: Iterable[Document], decision: np.ndarray, stats: Stats, by_source: Counter[str]
     ) -> Iterator[Document]:
         from danlu.data.dedup.substring import cut_spans, spans_by_text
 

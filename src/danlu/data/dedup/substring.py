@@ -112,8 +112,6 @@ def remove_repeated_substrings(
 ) -> tuple[list[str], np.ndarray]:
     """Texts with every repeat of a >= min_len-byte substring removed (first occurrences kept), and the
     number of UTF-8 bytes removed from each."""
-    if min_len < 1:
-        raise ConfigError(f"substring dedup min_len must be >= 1 byte, got {min_len}")
     data, _ = concatenate(texts)
     out, counts = list(texts), np.zeros(len(texts), dtype=np.int64)
     for i, spans in spans_by_text(repeated_spans(data, min_len, backend)).items():
