@@ -40,14 +40,6 @@ class ReadReport:
         if len(shown) < self.max_examples:
             shown.append(where)
 
-    def merge(self, other: ReadReport) -> None:
-        self.files += other.files
-        self.records += other.records
-        for k, v in other.problems.items():
-            self.problems[k] += v
-            shown = self.examples.setdefault(k, [])
-            shown.extend(other.examples.get(k, [])[: self.max_examples - len(shown)])
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "files": self.files,
