@@ -16,7 +16,7 @@ from _machine import machine_markdown, markdown_table
 
 CHILD = r"""
 import json, resource, sys, torch
-from danlu.config import ModelConfig
+from danlu.model.config import ModelConfig
 from danlu.model.transformer import build_model
 from danlu.train.memory import apply_activation_checkpointing
 every = int(sys.argv[1])

@@ -100,7 +100,7 @@ def _vm_hwm_mb() -> float:
 
 def child(corpus: str, out: str, pipeline: str, workers: int) -> None:
     """One pipeline run; prints wall time, counts and peak RSS as JSON."""
-    from danlu.config import DataConfig
+    from danlu.data.config import DataConfig
     from danlu.data.documents import run_data
 
     cfg = DataConfig(sources=[corpus], pipeline=json.loads(pipeline), workers=workers, shard_docs=1000)

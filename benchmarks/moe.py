@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine_markdown, markdown_table
-from danlu.config import load_recipe
 from danlu.model import build_model, resolve_model_config
 from danlu.model.transformer import default_ffn_hidden
+from danlu.recipe import load_recipe
 from danlu.tokenizer import Tokenizer
 from danlu.train.loop import run_pretrain
 from danlu.train.metrics import read_metrics

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
 from _machine import machine_markdown, markdown_table
-from danlu.config import load_recipe
 from danlu.data.loader import TrainLoader
+from danlu.recipe import load_recipe
 from danlu.tokenizer import Tokenizer
 from danlu.train.loop import run_pretrain
 from danlu.train.metrics import read_metrics

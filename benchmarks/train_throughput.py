@@ -6,9 +6,11 @@ bf16 autocast (fp32 master weights) on a CUDA GPU. The two are timed in alternat
 repeat, so machine noise hits both; the table gives medians.
 
     python benchmarks/train_throughput.py [--sizes tiny small] [--steps 5] [--repeats 5]
+    python benchmarks/train_throughput.py --quick      # 3 repeats x 3 steps: a check that it runs
     python benchmarks/train_throughput.py --device cuda [--sizes small 124m] [--compile]
 
-MFU on a GPU is against the datasheet's dense bf16 peak (the convention of the field's reports); the
+HF runs with use_cache=False (config and call), as in training: no KV cache is built; a step that
+returns one stops the benchmark. MFU on a GPU is against the datasheet's dense bf16 peak (the convention of the field's reports); the
 measured matmul peak of the same run is printed beside it.
 """
 
@@ -27,9 +29,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_markdown, markdown_table
-from danlu.config import ModelConfig
 from danlu.interop.hf_llama import to_hf_config, to_hf_state_dict
 from danlu.model import build_model, resolve_model_config
+from danlu.model.config import ModelConfig
 from danlu.train.metrics import peak_flops
 from peak_flops import measure_peak_flops
 
@@ -63,7 +65,8 @@ def make_steps(
     cfg = resolve_model_config(ModelConfig(max_seq_len=seq, **fields), vocab)
     torch.manual_seed(0)
     ours = build_model(cfg, "cpu").train()
-    hf = LlamaForCausalLM(LlamaConfig(**to_hf_config(cfg), attn_implementation="sdpa")).train()
+    hf_cfg = LlamaConfig(**to_hf_config(cfg), attn_implementation="sdpa", use_cache=False)
+    hf = LlamaForCausalLM(hf_cfg).train()
     hf.load_state_dict(to_hf_state_dict(ours), strict=not cfg.tie_embeddings)
     ours, hf = ours.to(device), hf.to(device)
     tokens = torch.randint(0, vocab, (batch, seq + 1), generator=torch.Generator().manual_seed(1))
@@ -83,7 +86,10 @@ def make_steps(
     def step_hf() -> float:
         with _autocast(device, dtype):
             # shift_labels: HF uses our pre-shifted targets instead of shifting (and losing) one position
-            loss = run_hf(input_ids=x, labels=y, shift_labels=y).loss
+            out = run_hf(input_ids=x, labels=y, shift_labels=y, use_cache=False)
+        if out.past_key_values is not None:
+            raise SystemExit("HF built a KV cache in a training step: not the same work")
+        loss = out.loss
         loss.backward()
         opt_hf.step()
         opt_hf.zero_grad(set_to_none=True)
@@ -145,7 +151,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="training steps per timing")
     p.add_argument("--repeats", type=int, default=5, help="timings per model (medians are reported)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--quick", action="store_true", help="3 repeats x 3 steps (a check that it runs)")
     args = p.parse_args()
+    if args.quick:
+        args.steps, args.repeats = 3, 3
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -74,10 +74,11 @@ def word_lines():
 @pytest.fixture(scope="session")
 def tiny_packed(tmp_path_factory, word_lines) -> tuple[Path, Path]:
     """(tokens dir, tokenizer dir) of a tiny packed corpus of random word sentences."""
-    from danlu.config import DataConfig, TokenizerConfig
-    from danlu.data.documents import run_data
+    from danlu.data.config import DataConfig
+    from danlu.data.documents import document_texts, run_data
     from danlu.data.pack import run_pack
     from danlu.tokenizer import train_tokenizer
+    from danlu.tokenizer.config import TokenizerConfig
 
     root = tmp_path_factory.mktemp("tiny")
     corpus = root / "corpus.jsonl"
@@ -87,6 +88,6 @@ def tiny_packed(tmp_path_factory, word_lines) -> tuple[Path, Path]:
         lines.append(json.dumps({"text": " ".join(sentences)}))
     corpus.write_text("\n".join(lines) + "\n")
     run_data(DataConfig(sources=[str(corpus)], val_fraction=0.1), root / "data")
-    tok = train_tokenizer(root / "data", TokenizerConfig(vocab_size=320), root / "tokenizer")
+    tok = train_tokenizer(document_texts(root / "data"), TokenizerConfig(vocab_size=320), root / "tokenizer")
     run_pack(root / "data", tok, root / "tokens")
     return root / "tokens", root / "tokenizer"

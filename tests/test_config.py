@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from danlu.config import RecipeConfig, from_dict, load_recipe, parse_overrides, save_yaml, to_dict
+from danlu.config import from_dict, parse_overrides, save_yaml, to_dict
 from danlu.errors import ConfigError
+from danlu.recipe import RecipeConfig, load_recipe
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from danlu.config import DataConfig
 from danlu.data.clean import ExactDedup, normalize
+from danlu.data.config import DataConfig
 from danlu.data.documents import read_documents, run_data, split_documents
 from danlu.data.readers import read_path
 from danlu.data.sources import CHAT_LABELS, chat_transcript

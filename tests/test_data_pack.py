@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from danlu.config import DataConfig, TokenizerConfig
-from danlu.data.documents import read_documents, run_data
+from danlu.data.config import DataConfig
+from danlu.data.documents import document_texts, read_documents, run_data
 from danlu.data.loader import TokenDataset
 from danlu.data.pack import run_pack, token_dtype
 from danlu.errors import DataError
 from danlu.tokenizer import train_tokenizer
+from danlu.tokenizer.config import TokenizerConfig
 
 TEXTS = [
     "Now is the winter of our discontent made glorious summer by this sun of York.",
@@ -28,7 +29,7 @@ def docs_and_tok(tmp_path_factory):
     corpus = root / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": f"{i}. {t}"}) + "\n" for i, t in enumerate(TEXTS)))
     run_data(DataConfig(sources=[str(corpus)], val_fraction=0.1), root / "docs")
-    tok = train_tokenizer(root / "docs", TokenizerConfig(vocab_size=350), root / "tok")
+    tok = train_tokenizer(document_texts(root / "docs"), TokenizerConfig(vocab_size=350), root / "tok")
     return root, tok
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from danlu.config import DataConfig
+from danlu.data.config import DataConfig
 from danlu.data.decontam import Decontaminator, NgramIndex
 from danlu.data.documents import read_documents, run_data
 from danlu.data.filters import Stats

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from danlu.cli import main
-from danlu.config import ModelConfig
 from danlu.errors import ConfigError
 from danlu.eval.generative import greedy_until
 from danlu.eval.harness import EvalConfig
 from danlu.eval.lm_eval_adapter import DanluLMCore
 from danlu.eval.scoring import Scorer, encode_pair
 from danlu.model import build_model, resolve_model_config
+from danlu.model.config import ModelConfig
 from test_eval_scoring import ByteTok, direct_logprob
 
 

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from danlu.config import ModelConfig
 from danlu.errors import ConfigError
 from danlu.eval.harness import evaluate_mc
 from danlu.eval.perplexity import loss_by_position, perplexity, rolling_windows, text_token_logprobs
 from danlu.eval.scoring import Score, Scorer, argmax_first, encode_pair, mc_metrics, mean_stderr
 from danlu.eval.tasks import MCDoc
 from danlu.model import build_model, resolve_model_config
+from danlu.model.config import ModelConfig
 
 
 class ByteTok:

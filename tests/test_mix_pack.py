@@ -12,14 +12,16 @@ import pytest
 import yaml
 
 from danlu.cli import main
-from danlu.config import DataConfig, RecipeConfig, TokenizerConfig, load_recipe
-from danlu.data.documents import run_data
+from danlu.data.config import DataConfig
+from danlu.data.documents import document_texts, run_data
 from danlu.data.loader import TokenDataset, TrainLoader
 from danlu.data.mixing import parse_mix
 from danlu.data.pack import run_pack
 from danlu.errors import ConfigError
+from danlu.recipe import RecipeConfig, load_recipe
 from danlu.run import RunLayout, read_stamp, run_mix, stage_keys, training_tokens
 from danlu.tokenizer import train_tokenizer
+from danlu.tokenizer.config import TokenizerConfig
 
 
 def _write_source(path, tag: str, lines: list[str]) -> str:
@@ -34,7 +36,7 @@ def two_sources(tmp_path_factory, word_lines):
     a = _write_source(root / "a.jsonl", "alpha", word_lines(100, seed=1))
     b = _write_source(root / "b.jsonl", "beta", word_lines(100, seed=2))
     run_data(DataConfig(sources=[a, b], val_fraction=0.1), root / "docs")
-    tok = train_tokenizer(root / "docs", TokenizerConfig(vocab_size=300), root / "tok")
+    tok = train_tokenizer(document_texts(root / "docs"), TokenizerConfig(vocab_size=300), root / "tok")
     return root, tok, a, b
 
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from danlu.config import ModelConfig
 from danlu.errors import ConfigError
 from danlu.model import KVCache, build_model, resolve_model_config
+from danlu.model.config import ModelConfig
 from danlu.model.transformer import RMSNorm, _RMSNormFn, _SwiGLU, apply_rope
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from danlu.config import ModelConfig
 from danlu.errors import CheckpointError
 from danlu.interop.hf_llama import from_hf_state_dict, to_hf_config, to_hf_state_dict
 from danlu.model import build_model, resolve_model_config
+from danlu.model.config import ModelConfig
 
 transformers = pytest.importorskip("transformers")
 

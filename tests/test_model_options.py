@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from danlu.config import ModelConfig
 from danlu.errors import ConfigError
 from danlu.interop.hf_llama import to_hf_config, to_hf_state_dict
 from danlu.model import KVCache, build_model, resolve_model_config
+from danlu.model.config import ModelConfig
 from danlu.model.positions import alibi_slopes, rope_frequencies, sinusoidal_table
 
 transformers = pytest.importorskip("transformers")

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from danlu.config import ModelConfig
 from danlu.errors import ConfigError
+from danlu.model.config import ModelConfig
 from danlu.model.presets import PRESETS, from_depth, resolve_model_config, suggested_lr
 
 

@@ -8,11 +8,13 @@ import dataclasses
 import pytest
 import torch
 
-from danlu.config import ModelConfig, RecipeConfig, TrainConfig
 from danlu.errors import ConfigError, TokenizerError
 from danlu.model import build_model, resolve_model_config
+from danlu.model.config import ModelConfig
+from danlu.recipe import RecipeConfig
 from danlu.tokenizer import Tokenizer
 from danlu.train import loop
+from danlu.train.config import TrainConfig
 from danlu.train.losses import IGNORE_INDEX
 from danlu.train.metrics import read_metrics
 from danlu.train.objectives import Objective, prefix_mask

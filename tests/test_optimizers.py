@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from danlu.config import ModelConfig, TrainConfig
 from danlu.errors import ConfigError
 from danlu.model import build_model
+from danlu.model.config import ModelConfig
+from danlu.train.config import TrainConfig
 from danlu.train.optimizers import (
     OPTIMIZERS,
     Adafactor,

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from danlu.config import DataConfig, load_recipe
 from danlu.data.clean import ExactDedup, normalize
+from danlu.data.config import DataConfig
 from danlu.data.dedup import MinHashDedup, SimHashDedup
 from danlu.data.documents import read_documents, read_source_or_path, run_data, split_documents
 from danlu.data.pipeline import (
@@ -30,6 +30,7 @@ from danlu.data.pipeline import (
     segments,
 )
 from danlu.errors import ConfigError
+from danlu.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -248,7 +249,7 @@ def test_manifest_counts_every_block_with_examples(tmp_path):
 
 _KILL_SCRIPT = """
 import json, sys, time
-from danlu.config import DataConfig
+from danlu.data.config import DataConfig
 from danlu.data import pipeline
 from danlu.data.documents import run_data
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from danlu.config import DataConfig
+from danlu.data.config import DataConfig
 from danlu.data.documents import run_data
 
 WORDS = ["the", "king", "and", "queen", "of", "a", "river", "town", "went", "to", "see", "that", "lord"]

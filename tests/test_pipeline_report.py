@@ -7,7 +7,7 @@ import json
 import pytest
 
 from danlu.cli import main
-from danlu.config import DataConfig
+from danlu.data.config import DataConfig
 from danlu.data.documents import run_data
 from danlu.data.report import find_docs_dir, write_report
 from danlu.errors import DataError

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from danlu.cli import main
-from danlu.config import DataConfig
+from danlu.data.config import DataConfig
 from danlu.data.dedup import remove_repeated_substrings
 from danlu.data.documents import read_documents, run_data
 from danlu.data.filters import Stats

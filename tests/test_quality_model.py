@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from danlu.config import DataConfig
+from danlu.data.config import DataConfig
 from danlu.data.documents import read_documents, run_data
 from danlu.data.pipeline import DocBlock, GlobalBlock, build_block, build_pipeline
 from danlu.data.quality_model import (

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from danlu.config import ModelConfig
 from danlu.errors import ConfigError
 from danlu.infer.sampling import filter_logits, generate, sample_next
 from danlu.model import build_model, resolve_model_config
+from danlu.model.config import ModelConfig
 
 PROBS = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
 LOGITS = PROBS.log()

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
-from danlu.config import TokenizerConfig
 from danlu.errors import TokenizerError
 from danlu.tokenizer import SPECIAL_TOKENS, Tokenizer, encode_text, tokenizer_stats, train_tokenizer
 from danlu.tokenizer.bpe import ALL_SPECIAL_TOKENS
+from danlu.tokenizer.config import TokenizerConfig
 from danlu.tokenizer.ranks import GPT2_PATTERN, byte_decoder, mergeable_ranks
 
 SAMPLE = (
@@ -189,7 +189,9 @@ def test_train_tokenizer_stage_and_stats(tmp_path):
         pa.table({"id": ["a"] * 5, "text": rows, "source": ["s"] * 5, "meta": ["{}"] * 5}),
         docs / "train.parquet",
     )
-    tok = train_tokenizer(docs, TokenizerConfig(vocab_size=320), tmp_path / "tok")
+    from danlu.data.documents import document_texts  # the run layer reads the documents for the stage
+
+    tok = train_tokenizer(document_texts(docs), TokenizerConfig(vocab_size=320), tmp_path / "tok")
     assert Tokenizer.load(tmp_path / "tok").fingerprint() == tok.fingerprint()
     stats = tokenizer_stats(tok, [SAMPLE])
     n = len(tok.encode(SAMPLE))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from danlu.config import ModelConfig, RecipeConfig, TrainConfig
 from danlu.errors import CheckpointCorrupt, CheckpointError
+from danlu.model.config import ModelConfig
+from danlu.recipe import RecipeConfig
 from danlu.train.checkpoint import (
     best_checkpoint_step,
     check_compatible,
@@ -26,6 +27,7 @@ from danlu.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from danlu.train.config import TrainConfig
 from danlu.train.losses import cross_entropy
 from danlu.train.metrics import MetricsLogger, plot_metrics, read_metrics
 from danlu.train.optim import build_optimizer

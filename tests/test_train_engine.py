@@ -11,12 +11,14 @@ import math
 import pytest
 import torch
 
-from danlu.config import ModelConfig, RecipeConfig, TrainConfig
 from danlu.data.loader import TrainLoader
 from danlu.errors import ConfigError
+from danlu.model.config import ModelConfig
 from danlu.model.transformer import build_model
+from danlu.recipe import RecipeConfig
 from danlu.train import loop
 from danlu.train.checkpoint import list_checkpoints
+from danlu.train.config import TrainConfig
 from danlu.train.losses import IGNORE_INDEX, summed_lm_loss
 from danlu.train.memory import apply_activation_checkpointing
 from danlu.train.metrics import read_metrics
@@ -332,7 +334,7 @@ def test_tensorboard_and_wandb_sinks_receive_the_metrics(tiny_packed, tmp_path):
 
 
 def test_layer_lr_multipliers_reach_the_optimizer_groups():
-    from danlu.config import LayerLRMults
+    from danlu.train.config import LayerLRMults
     from danlu.train.optim import build_optimizer
 
     model = build_model(TINY, torch.device("cpu"))

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from danlu.config import TrainConfig
 from danlu.errors import ConfigError
+from danlu.train.config import TrainConfig
 from danlu.train.losses import bits_per_byte, cross_entropy, nats_and_bytes, token_cross_entropy
 from danlu.train.optim import build_optimizer, param_groups
 from danlu.train.schedule import lr_at

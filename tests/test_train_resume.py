@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from danlu.config import ModelConfig, RecipeConfig, TrainConfig
 from danlu.errors import CheckpointError
+from danlu.model.config import ModelConfig
+from danlu.recipe import RecipeConfig
+from danlu.train.config import TrainConfig
 from danlu.train.loop import run_pretrain
 
 

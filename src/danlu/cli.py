@@ -26,8 +26,8 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from danlu.config import RecipeConfig, load_recipe
 from danlu.errors import ConfigError, DanluError, DataError
+from danlu.recipe import RecipeConfig, load_recipe
 
 DEFAULT_RECIPE = Path("recipes/tiny-cpu.yaml")
 # Top-level recipe keys that an override may name without a dot (--name=foo).
@@ -148,7 +148,7 @@ def _read_text(path: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> None:
-    from danlu.config import SampleConfig
+    from danlu.infer.config import SampleConfig
     from danlu.infer.sampling import complete
     from danlu.train.checkpoint import load_model
 

@@ -27,3 +27,9 @@ class CheckpointError(DanluError):
 
 class CheckpointCorrupt(CheckpointError):
     """A checkpoint's files are missing, truncated or fail their checksums (not merely another run's)."""
+
+
+def check(ok: bool, key: str, msg: str) -> None:
+    """Raise ConfigError("key: msg") unless ok: the one-line range checks of every config dataclass."""
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")

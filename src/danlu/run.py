@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from danlu.config import RecipeConfig, save_yaml, to_dict
+from danlu.config import save_yaml, to_dict
 from danlu.data.mixing import MixSpec, parse_mix
 from danlu.io import atomic_write_json, sha256_json
+from danlu.recipe import RecipeConfig
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +158,10 @@ def run_data_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
 
 
 def run_tokenizer_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
+    from danlu.data.documents import document_texts
     from danlu.tokenizer import train_tokenizer
 
-    tok = train_tokenizer(layout.docs, cfg.tokenizer, layout.tokenizer)
+    tok = train_tokenizer(document_texts(layout.docs, "train"), cfg.tokenizer, layout.tokenizer)
     return {"vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()}
 
 

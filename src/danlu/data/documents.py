@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from danlu.config import DataConfig
+from danlu.data.config import DataConfig
 from danlu.data.corpora import CORPORA, read_corpus
 from danlu.data.executors import ShardTask, make_executor, merge_stats, read_shard, run_shard, write_shard
 from danlu.data.hf_datasets import PREFIX as HF_PREFIX
@@ -336,3 +336,8 @@ def read_documents(docs_dir: str | Path, split: str) -> Iterator[Document]:
                 yield {**row, "meta": json.loads(row["meta"] or "{}")}
     except pa.ArrowException as e:
         raise DataError(f"{path} is corrupt ({e}); re-run the data stage") from None
+
+
+def document_texts(docs_dir: str | Path, split: str = "train") -> Iterator[str]:
+    """The texts of one split, in order: what the tokenizer stage trains on."""
+    return (d["text"] for d in read_documents(docs_dir, split))

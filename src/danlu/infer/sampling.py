@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from danlu.config import SampleConfig
 from danlu.errors import ConfigError
+from danlu.infer.config import SampleConfig
 from danlu.model.transformer import KVCache, Transformer
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from danlu.config import ModelConfig
 from danlu.errors import CheckpointError, ConfigError
+from danlu.model.config import ModelConfig
 from danlu.model.transformer import default_ffn_hidden
 
 

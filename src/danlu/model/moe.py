@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from danlu.config import ModelConfig
+from danlu.model.config import ModelConfig
 
 
 class MoE(nn.Module):

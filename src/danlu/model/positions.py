@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from danlu.config import ModelConfig
+from danlu.model.config import ModelConfig
 
 YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0
 

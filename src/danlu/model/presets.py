@@ -11,8 +11,8 @@ import dataclasses
 import math
 from typing import Any
 
-from danlu.config import ModelConfig
 from danlu.errors import ConfigError
+from danlu.model.config import ModelConfig
 from danlu.model.transformer import default_ffn_hidden
 
 _GPT2: dict[str, Any] = {

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from danlu.config import ModelConfig
 from danlu.errors import ConfigError
+from danlu.model.config import ModelConfig
 from danlu.model.moe import MoE
 from danlu.model.positions import alibi_slopes, rope_frequencies, sinusoidal_table
 

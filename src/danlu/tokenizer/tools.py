@@ -9,17 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from danlu.config import TokenizerConfig
 from danlu.tokenizer.bpe import Tokenizer
+from danlu.tokenizer.config import TokenizerConfig
 
 log = logging.getLogger(__name__)
 
 
-def train_tokenizer(docs_dir: str | Path, cfg: TokenizerConfig, out_dir: str | Path) -> Tokenizer:
-    """Train on the train split of a documents directory and save to out_dir (atomically)."""
-    from danlu.data.documents import read_documents
-
-    texts = (d["text"] for d in read_documents(docs_dir, "train"))
+def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, out_dir: str | Path) -> Tokenizer:
+    """Train on texts (the run layer passes the documents' train split) and save to out_dir (atomically)."""
     tok = Tokenizer.train(texts, cfg.vocab_size, cfg.min_frequency)
     tok.save(out_dir)
     log.info("tokenizer: %d tokens, saved to %s", tok.vocab_size, out_dir)

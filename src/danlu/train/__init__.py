@@ -1,6 +1,2 @@
-"""Pretraining: the loop, AdamW groups, LR schedule, losses, metrics and exact-resume checkpoints."""
-
-from danlu.train.checkpoint import load_model
-from danlu.train.loop import run_pretrain
-
-__all__ = ["load_model", "run_pretrain"]
+"""Training: one reusable trainer (danlu.train.trainer), its optimizers, LR schedules, losses, guards,
+metrics and exact-resume checkpoints, and the pretraining stage built on it (danlu.train.pretrain)."""

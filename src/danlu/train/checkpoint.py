@@ -30,9 +30,11 @@ from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 from torch import nn
 
-from danlu.config import ModelConfig, RecipeConfig, from_dict, to_dict
+from danlu.config import from_dict, to_dict
 from danlu.errors import CheckpointCorrupt, CheckpointError, ConfigError, DanluError
 from danlu.io import atomic_dir, read_json_object, sha256_file
+from danlu.model.config import ModelConfig
+from danlu.recipe import RecipeConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from danlu.config import ModelConfig, RecipeConfig, TrainConfig, to_dict
+from danlu.config import to_dict
 from danlu.errors import CheckpointCorrupt, ConfigError, DataError
+from danlu.model.config import ModelConfig
+from danlu.recipe import RecipeConfig
 from danlu.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -41,6 +43,7 @@ from danlu.train.checkpoint import (
     save_checkpoint,
     save_model_dir,
 )
+from danlu.train.config import TrainConfig
 from danlu.train.losses import (
     IGNORE_INDEX,
     bits_per_byte,

@@ -224,7 +224,7 @@ def _best_measured(key: str, flops: float) -> float:
     """The highest rate measured for this machine setting so far, this one included (kept in the danlu
     cache). A peak measured while other jobs load the machine is low and inflates MFU past 100%; the best
     of all measurements approaches the machine's real peak."""
-    from danlu.data.sources import cache_dir
+    from danlu.fetch import cache_dir
     from danlu.io import atomic_write_json
 
     path = cache_dir() / PEAKS_FILE

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from danlu.errors import TokenizerError
+from danlu.train.config import OBJECTIVES
 from danlu.train.losses import IGNORE_INDEX
-
-OBJECTIVES = ("causal", "mlm", "prefix_lm", "fim", "span")
 
 
 @dataclass

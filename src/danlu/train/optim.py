@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from danlu.config import TrainConfig
+from danlu.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 
-from danlu.config import TrainConfig
 from danlu.errors import ConfigError
+from danlu.train.config import TrainConfig
 
 _EXP_WARMUP_START = 1e-3  # exponential warmup starts at peak * this
 

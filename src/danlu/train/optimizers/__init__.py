@@ -16,17 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from danlu.config import OPTIMIZERS as CONFIG_OPTIMIZERS
-from danlu.config import TrainConfig
 from danlu.errors import ConfigError
+from danlu.train.config import OPTIMIZERS, TrainConfig
 from danlu.train.optim import build_optimizer, optimizer_groups, param_groups
 from danlu.train.optimizers._base import state_bytes
 from danlu.train.optimizers.adafactor import Adafactor
 from danlu.train.optimizers.adamw8bit import AdamW8bit
 from danlu.train.optimizers.lion import Lion
 from danlu.train.optimizers.muon import Muon, newton_schulz
-
-OPTIMIZERS = CONFIG_OPTIMIZERS  # the names train.optimizer accepts
 
 __all__ = [
     "OPTIMIZERS",

@@ -1,0 +1,48 @@
+"""A recipe: every stage's settings in one typed config, loaded from YAML with dotted overrides.
+
+Each stage's config lives beside its package (danlu.data.config, danlu.model.config, ...); this module
+composes them, and danlu.config holds the strict loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from danlu.config import from_dict, load_yaml, merge, parse_overrides
+from danlu.data.config import DataConfig
+from danlu.errors import check
+from danlu.infer.config import SampleConfig
+from danlu.model.config import ModelConfig
+from danlu.tokenizer.config import TokenizerConfig
+from danlu.train.config import TrainConfig
+
+
+@dataclass
+class RecipeConfig:
+    # Names the run; the run directory defaults to runs/<name>.
+    name: str = "tiny-cpu"
+    # Where every artifact of the run is written; "" means runs/<name>.
+    run_dir: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        check(
+            bool(self.name) and "/" not in self.name,
+            "name",
+            f"must be a non-empty name without '/', got {self.name!r}",
+        )
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> RecipeConfig:
+    """Load a recipe YAML (or the defaults when `path` is None) and apply dotted overrides."""
+    data = load_yaml(path) if path is not None else {}
+    data = merge(data, parse_overrides(overrides or []))
+    return from_dict(RecipeConfig, data)
