@@ -7,11 +7,18 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from danlu.errors import DanluError
+
+
+class OutputExistsError(DanluError):
+    """The output path holds something that danlu must not replace (a file, someone else's files)."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -23,16 +30,36 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _new_temp(path: Path, create: Callable[[Path], None]) -> Path:
+    """A hidden temp path beside `path`, made by `create` (which fails if it exists). Not mkstemp or
+    mkdtemp: those force modes 0600 and 0700, and a model must get the umask's modes like any file."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            create(tmp)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success fsync it and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp(path, _create_file)
+    mode = _mode(tmp_path)
     try:
         yield tmp_path
+        tmp_path.chmod(mode)  # the writer may have replaced the file with a 0600 one
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -56,16 +83,27 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp directory beside `path`; on success rename it to `path` (replacing an old one)."""
+    """Yield a temp directory beside `path`; on success rename it to `path` (replacing an old directory,
+    never a file). Until the rename, `path` is the old directory (or nothing): never a partial one."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} is a file, not a directory; pass another path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _new_temp(path, Path.mkdir)
+    dir_mode = _mode(tmp)
     try:
         yield tmp
         for f in tmp.rglob("*"):
+            if f.is_symlink():
+                continue
+            # the modes of a new file and directory under this umask (safetensors writes 0600 files)
+            f.chmod(dir_mode & 0o666 if f.is_file() else dir_mode)
             if f.is_file():
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
+            elif f.is_dir():
+                _fsync_dir(f)
+        _fsync_dir(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
