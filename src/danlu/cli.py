@@ -235,14 +235,16 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
 def cmd_import(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.interop.gguf import MODELS, import_gguf, registry_gguf
     from danlu.interop.hf_llama import import_hf
+    from danlu.io import check_replaceable_output
 
+    check_replaceable_output(args.out, args.force)  # before a registry model is downloaded
     src = Path(args.src)
     if args.src in MODELS:
-        out = import_gguf(registry_gguf(args.src), args.out)
+        out = import_gguf(registry_gguf(args.src), args.out, force=args.force)
     elif src.is_dir():
-        out = import_hf(src, args.out)
+        out = import_hf(src, args.out, force=args.force)
     elif src.suffix == ".gguf" or src.is_file():
-        out = import_gguf(src, args.out)
+        out = import_gguf(src, args.out, force=args.force)
     else:
         raise DataError(
             f"{args.src} is neither a registry model ({', '.join(MODELS)}), a .gguf file nor a HF model dir"
@@ -253,7 +255,7 @@ def cmd_import(args: argparse.Namespace, overrides: list[str]) -> None:
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.interop.hf_llama import export_hf
 
-    out = export_hf(_model_dir(args.model), args.out)
+    out = export_hf(_model_dir(args.model), args.out, force=args.force)
     print(f"wrote {out}: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 
@@ -348,12 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
         "import", help="make a danlu model dir from a GGUF file, HF Llama dir or registry model"
     )
     p.add_argument("src", help="smollm2-135m-instruct, a .gguf file, or a Hugging Face Llama directory")
-    p.add_argument("out", help="the model dir to write")
+    p.add_argument("out", help="the model dir to write (missing or empty)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is a model dir")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("export", help="write a model as a Hugging Face Llama directory")
     p.add_argument("model", help="model dir (or run dir)")
-    p.add_argument("out", help="the directory to write")
+    p.add_argument("out", help="the directory to write (missing or empty)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is a model dir")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("eval", help="score a model on benchmark tasks (HellaSwag, ARC, MMLU, GSM8K, ...)")

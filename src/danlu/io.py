@@ -117,6 +117,46 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _model_dir_kind(path: Path) -> str | None:
+    """The kind of model dir at path ("danlu", "Hugging Face") or None: the only non-empty directories
+    that a model write may replace."""
+    config = path / "config.json"
+    if not config.is_file():
+        return None
+    if (path / "model.safetensors").is_file() and (path / "tokenizer").is_dir():
+        return "danlu"
+    try:
+        hf = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(hf, dict) and ("model_type" in hf or "architectures" in hf):
+        return "Hugging Face" if any(path.glob("*.safetensors")) else None
+    return None
+
+
+def check_replaceable_output(path: str | Path, force: bool) -> None:
+    """Refuse an output that a model-dir write (atomic_dir, which replaces the whole directory) would
+    destroy: a file or a non-empty directory of other files always, an existing model dir unless force."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} is a file, not a directory; pass another path for the model dir")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    kind = _model_dir_kind(path)
+    if kind is None:
+        names = sorted(p.name for p in path.iterdir())
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise OutputExistsError(
+            f"{path} is not empty and not a model dir (it holds {shown}); writing the model there would "
+            "delete those files: pass another path (one that is missing or empty); --force replaces only "
+            "an existing model dir"
+        )
+    if not force:
+        raise OutputExistsError(
+            f"{path} already holds a model ({kind} model dir); pass --force to replace it, or another path"
+        )
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

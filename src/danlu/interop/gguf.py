@@ -197,10 +197,13 @@ def load_gguf(path: str | Path) -> tuple[torch.nn.Module, PretrainedTokenizer, M
     return model.eval(), gguf_tokenizer(reader), cfg
 
 
-def import_gguf(path: str | Path, out: str | Path) -> Path:
-    """Write a danlu model dir (config.json, model.safetensors, tokenizer/) from a GGUF file."""
+def import_gguf(path: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Write a danlu model dir (config.json, model.safetensors, tokenizer/) from a GGUF file; an
+    existing model dir at `out` is replaced only with `force`, a file or other files never."""
+    from danlu.io import check_replaceable_output
     from danlu.train.checkpoint import save_model_dir
 
+    check_replaceable_output(out, force)
     model, tok, cfg = load_gguf(path)
     with tempfile.TemporaryDirectory(prefix="danlu-tok-") as tmp:
         tok_dir = tok.save(Path(tmp) / "tokenizer")

@@ -196,14 +196,16 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
 # --- whole directories: what `transformers.AutoModelForCausalLM.from_pretrained` reads and writes ---
 
 
-def export_hf(model_dir: str | Path, out: str | Path) -> Path:
+def export_hf(model_dir: str | Path, out: str | Path, force: bool = False) -> Path:
     """A Hugging Face Llama directory (config.json, model.safetensors, tokenizer files) from a danlu
-    model dir; `transformers.AutoModelForCausalLM.from_pretrained(out)` loads it."""
+    model dir; `transformers.AutoModelForCausalLM.from_pretrained(out)` loads it. An existing model
+    dir at `out` is replaced only with `force`; a file or a directory of other files, never."""
     from safetensors.torch import save_file
 
-    from danlu.io import atomic_dir
+    from danlu.io import atomic_dir, check_replaceable_output
     from danlu.train.checkpoint import TOKENIZER_DIR, load_model
 
+    check_replaceable_output(out, force)
     model, tok, cfg = load_model(model_dir)
     hf_config = to_hf_config(cfg) | {"model_type": "llama", "torch_dtype": "float32"}
     hf_config |= {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
@@ -262,13 +264,16 @@ def from_hf_config(hf: dict[str, Any]) -> ModelConfig:
     return resolve_model_config(cfg, cfg.vocab_size)
 
 
-def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
-    """A danlu model dir from a Hugging Face Llama directory (config.json, *.safetensors, tokenizer)."""
+def import_hf(hf_dir: str | Path, out: str | Path, force: bool = False) -> Path:
+    """A danlu model dir from a Hugging Face Llama directory (config.json, *.safetensors, tokenizer);
+    `out` is guarded as in export_hf."""
     from safetensors.torch import load_file
 
+    from danlu.io import check_replaceable_output
     from danlu.model import build_model
     from danlu.train.checkpoint import save_model_dir
 
+    check_replaceable_output(out, force)
     hf_dir = Path(hf_dir)
     try:
         hf = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
