@@ -8,32 +8,36 @@ TORCH ?= torch==2.13.0
 
 .PHONY: demo test test-all bench lint format clean
 
-$(BIN)/danlu: pyproject.toml
+# Two install stamps in the one .venv: the demo installs the base package only, the tests, benchmarks
+# and lint install the dev extras (the reference libraries); either one creates .venv.
+$(VENV)/.demo: EXTRAS :=
+$(VENV)/.dev: EXTRAS := [dev]
+$(VENV)/.demo $(VENV)/.dev: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $(BIN)/danlu
+	$(BIN)/pip install -q -e '.$(EXTRAS)'
+	touch $@
 
-demo: $(BIN)/danlu
+demo: $(VENV)/.demo
 	$(BIN)/danlu run recipes/tiny-cpu.yaml
 
-test: $(BIN)/danlu
+test: $(VENV)/.dev
 	$(BIN)/pytest
 
-test-all: $(BIN)/danlu
+test-all: $(VENV)/.dev
 	$(BIN)/pytest -m ''
 
-bench: $(BIN)/danlu
+bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/peak_flops.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/tokenizer.py
 
-lint: $(BIN)/danlu
+lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(BIN)/danlu
+format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 

@@ -91,6 +91,86 @@ def test_lm_eval_lm_class_wraps_the_core(core):
     assert rolling == core.loglikelihood_rolling(["some text"])
 
 
+# A local multiple-choice task for lm-eval: its data is a JSON-lines file, so nothing is downloaded.
+_TINY_TASK = """task: danlu_tiny_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: question
+doc_to_choice: choices
+doc_to_target: gold
+target_delimiter: " "
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+_TINY_ITEMS = [
+    ("Q: 2+2\nA:", ["4", "five", "22"], 0),
+    ("The cat", ["sat", "sat on the mat", "ran"], 1),
+    ("Sky color:", ["blue", "green"], 0),
+    ("abc", ["d", "def", "xyz!"], 2),
+    ("To be or", ["not to be", "no"], 0),
+    ("Hello", ["world", "there", "you all"], 1),
+    ("1 2 3", ["4", "5 6"], 0),
+    ("unused", ["a", "b"], 1),  # beyond the limit: lm-eval must not score it
+]
+
+
+def test_simple_evaluate_in_lm_eval_equals_danlu_harness(core, tmp_path):
+    lm_eval = pytest.importorskip("lm_eval")
+    import json
+
+    from lm_eval.tasks import TaskManager
+
+    from danlu.eval.harness import evaluate_mc
+    from danlu.eval.lm_eval_adapter import lm_class
+    from danlu.eval.tasks import MCDoc
+
+    data = tmp_path / "items.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": q, "choices": c, "gold": g}) + "\n" for q, c, g in _TINY_ITEMS)
+    )
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "danlu_tiny_mc.yaml").write_text(_TINY_TASK.format(data=data))
+    limit = 7
+    out = lm_eval.simple_evaluate(
+        model=lm_class()(core=core),
+        tasks=["danlu_tiny_mc"],
+        task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+        num_fewshot=0,
+        limit=limit,
+        log_samples=True,
+        bootstrap_iters=100,  # > 0 for stderrs at all; a mean's is closed-form, not bootstrapped
+    )
+    got = out["results"]["danlu_tiny_mc"]
+
+    docs = [MCDoc((q,) * len(c), tuple(" " + x for x in c), tuple(c), g) for q, c, g in _TINY_ITEMS[:limit]]
+    want, _ = evaluate_mc(core.scorer, docs)
+    assert got["acc,none"] == pytest.approx(want["acc"], abs=1e-12)
+    assert got["acc_norm,none"] == pytest.approx(want["acc_norm"], abs=1e-12)
+    assert got["acc_stderr,none"] == pytest.approx(want["acc_stderr"], rel=1e-9)
+    # the same log-likelihood of every choice, item by item
+    samples = sorted(out["samples"]["danlu_tiny_mc"], key=lambda s: s["doc_id"])
+    assert len(samples) == limit
+    scores = core.scorer.loglikelihood(
+        [(c, x) for d in docs for c, x in zip(d.contexts, d.continuations, strict=True)]
+    )
+    i = 0
+    for sample, d in zip(samples, docs, strict=True):
+        lls = [float(r[0]) for r in sample["filtered_resps"]]
+        assert lls == pytest.approx([s.logprob for s in scores[i : i + len(d.choices)]], abs=1e-5)
+        i += len(d.choices)
+
+
 def test_eval_config_and_cli_reject_bad_input(capsys):
     with pytest.raises(ConfigError, match="unknown task"):
         EvalConfig(tasks=("hellaswag", "nope"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from danlu.errors import CheckpointError
-from danlu.interop.hf_llama import from_hf_state_dict, to_hf_config, to_hf_state_dict
+from danlu.interop.hf_llama import from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
 from danlu.model import build_model, resolve_model_config
 from danlu.model.config import ModelConfig
 
@@ -93,13 +93,17 @@ def test_config_mapping():
         9,
         3,
     )
-    assert (hf.intermediate_size, hf.vocab_size, hf.rope_theta, hf.tie_word_embeddings) == (
+    rope_theta = hf.rope_parameters["rope_theta"]  # transformers 5 keeps it (and any scaling) there
+    assert (hf.intermediate_size, hf.vocab_size, rope_theta, hf.tie_word_embeddings) == (
         1536,
         49152,
         1e5,
         True,
     )
     assert hf.head_dim == 64 and hf.hidden_act == "silu" and not hf.attention_bias
+    # and reads back from the config.json that transformers 5 writes
+    back = from_hf_config(hf.to_dict())
+    assert (back.rope_theta, back.n_kv_head, back.tie_embeddings) == (1e5, 3, True)
 
 
 def test_mismatched_weights_are_refused():

@@ -29,6 +29,10 @@ class CheckpointCorrupt(CheckpointError):
     """A checkpoint's files are missing, truncated or fail their checksums (not merely another run's)."""
 
 
+class MissingExtra(DanluError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
 def check(ok: bool, key: str, msg: str) -> None:
     """Raise ConfigError("key: msg") unless ok: the one-line range checks of every config dataclass."""
     if not ok:

@@ -32,7 +32,7 @@ import numpy as np
 
 from danlu.data.pipeline import GlobalBlock, _split_mask
 from danlu.data.sources import Document
-from danlu.errors import ConfigError, DataError
+from danlu.errors import ConfigError, DataError, MissingExtra
 from danlu.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,12 @@ def hashed_features(texts: Sequence[str], buckets: int = 2**20, ngrams: int = 2)
     crc32 of the UTF-8 n-gram (words joined by a space) is stable across processes and Python
     versions, unlike hash(); collisions just add counts, as in fastText and Vowpal Wabbit.
     """
-    from scipy.sparse import csr_matrix
+    try:
+        from scipy.sparse import csr_matrix
+    except ImportError:
+        raise MissingExtra(
+            "the quality classifier needs the scipy package: pip install 'danlu[data]'"
+        ) from None
 
     if buckets < 2:
         raise ConfigError(f"buckets must be at least 2, got {buckets}")

@@ -7,7 +7,7 @@
     from danlu.eval.lm_eval_adapter import lm_class
     simple_evaluate(model=lm_class()(pretrained="/path/to/model", batch_size=16), tasks=["arc_easy"])
 
-lm-eval is imported only inside `lm_class` and `write_local_tasks` (the `eval` extra).
+lm-eval is imported only inside `lm_class` and `write_local_tasks` (the `lmeval` extra).
 
 `write_local_tasks` writes task YAMLs that include lm-eval's own task files (same prompts, metrics
 and preprocessing) but load the data from the offline arrow files, so both harnesses score the same
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from danlu.errors import ConfigError
+from danlu.errors import ConfigError, MissingExtra
 from danlu.eval.generative import greedy_until
 from danlu.eval.perplexity import rolling_windows
 from danlu.eval.scoring import Scorer, prefix_token_id
@@ -79,12 +79,14 @@ class DanluLMCore:
 
 @cache
 def lm_class() -> type:
-    """The lm_eval LM subclass (registered as "danlu"); needs the `eval` extra."""
+    """The lm_eval LM subclass (registered as "danlu"); needs the `lmeval` extra."""
     try:
         from lm_eval.api.model import LM
         from lm_eval.api.registry import register_model
     except ImportError:
-        raise ConfigError("lm-eval is not installed; pip install 'danlu[eval]' (or lm-eval==0.4.*)") from None
+        raise MissingExtra(
+            "the lm-eval adapter needs the lm-eval package: pip install 'danlu[lmeval]'"
+        ) from None
 
     class DanluLM(LM):  # type: ignore[misc]
         def __init__(
@@ -129,7 +131,12 @@ def write_local_tasks(
 ) -> dict[str, list[str]]:
     """Write lm-eval task YAMLs (named danlu_<task>) for names; {danlu task: [lm-eval task names]}
     (MMLU: one per subject, to be averaged weighted by size as lm-eval's mmlu group does)."""
-    import lm_eval.tasks
+    try:
+        import lm_eval.tasks
+    except ImportError:
+        raise MissingExtra(
+            "lm-eval task configs need the lm-eval package: pip install 'danlu[lmeval]'"
+        ) from None
 
     from danlu.eval import data
     from danlu.eval.tasks import mmlu_subjects

@@ -25,7 +25,7 @@ import torch
 
 from danlu.config import ModelConfig
 from danlu.data.sources import Source, fetch_source
-from danlu.errors import CheckpointError, TokenizerError
+from danlu.errors import CheckpointError, MissingExtra, TokenizerError
 from danlu.interop.hf_llama import from_hf_state_dict
 from danlu.model import build_model, resolve_model_config
 from danlu.tokenizer.pretrained import PretrainedTokenizer
@@ -75,7 +75,12 @@ def registry_gguf(name: str) -> Path:
 
 
 def _open(path: Path) -> Any:
-    import gguf
+    try:
+        import gguf
+    except ImportError:
+        raise MissingExtra(
+            "danlu import of a GGUF needs the gguf package: pip install 'danlu[interop]'"
+        ) from None
 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such GGUF file")

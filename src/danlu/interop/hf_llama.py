@@ -237,7 +237,9 @@ def from_hf_config(hf: dict[str, Any]) -> ModelConfig:
         )
     if hf.get("attention_bias") or hf.get("mlp_bias") or hf.get("hidden_act", "silu") != "silu":
         raise CheckpointError("Llama variants with biases or a non-SiLU activation are not supported")
-    scaling = hf.get("rope_scaling") or {}
+    # transformers >= 5 writes rope_theta and the scaling into one rope_parameters dict
+    rope = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or rope
     kind = scaling.get("rope_type", scaling.get("type", "none"))
     if kind not in ("none", "default", "linear", "yarn"):
         raise CheckpointError(f"RoPE scaling {kind!r} is not supported (linear and yarn are)")
@@ -252,7 +254,7 @@ def from_hf_config(hf: dict[str, Any]) -> ModelConfig:
         ffn_hidden=hf["intermediate_size"],
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("max_position_embeddings", 2048),
-        rope_theta=float(hf.get("rope_theta", 10000.0)),
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         rope_scaling="none" if kind == "default" else kind,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from danlu.errors import TokenizerError
+from danlu.errors import MissingExtra, TokenizerError
 from danlu.io import atomic_dir
 from danlu.tokenizer.ranks import checked_ids
 
@@ -162,7 +162,12 @@ class PretrainedTokenizer:
         """The model's own template, rendered in a sandbox as transformers renders chat templates."""
         if not self.chat_template:
             raise TokenizerError("this tokenizer has no chat template; use a chat model or transcript mode")
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        try:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+        except ImportError:
+            raise MissingExtra(
+                "the chat template of an imported model needs the jinja2 package: pip install 'danlu[interop]'"
+            ) from None
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         return env.from_string(self.chat_template).render(
