@@ -49,7 +49,7 @@ def run_danlu(args: argparse.Namespace) -> dict[str, dict]:
 
     from danlu.eval.harness import EvalConfig, evaluate
     from danlu.eval.tasks import get_task
-    from danlu.train.checkpoint import load_model
+    from danlu.model_dir import load_model
 
     torch.manual_seed(0)
     model, tok, _ = load_model(args.model, device=args.device)

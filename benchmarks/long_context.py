@@ -23,7 +23,7 @@ import torch
 from _machine import machine_markdown, markdown_table
 from danlu.data.loader import TokenDataset
 from danlu.model import build_model
-from danlu.train.checkpoint import load_model
+from danlu.model_dir import load_model
 from danlu.train.losses import token_cross_entropy
 
 

@@ -56,7 +56,7 @@ def tiny_model(tmp_path_factory):
     from danlu.model import build_model, resolve_model_config
     from danlu.model.config import ModelConfig
     from danlu.tokenizer import Tokenizer
-    from danlu.train.checkpoint import save_model_dir
+    from danlu.model_dir import save_model_dir
 
     root = tmp_path_factory.mktemp("tiny_model")
     rng = random.Random(0)

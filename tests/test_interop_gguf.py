@@ -13,7 +13,7 @@ import torch
 from danlu.errors import CheckpointError
 from danlu.interop.gguf import import_gguf, load_gguf, registry_gguf
 from danlu.interop.hf_llama import export_hf, from_hf_config, import_hf
-from danlu.train.checkpoint import load_model
+from danlu.model_dir import load_model
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.needs_data

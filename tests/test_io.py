@@ -56,7 +56,7 @@ def test_saved_model_dir_has_umask_modes(tmp_path, umask):
     from torch import nn
 
     from danlu.model.config import ModelConfig
-    from danlu.train.checkpoint import save_model_dir
+    from danlu.model_dir import save_model_dir
 
     tok = tmp_path / "tok"
     tok.mkdir()

@@ -13,7 +13,7 @@ from danlu.model import build_model, resolve_model_config
 from danlu.model.config import ModelConfig
 from danlu.recipe import RecipeConfig
 from danlu.tokenizer import Tokenizer
-from danlu.train import loop
+from danlu.train import pretrain as loop
 from danlu.train.config import TrainConfig
 from danlu.train.losses import IGNORE_INDEX
 from danlu.train.metrics import read_metrics

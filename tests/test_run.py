@@ -13,7 +13,7 @@ from danlu.data.sources import CHAT_LABELS
 from danlu.infer.chat import ChatSession
 from danlu.run import RunLayout, read_stamp
 from danlu.tokenizer.bpe import OBJECTIVE_TOKENS
-from danlu.train.checkpoint import load_model
+from danlu.model_dir import load_model
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 
 from danlu.errors import CheckpointCorrupt, CheckpointError
 from danlu.model.config import ModelConfig
+from danlu.model_dir import load_weights
 from danlu.recipe import RecipeConfig
 from danlu.train.checkpoint import (
     best_checkpoint_step,
@@ -19,7 +20,6 @@ from danlu.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    load_weights,
     mark_best,
     prune_checkpoints,
     remove_stale_temps,

@@ -16,7 +16,7 @@ from danlu.errors import ConfigError
 from danlu.model.config import ModelConfig
 from danlu.model.transformer import build_model
 from danlu.recipe import RecipeConfig
-from danlu.train import loop
+from danlu.train import pretrain as loop
 from danlu.train.checkpoint import list_checkpoints
 from danlu.train.config import TrainConfig
 from danlu.train.losses import IGNORE_INDEX, summed_lm_loss
@@ -24,6 +24,7 @@ from danlu.train.memory import apply_activation_checkpointing
 from danlu.train.metrics import read_metrics
 from danlu.train.schedule import grad_accum_at, lr_at, scaled_lr, wsd_decay_start
 from danlu.train.stability import LossScaler, SpikeDetector
+from danlu.train.trainer import RunInfo, Trainer
 
 TINY = ModelConfig(n_layer=2, n_embd=32, n_head=2, vocab_size=64, max_seq_len=16)
 
@@ -91,18 +92,29 @@ def _grads(model):
     return [p.grad.clone() for p in model.parameters()]
 
 
-def test_accumulation_equals_one_big_batch_even_with_unequal_token_counts():
+def build_optimizer_for(cfg):
+    from danlu.train.optim import build_optimizer
+
+    return lambda m: build_optimizer(m, cfg, cfg.lr)
+
+
+def test_accumulation_equals_one_big_batch_even_with_unequal_token_counts(tmp_path):
     torch.manual_seed(0)
     model = build_model(TINY, torch.device("cpu"))
     x = torch.randint(0, 64, (6, 12))
     y = torch.randint(0, 64, (6, 12))
     y[0, :7] = IGNORE_INDEX  # micro-batches end up with different numbers of target tokens
     y[3, 2:] = IGNORE_INDEX
-    big = loop.forward_backward(model, [(x, y)], torch.device("cpu"))
+    run = RunInfo(tmp_path, TINY, tmp_path, "fp", {})
+    cfg = TrainConfig(lr=1e-3)
+    trainer = Trainer(
+        model, build_optimizer_for(cfg), None, loop.lm_loss(), cfg, run, torch.device("cpu"), "fp32"
+    )
+    big, _ = trainer.forward_backward([(x, y)])
     g_big = _grads(model)
     model.zero_grad()
     micro = [(x[:1], y[:1]), (x[1:4], y[1:4]), (x[4:], y[4:])]
-    acc = loop.forward_backward(model, micro, torch.device("cpu"))
+    acc, _ = trainer.forward_backward(micro)
     assert acc.item() == pytest.approx(big.item(), abs=1e-6)
     for a, b in zip(_grads(model), g_big, strict=True):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
@@ -132,16 +144,16 @@ def test_fp16_training_with_a_forced_overflow(tiny_packed, tmp_path, monkeypatch
     tokens, tok = tiny_packed
     cfg = _recipe(max_steps=6, dtype="fp16", spike_guard=False)
     calls = {"n": 0}
-    orig = loop.forward_backward
+    orig = Trainer.forward_backward
 
-    def overflow_at_step_3(model, micro, *args, **kwargs):
-        loss = orig(model, micro, *args, **kwargs)
+    def overflow_at_step_3(self, micro, *args, **kwargs):
+        loss = orig(self, micro, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 3:
-            next(iter(model.parameters())).grad[0, 0] = float("inf")
+            next(iter(self.model.parameters())).grad[0, 0] = float("inf")
         return loss
 
-    monkeypatch.setattr(loop, "forward_backward", overflow_at_step_3)
+    monkeypatch.setattr(Trainer, "forward_backward", overflow_at_step_3)
     loop.run_pretrain(cfg, tokens, tok, tmp_path / "run")
     recs = read_metrics(tmp_path / "run" / "metrics.jsonl")
     events = [r for r in recs if r.get("event") == "fp16_overflow"]
@@ -265,7 +277,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tiny_packed, tmp_p
 def test_early_stopping_and_best_checkpoint(tiny_packed, tmp_path, monkeypatch):
     tokens, tok = tiny_packed
     vals = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
-    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: (next(vals), 1.0))
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: {"val_loss": next(vals), "val_bpb": 1.0})
     out = loop.run_pretrain(
         _recipe(max_steps=40, eval_every=2, ckpt_every=2, keep_last=1, early_stop_patience=2),
         tokens,
@@ -374,16 +386,16 @@ def test_each_optimizer_trains_and_resumes_exactly(tiny_packed, tmp_path, optimi
 def test_nan_gradients_with_a_finite_loss_skip_the_step(tiny_packed, tmp_path, monkeypatch):
     tokens, tok = tiny_packed
     calls = {"n": 0}
-    orig = loop.forward_backward
+    orig = Trainer.forward_backward
 
-    def nan_grad_at_step_2(model, micro, *args, **kwargs):
-        loss = orig(model, micro, *args, **kwargs)
+    def nan_grad_at_step_2(self, micro, *args, **kwargs):
+        loss = orig(self, micro, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:
-            next(iter(model.parameters())).grad[0, 0] = float("nan")
+            next(iter(self.model.parameters())).grad[0, 0] = float("nan")
         return loss
 
-    monkeypatch.setattr(loop, "forward_backward", nan_grad_at_step_2)
+    monkeypatch.setattr(Trainer, "forward_backward", nan_grad_at_step_2)
     out = loop.run_pretrain(_recipe(max_steps=4), tokens, tok, tmp_path / "r")
     events = [
         r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if r.get("event") == "severe_spike_skipped"

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from danlu.train.pretrain import run_pretrain
 
 from danlu.errors import CheckpointError
 from danlu.model.config import ModelConfig
 from danlu.recipe import RecipeConfig
 from danlu.train.config import TrainConfig
-from danlu.train.loop import run_pretrain
 
 
 def _recipe(n_embd: int = 32) -> RecipeConfig:
@@ -37,18 +37,18 @@ def _curve(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, floa
 # middle of writing a checkpoint (after the weights, before the optimizer state).
 _CHILD = r"""
 import os, pickle, signal, sys, torch
-import danlu.train.loop as loop
+from danlu.train import pretrain, trainer
 cfg, tokens, tok, out, where = pickle.loads(bytes.fromhex(sys.argv[1]))
 if where == "mid-step":
-    orig = loop.forward_backward
-    def forward_backward(model, batches, *a, **k):
-        loss = orig(model, batches, *a, **k)
+    orig = trainer.Trainer.forward_backward
+    def forward_backward(self, batches, *a, **k):
+        loss = orig(self, batches, *a, **k)
         if loop_state["calls"] == 6:
             os.kill(os.getpid(), signal.SIGKILL)
         loop_state["calls"] += 1
         return loss
     loop_state = {"calls": 0}
-    loop.forward_backward = forward_backward
+    trainer.Trainer.forward_backward = forward_backward
 else:
     orig_save = torch.save
     def save(obj, path, *a, **k):
@@ -56,7 +56,7 @@ else:
             os.kill(os.getpid(), signal.SIGKILL)
         return orig_save(obj, path, *a, **k)
     torch.save = save
-loop.run_pretrain(cfg, tokens, tok, out)
+pretrain.run_pretrain(cfg, tokens, tok, out)
 """
 
 

@@ -150,7 +150,7 @@ def _read_text(path: str) -> str:
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.infer.config import SampleConfig
     from danlu.infer.sampling import complete
-    from danlu.train.checkpoint import load_model
+    from danlu.model_dir import load_model
 
     sample = SampleConfig(  # validates the flags with the recipe's rules
         prompts=[args.prompt],

@@ -216,7 +216,7 @@ def _warn_if_schedule_misfits(cfg: RecipeConfig, index: dict[str, Any]) -> None:
 
 
 def run_pretrain_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
-    from danlu.train.loop import run_pretrain
+    from danlu.train.pretrain import run_pretrain
 
     result = run_pretrain(cfg, layout.tokens, layout.tokenizer, layout.root)
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
@@ -225,7 +225,7 @@ def run_pretrain_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
 def sample_texts(cfg: RecipeConfig, model_dir: Path) -> list[tuple[str, str]]:
     """Continue each of the recipe's prompts with the trained model."""
     from danlu.infer.sampling import complete
-    from danlu.train.checkpoint import load_model
+    from danlu.model_dir import load_model
 
     model, tok, _ = load_model(model_dir)
     out = []

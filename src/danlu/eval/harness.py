@@ -176,7 +176,7 @@ def evaluate(model: Any, tok: Any, cfg: EvalConfig, device: str | torch.device =
 
 
 def evaluate_dir(model_dir: str | Path, cfg: EvalConfig, device: str = "cpu") -> dict[str, Any]:
-    from danlu.train.checkpoint import load_model
+    from danlu.model_dir import load_model
 
     model, tok, _ = load_model(model_dir, device=device)
     out = evaluate(model, tok, cfg, device)

@@ -41,7 +41,7 @@ class DanluLMCore:
 
     @classmethod
     def from_dir(cls, path: str | Path, batch_size: int = 16, device: str = "cpu") -> DanluLMCore:
-        from danlu.train.checkpoint import load_model
+        from danlu.model_dir import load_model
 
         model, tok, _ = load_model(path, device=device)
         core = cls(model, tok, batch_size)

@@ -34,7 +34,7 @@ class ChatSession:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, **sampling: Any) -> ChatSession:
-        from danlu.train.checkpoint import load_model
+        from danlu.model_dir import load_model
 
         model, tok, _ = load_model(model_dir)
         config = json.loads((Path(model_dir) / "config.json").read_text())

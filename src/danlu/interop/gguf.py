@@ -206,7 +206,7 @@ def import_gguf(path: str | Path, out: str | Path, force: bool = False) -> Path:
     """Write a danlu model dir (config.json, model.safetensors, tokenizer/) from a GGUF file; an
     existing model dir at `out` is replaced only with `force`, a file or other files never."""
     from danlu.io import check_replaceable_output
-    from danlu.train.checkpoint import save_model_dir
+    from danlu.model_dir import save_model_dir
 
     check_replaceable_output(out, force)
     model, tok, cfg = load_gguf(path)

@@ -203,7 +203,7 @@ def export_hf(model_dir: str | Path, out: str | Path, force: bool = False) -> Pa
     from safetensors.torch import save_file
 
     from danlu.io import atomic_dir, check_replaceable_output
-    from danlu.train.checkpoint import TOKENIZER_DIR, load_model
+    from danlu.model_dir import TOKENIZER_DIR, load_model
 
     check_replaceable_output(out, force)
     model, tok, cfg = load_model(model_dir)
@@ -273,7 +273,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, force: bool = False) -> Path:
 
     from danlu.io import check_replaceable_output
     from danlu.model import build_model
-    from danlu.train.checkpoint import save_model_dir
+    from danlu.model_dir import save_model_dir
 
     check_replaceable_output(out, force)
     hf_dir = Path(hf_dir)

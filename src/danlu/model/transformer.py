@@ -13,8 +13,9 @@ Architecture choices (each matches Hugging Face `LlamaForCausalLM`, so weights m
 - logits are returned in fp32
 - init (all of it in `init_weights`): normal(0, init_std) for embeddings and Linears, output projections
   (`proj`, `down`) scaled by 1/sqrt(2 * n_layer) as in GPT-2, RMSNorm gains 1
-- build on the meta device, `to_empty(device)`, then `init_weights()` (`build_model`), so a single-device
-  build and a sharded one share one path; RoPE tables are non-persistent buffers made in `init_weights`
+- build on the meta device (`build_meta`), transform from outside (adapters, parallelism), then
+  `materialize`: `to_empty(device)` and `init_weights()` (or load weights), so a single-device build and
+  a sharded one share one path; RoPE tables are non-persistent buffers made in `init_weights`
 - inference uses a preallocated `KVCache`; prefill and single-token decode share `forward`
 - speed: RoPE, SwiGLU and RMSNorm are small autograd Functions whose backward writes into one buffer
   (no cat, fewer passes); every Linear is still called as a module, so LoRA/quantization can swap it
@@ -33,12 +34,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from danlu.errors import ConfigError
 from danlu.model.config import ModelConfig
-from danlu.model.moe import MoE
+from danlu.model.moe import MoE, MoELosses
 from danlu.model.positions import alibi_slopes, rope_frequencies, sinusoidal_table
 
 # (cos, sin) tables of the positions in the forward pass, or None without RoPE
@@ -265,8 +265,6 @@ class Block(nn.Module):
         self.mlp: nn.Module = MoE(cfg, MLP) if moe else MLP(cfg)
         self.post_norm = cfg.norm_position == "post"
         self.resid_drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        # set by danlu.train.memory.apply_activation_checkpointing: recompute activations in backward
-        self.checkpointed = False
 
     def forward(
         self,
@@ -275,26 +273,20 @@ class Block(nn.Module):
         rope: Rope,
         bias: AttnBias,
         cache: KVCache | None,
-    ) -> torch.Tensor:
-        if self.checkpointed and cache is None and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(
-                self._forward, x, layer, rope, bias, None, use_reentrant=False
-            )
-        return self._forward(x, layer, rope, bias, cache)
-
-    def _forward(
-        self,
-        x: torch.Tensor,
-        layer: int,
-        rope: Rope,
-        bias: AttnBias,
-        cache: KVCache | None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, MoELosses | None]:
+        """(the block's output, the MoE router losses of this call or None)."""
         if self.post_norm:  # x = norm(x + f(x)), as in the original Transformer
             x = self.attn_norm(x + self.resid_drop(self.attn(x, layer, rope, bias, cache)))
-            return self.mlp_norm(x + self.resid_drop(self.mlp(x)))
+            h, aux = self._mlp(x)
+            return self.mlp_norm(x + self.resid_drop(h)), aux
         x = x + self.resid_drop(self.attn(self.attn_norm(x), layer, rope, bias, cache))
-        return x + self.resid_drop(self.mlp(self.mlp_norm(x)))
+        h, aux = self._mlp(self.mlp_norm(x))
+        return x + self.resid_drop(h), aux
+
+    def _mlp(self, x: torch.Tensor) -> tuple[torch.Tensor, MoELosses | None]:
+        if isinstance(self.mlp, MoE):
+            return self.mlp(x)
+        return self.mlp(x), None
 
 
 def default_ffn_hidden(n_embd: int) -> int:
@@ -318,8 +310,6 @@ class Transformer(nn.Module):
             for i in range(cfg.n_unique_layers or cfg.n_layer)
         )
         self.moe_layers = [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
-        # the weighted router losses of the last forward with gradients (None for a dense model)
-        self.moe_loss: torch.Tensor | None = None
         # post-LN blocks end normalized; pre-LN ones need a final norm before the head
         self.norm = make_norm(cfg, cfg.n_embd) if cfg.norm_position == "pre" else nn.Identity()
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
@@ -335,12 +325,19 @@ class Transformer(nn.Module):
             self.register_buffer("alibi", torch.empty(cfg.n_head), persistent=False)
 
     @torch.no_grad()
+    def init_buffers(self) -> None:
+        """After `to_empty`: tie the head to the embedding again (to_empty may have replaced the shared
+        tensor) and compute the non-persistent position tables. Weights are left as they are."""
+        if self.cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self._init_positions()
+
+    @torch.no_grad()
     def init_weights(self) -> None:
         """Every initialisation in one place (see the module docstring)."""
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.n_layer)
-        if self.cfg.tie_embeddings:  # to_empty may have replaced the shared tensor: tie again
-            self.lm_head.weight = self.embed.weight
+        self.init_buffers()
         nn.init.normal_(self.embed.weight, 0.0, std)
         if not self.cfg.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, 0.0, std)
@@ -358,7 +355,6 @@ class Transformer(nn.Module):
                 nn.init.ones_(m.weight)
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
-        self._init_positions()
 
     def _init_positions(self) -> None:
         cfg = self.cfg
@@ -397,12 +393,18 @@ class Transformer(nn.Module):
         return bias.masked_fill(~allowed, float("-inf")).to(dtype), False
 
     def forward(
-        self, idx: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
+        return_aux: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Logits [B, T, vocab] (fp32) for token ids idx [B, T]; with a cache, idx continues it.
 
         attn_mask (bool, True = may attend, [B, 1, T, T] or [T, T]) replaces causal attention, for the
-        bidirectional and prefix-LM objectives."""
+        bidirectional and prefix-LM objectives. return_aux: return (logits, aux) where aux is the
+        weighted MoE router loss of this forward (None for a dense model, or without gradients), for
+        the caller to add to its training loss."""
         cfg = self.cfg
         T = idx.size(1)
         start = cache.pos if cache is not None else 0
@@ -425,20 +427,19 @@ class Transformer(nn.Module):
                 self.rope_sin[start : start + T].to(x.dtype),
             )
         bias = self.attention_bias(start, T, x.device, x.dtype, attn_mask)
-        for moe in self.moe_layers:
-            moe.losses.clear()
+        router_losses: list[MoELosses] = []
         for layer in range(cfg.n_layer):
-            x = self.blocks[layer % len(self.blocks)](x, layer, rope, bias, cache)
-        self.moe_loss = self._moe_loss()
+            x, aux = self.blocks[layer % len(self.blocks)](x, layer, rope, bias, cache)
+            if aux is not None:
+                router_losses.append(aux)
         if cache is not None:
             cache.pos += T
         logits = self.lm_head(self.norm(x)).float()
         if cfg.logit_softcap > 0:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-        return logits
+        return (logits, self._moe_loss(router_losses)) if return_aux else logits
 
-    def _moe_loss(self) -> torch.Tensor | None:
-        losses = [pair for moe in self.moe_layers for pair in moe.losses]
+    def _moe_loss(self, losses: list[MoELosses]) -> torch.Tensor | None:
         if not losses:
             return None
         balance = torch.stack([b for b, _ in losses]).mean()
@@ -475,10 +476,25 @@ class Transformer(nn.Module):
         return int(6 * n_matmul) + 12 * self.cfg.n_layer * self.cfg.n_embd * seq_len
 
 
-def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transformer:
-    """Construct on the meta device (no memory, no wasted init), materialise on `device`, initialise."""
+def build_meta(cfg: ModelConfig) -> Transformer:
+    """The model on the meta device: shapes only, no memory. Transform it from outside (adapters, a
+    parallel layout), then `materialize` it."""
     with torch.device("meta"):
-        model = Transformer(cfg)
+        return Transformer(cfg)
+
+
+def materialize(model: nn.Module, device: torch.device | str = "cpu", init: bool = True) -> nn.Module:
+    """Allocate a meta-built model's tensors on `device`; with init, initialise every weight
+    (`init_weights`), else only tie and compute the position tables, for weights loaded next."""
     model.to_empty(device=device)
-    model.init_weights()
+    for m in model.modules():
+        if isinstance(m, Transformer):
+            m.init_weights() if init else m.init_buffers()
+    return model
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transformer:
+    """Build on the meta device (no memory, no wasted init), materialise on `device`, initialise."""
+    model = build_meta(cfg)
+    materialize(model, device)
     return model

@@ -1,14 +1,14 @@
-"""Checkpoints and model directories: save, find, check, load.
+"""Step checkpoints: save, find, check, load, prune.
 
-A step checkpoint `checkpoints/step-NNNNNN/` describes itself:
-    config.json         resolved model config (top-level fields) + the full recipe under "recipe"
-    model.safetensors   weights (a tied matrix stored once)
+A step checkpoint `checkpoints/step-NNNNNN/` is a model directory (danlu.model_dir) plus training state:
+    config.json         model config (top-level fields) + the stage's full config under "recipe"
+    model.safetensors   weights of the trained model, as transformed (a tied matrix stored once)
     optimizer.pt        AdamW state
     trainer_state.json  step, data-loader position, RNG states, tokens seen, tokenizer fingerprint,
                         elapsed seconds, last and best validation
-    tokenizer/          copy of the tokenizer, so `load_model` works on a checkpoint too
-Every directory is written with `atomic_dir`: it either exists complete or not at all. A model
-directory (`model/`) has config.json, model.safetensors and tokenizer/ only.
+    tokenizer/          copy of the tokenizer, so `danlu.model_dir.load_model` works on a checkpoint too
+    checksums.json      sha256 of every file above, checked before a resume
+Every directory is written with `atomic_dir`: it either exists complete or not at all.
 """
 
 from __future__ import annotations
@@ -25,25 +25,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model as st_load_model
-from safetensors.torch import save_model as st_save_model
 from torch import nn
 
-from danlu.config import from_dict, to_dict
-from danlu.errors import CheckpointCorrupt, CheckpointError, ConfigError, DanluError
-from danlu.io import atomic_dir, read_json_object, sha256_file
+from danlu.config import to_dict
+from danlu.errors import CheckpointCorrupt, CheckpointError
+from danlu.io import atomic_dir, sha256_file
 from danlu.model.config import ModelConfig
-from danlu.recipe import RecipeConfig
+from danlu.model_dir import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_weights,
+    read_json,
+    read_model_config,
+    require_files,
+    write_model_files,
+)
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
-TOKENIZER_DIR = "tokenizer"
 CHECKSUMS_FILE = "checksums.json"
 BEST_FILE = "best.json"  # in checkpoints/: the step and val loss of the best checkpoint
 CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, CHECKSUMS_FILE)
@@ -163,27 +165,23 @@ def to_jsonable(obj: Any) -> Any:
 # Writing
 
 
-def _write_model_files(dest: Path, model: nn.Module, config: dict[str, Any], tokenizer_dir: Path) -> None:
-    st_save_model(model, str(dest / MODEL_FILE), metadata={"format": "pt"})
-    (dest / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    shutil.copytree(tokenizer_dir, dest / TOKENIZER_DIR)
-
-
 def save_checkpoint(
     out_dir: Path,
     step: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     model_cfg: ModelConfig,
-    recipe: RecipeConfig,
+    run_config: Any,
     trainer_state: dict[str, Any],
     tokenizer_dir: Path,
 ) -> Path:
-    """Write checkpoints/step-NNNNNN atomically (trainer_state gets `step` and RNG states added)."""
+    """Write checkpoints/step-NNNNNN atomically (trainer_state gets `step` and RNG states added);
+    run_config (the stage's config, a dataclass or dict) is recorded under "recipe" in config.json."""
     path = checkpoint_dir(out_dir, step)
     state = {**to_jsonable(trainer_state), "step": step, "rng": rng_state()}
+    recipe = to_dict(run_config) if dataclasses.is_dataclass(run_config) else run_config
     with atomic_dir(path) as tmp:
-        _write_model_files(tmp, model, {**to_dict(model_cfg), "recipe": to_dict(recipe)}, tokenizer_dir)
+        write_model_files(tmp, model, {**to_dict(model_cfg), "recipe": recipe}, tokenizer_dir)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
         sums = {name: sha256_file(tmp / name) for name in CHECKPOINT_FILES if name != CHECKSUMS_FILE}
@@ -192,47 +190,8 @@ def save_checkpoint(
     return path
 
 
-def save_model_dir(
-    path: Path,
-    model: nn.Module,
-    model_cfg: ModelConfig,
-    tokenizer_dir: Path,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """The final model for generation and later stages: config.json (the model config plus `extra`
-    metadata such as "chat": true), model.safetensors, tokenizer/."""
-    with atomic_dir(path) as tmp:
-        _write_model_files(tmp, model, to_dict(model_cfg) | (extra or {}), tokenizer_dir)
-    return Path(path)
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading
-
-
-def _require_files(path: Path, names: tuple[str, ...]) -> None:
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is not a directory; pass a model dir or a checkpoint dir")
-    missing = [n for n in names if not (path / n).exists()]
-    if missing:
-        raise CheckpointCorrupt(
-            f"{path} is incomplete or corrupt: missing {', '.join(missing)}; delete it (training then "
-            "resumes from the previous checkpoint) or point to another checkpoint"
-        )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return read_json_object(path, CheckpointCorrupt, "delete its directory")
-
-
-def read_model_config(path: Path) -> ModelConfig:
-    """The ModelConfig stored in a model/checkpoint dir's config.json (extra keys are metadata)."""
-    data = _read_json(Path(path) / CONFIG_FILE)
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    try:
-        return from_dict(ModelConfig, {k: v for k, v in data.items() if k in names})
-    except ConfigError as e:
-        raise CheckpointError(f"{path}/{CONFIG_FILE} holds an invalid model config: {e}") from None
 
 
 def config_differences(stored: ModelConfig, current: ModelConfig) -> list[str]:
@@ -242,7 +201,7 @@ def config_differences(stored: ModelConfig, current: ModelConfig) -> list[str]:
 
 def verify_checksums(path: Path) -> None:
     """Every file must still have the sha256 recorded when the checkpoint was written."""
-    sums = _read_json(Path(path) / CHECKSUMS_FILE)
+    sums = read_json(Path(path) / CHECKSUMS_FILE)
     bad = [
         name
         for name, digest in sums.items()
@@ -259,9 +218,9 @@ def check_compatible(path: Path, model_cfg: ModelConfig, fingerprint: str) -> di
     """Raise CheckpointError unless the checkpoint was made with this model config and tokenizer;
     return its trainer state."""
     path = Path(path)
-    _require_files(path, CHECKPOINT_FILES)
+    require_files(path, CHECKPOINT_FILES)
     verify_checksums(path)
-    state = _read_json(path / STATE_FILE)
+    state = read_json(path / STATE_FILE)
     diffs = config_differences(read_model_config(path), model_cfg)
     if state.get("tokenizer_fingerprint") != fingerprint:
         diffs.append(
@@ -278,18 +237,6 @@ def check_compatible(path: Path, model_cfg: ModelConfig, fingerprint: str) -> di
         if key not in state:
             raise CheckpointError(f"{path / STATE_FILE} lacks {key!r}; the checkpoint is corrupt, delete it")
     return state
-
-
-def load_weights(model: nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
-    """Load model.safetensors from `path` into `model`, mapping every failure to CheckpointError."""
-    file = Path(path) / MODEL_FILE
-    try:
-        st_load_model(model, file, strict=True, device=str(device))
-    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointCorrupt(
-            f"{file} is corrupt, truncated or does not fit the model config ({str(e).splitlines()[0]}); "
-            "delete its directory, or re-export it"
-        ) from None
 
 
 def load_checkpoint(
@@ -311,30 +258,3 @@ def load_checkpoint(
         ) from None
     set_rng_state(state["rng"])
     return state
-
-
-def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Any, ModelConfig]:
-    """(model in eval mode, tokenizer, model config) from a model dir or a step checkpoint."""
-    from danlu.model.transformer import build_model
-    from danlu.tokenizer import Tokenizer
-
-    path = Path(path)
-    _require_files(path, (CONFIG_FILE, MODEL_FILE, TOKENIZER_DIR))
-    cfg = read_model_config(path)
-    try:
-        tok = Tokenizer.load(path / TOKENIZER_DIR)
-    except DanluError:
-        raise
-    except Exception as e:  # any other failure to read the copied tokenizer means a damaged dir
-        raise CheckpointError(
-            f"{path / TOKENIZER_DIR} cannot be loaded ({e}); the directory is damaged"
-        ) from None
-    if tok.vocab_size != cfg.vocab_size:
-        raise CheckpointError(
-            f"{path}: tokenizer has {tok.vocab_size} tokens but the model config says {cfg.vocab_size}; "
-            "the directory mixes files from different runs"
-        )
-    model = build_model(cfg, torch.device(device))
-    load_weights(model, path, device)
-    model.eval()
-    return model, tok, cfg

@@ -103,6 +103,9 @@ class TrainConfig:
     # "auto": fp32 on CPU, bf16 autocast on CUDA; or "fp32" / "bf16" / "fp16" (with loss scaling).
     dtype: str = "auto"
     compile: bool = False
+    # A model dir (or step checkpoint) whose weights training starts from, instead of a fresh
+    # initialisation; its model config must equal this run's. Ignored when resuming.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for key in (
