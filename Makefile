@@ -33,9 +33,15 @@ bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/tokenizer.py
 
+# Every check runs and reports, then lint fails if any failed: ruff, the import-layer contracts of
+# pyproject's [tool.importlinter], and no import cycle between modules of src/danlu.
 lint: $(VENV)/.dev
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/lint-imports || status=1; \
+	$(BIN)/python tools/import_cycles.py danlu || status=1; \
+	exit $$status
 
 format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
