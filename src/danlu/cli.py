@@ -1,4 +1,4 @@
-"""The `danlu` command: one verb per stage, each a thin wrapper around a plain `run_<stage>` function.
+"""The `danlu` command: one verb per stage of the stage table (danlu.run.STAGES), plus tools.
 
     danlu run [RECIPE] [--train.lr=3e-4 ...]     every stage of a recipe, skipping finished ones
     danlu data [RECIPE]                          fetch, clean, dedup and split the documents
@@ -63,11 +63,8 @@ def _recipe(args: argparse.Namespace, overrides: list[str]) -> RecipeConfig:
 
 
 def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
-    from danlu.run import STAGES, run_recipe
+    from danlu.run import run_recipe
 
-    unknown = [s for s in args.force if s not in STAGES]
-    if unknown:
-        raise ConfigError(f"--force {unknown[0]}: unknown stage; stages are {', '.join(STAGES)}")
     cfg = _recipe(args, overrides)
     results = run_recipe(cfg, force=tuple(args.force))
     pre = results["pretrain"]
@@ -79,9 +76,16 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"\ntalk to it:            danlu chat {results['model_dir']}")
 
 
-def cmd_data(args: argparse.Namespace, overrides: list[str]) -> None:
-    from danlu.run import RunLayout, run_data_stage
+def cmd_stage(args: argparse.Namespace, overrides: list[str]) -> None:
+    """One stage of a recipe (`danlu data`, `danlu pack`, `danlu pretrain`, ...), from the stage table."""
+    from danlu.run import STAGE, RunLayout, run_stages
 
+    cfg = _recipe(args, overrides)
+    result = run_stages(cfg, (args.verb,), force=(args.verb,))[args.verb]
+    print(STAGE[args.verb].summary(result, RunLayout(cfg.run_path).path(args.verb)))
+
+
+def cmd_data(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.recipe == "report" and not Path("report").is_file():
         from danlu.data.report import write_report
 
@@ -91,36 +95,14 @@ def cmd_data(args: argparse.Namespace, overrides: list[str]) -> None:
         return
     if args.target is not None:
         raise ConfigError(f"danlu data takes one recipe, got also {args.target!r}; see danlu data --help")
-    cfg = _recipe(args, overrides)
-    result = run_data_stage(cfg, RunLayout(cfg.run_path))
-    print(f"documents written to {RunLayout(cfg.run_path).docs}: {result['splits']}")
-
-
-def cmd_pack(args: argparse.Namespace, overrides: list[str]) -> None:
-    from danlu.run import RunLayout, run_pack_stage
-
-    cfg = _recipe(args, overrides)
-    result = run_pack_stage(cfg, RunLayout(cfg.run_path))
-    print(f"token shards written to {RunLayout(cfg.run_path).tokens}: {result['splits']}")
-
-
-def cmd_pretrain(args: argparse.Namespace, overrides: list[str]) -> None:
-    from danlu.run import RunLayout, run_pretrain_stage
-
-    cfg = _recipe(args, overrides)
-    result = run_pretrain_stage(cfg, RunLayout(cfg.run_path))
-    print(f"model: {result['model_dir']}  val loss {result['val_loss']:.4f}  val bpb {result['val_bpb']:.4f}")
+    cmd_stage(args, overrides)
 
 
 def cmd_tokenizer(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.tokenizer import Tokenizer, tokenizer_stats
 
     if args.action == "train":
-        from danlu.run import RunLayout, run_tokenizer_stage
-
-        cfg = _recipe(args, overrides)
-        result = run_tokenizer_stage(cfg, RunLayout(cfg.run_path))
-        print(f"tokenizer written to {RunLayout(cfg.run_path).tokenizer}: vocab {result['vocab_size']}")
+        cmd_stage(args, overrides)
         return
     tok = Tokenizer.load(_tokenizer_dir(args.tokenizer))
     if args.action == "encode":
@@ -298,6 +280,8 @@ def _add_sampling(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from danlu.run import STAGES
+
     parser = argparse.ArgumentParser(
         prog="danlu",
         description="danlu: raw text to a model you can talk to.",
@@ -314,24 +298,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = recipe_verb("run", cmd_run, "run every stage of a recipe, skipping up-to-date ones")
     p.add_argument(
-        "--force", action="append", default=[], metavar="STAGE", help="rerun STAGE even if up to date"
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help=f"rerun STAGE ({', '.join(s.name for s in STAGES)}) even if up to date",
     )
-    p = recipe_verb("data", cmd_data, "fetch, clean, dedup and split the documents")
-    p.add_argument("target", nargs="?", help="`danlu data report DIR`: summarize a run or documents dir")
-    recipe_verb("pack", cmd_pack, "tokenize documents into token shards")
-    recipe_verb("pretrain", cmd_pretrain, "pretrain (resumes from the last checkpoint of the run)")
-
-    p = sub.add_parser("tokenizer", help="train a tokenizer, encode text, compression stats")
-    tsub = p.add_subparsers(dest="action", required=True)
-    t = tsub.add_parser("train", help="train byte-level BPE on a recipe's documents")
-    t.add_argument("recipe", nargs="?", help=f"recipe YAML (default {DEFAULT_RECIPE})")
+    for stage in STAGES:  # one verb per stage of the table; data and tokenizer have subcommands too
+        if stage.name == "tokenizer":
+            tp = sub.add_parser("tokenizer", help="train a tokenizer, encode text, compression stats")
+            tp.set_defaults(fn=cmd_tokenizer)
+            tsub = tp.add_subparsers(dest="action", required=True)
+            t = tsub.add_parser("train", help=stage.help)
+            t.add_argument("recipe", nargs="?", help=f"recipe YAML (default {DEFAULT_RECIPE})")
+            continue
+        p = recipe_verb(stage.name, cmd_data if stage.name == "data" else cmd_stage, stage.help)
+        if stage.name == "data":
+            p.add_argument(
+                "target", nargs="?", help="`danlu data report DIR`: summarize a run or documents dir"
+            )
     t = tsub.add_parser("encode", help="print the token ids of TEXT (or stdin)")
     t.add_argument("--tokenizer", required=True, help="tokenizer, model or run dir")
     t.add_argument("text", nargs="?")
     t = tsub.add_parser("stats", help="bytes per token and more, on FILES (or stdin)")
     t.add_argument("--tokenizer", required=True, help="tokenizer, model or run dir")
     t.add_argument("files", nargs="*")
-    p.set_defaults(fn=cmd_tokenizer)
 
     p = sub.add_parser("generate", help="sample a continuation of a prompt")
     _add_sampling(p, max_new_tokens=200)

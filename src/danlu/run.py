@@ -1,6 +1,8 @@
 """Recipe orchestration: chain the stages of a recipe in one run directory, skipping finished ones.
 
-Each stage is a plain function that reads and writes artifacts in the run directory. After a stage
+Each stage is one record in `STAGES`: its name (also its CLI verb), the stages it reads, its output
+under the run dir, the recipe settings it depends on, and a plain function that reads and writes
+artifacts in the run directory. Adding a stage is adding a record. After a stage
 finishes, a stamp `.stages/<stage>.json` records a key: the hash of the stage's config and of the keys
 of the stages it reads from. A stage whose stamp matches is up to date and is skipped, so rerunning an
 interrupted `danlu run` continues where it stopped (pretraining itself resumes from its checkpoints).
@@ -21,6 +23,7 @@ from typing import Any
 
 from danlu.config import save_yaml, to_dict
 from danlu.data.mixing import MixSpec, parse_mix
+from danlu.errors import ConfigError
 from danlu.io import atomic_write_json, sha256_json
 from danlu.recipe import RecipeConfig
 
@@ -29,25 +32,28 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Where each artifact of a run lives."""
+    """Where each artifact of a run lives: every stage's output under the run dir (see STAGES)."""
 
     root: Path
 
+    def path(self, stage: str) -> Path:
+        return self.root / STAGE[stage].output
+
     @property
     def docs(self) -> Path:
-        return self.root / "data"
+        return self.path("data")
 
     @property
     def tokenizer(self) -> Path:
-        return self.root / "tokenizer"
+        return self.path("tokenizer")
 
     @property
     def tokens(self) -> Path:
-        return self.root / "tokens"
+        return self.path("pack")
 
     @property
     def model(self) -> Path:
-        return self.root / "model"
+        return self.path("pretrain")
 
     @property
     def stamps(self) -> Path:
@@ -71,16 +77,14 @@ def _write_stamp(layout: RunLayout, stage: str, key: str, result: dict[str, Any]
 
 
 def stage_keys(cfg: RecipeConfig) -> dict[str, str]:
-    """The up-to-date key of every stage: its own config chained with the keys of its inputs."""
-    # the mix only shapes the pack stage: changing it re-packs and retrains, but keeps documents and
-    # tokenizer (and without a mix, every key is what it was before mixing existed)
-    data_cfg = {k: v for k, v in to_dict(cfg.data).items() if k != "mix"}
-    data = sha256_json({"data": data_cfg, "inputs": _local_input_fingerprint(cfg.data.sources)})
-    tok = sha256_json({"tokenizer": to_dict(cfg.tokenizer), "data": data})
-    mix = run_mix(cfg)
-    pack = sha256_json({"tok": tok} if mix is None else {"tok": tok, "mix": dataclasses.asdict(mix)})
-    pretrain = sha256_json({"model": to_dict(cfg.model), "train": to_dict(cfg.train), "pack": pack})
-    return {"data": data, "tokenizer": tok, "pack": pack, "pretrain": pretrain}
+    """The up-to-date key of every stage: the settings it depends on, chained with the keys of the
+    stages it reads from, so a change anywhere upstream changes every key below it."""
+    keys: dict[str, str] = {}
+    for stage in STAGES:
+        keys[stage.name] = sha256_json(
+            {"settings": stage.settings(cfg), "inputs": {name: keys[name] for name in stage.inputs}}
+        )
+    return keys
 
 
 def _local_input_fingerprint(sources: list[str]) -> list[Any]:
@@ -96,16 +100,6 @@ def _local_input_fingerprint(sources: list[str]) -> list[Any]:
     return out
 
 
-def _stage_output(layout: RunLayout, stage: str) -> Path:
-    """The file whose presence shows that a stage's output is still there."""
-    return {
-        "data": layout.docs / "manifest.json",
-        "tokenizer": layout.tokenizer / "tokenizer.json",
-        "pack": layout.tokens / "index.json",
-        "pretrain": layout.model / "model.safetensors",
-    }[stage]
-
-
 def _missing_special_tokens(tokenizer_dir: Path) -> list[str]:
     """Special tokens danlu's trainer adds today that a run's saved tokenizer lacks (it was trained
     by an older danlu, before the objective tokens, say)."""
@@ -119,18 +113,24 @@ def _missing_special_tokens(tokenizer_dir: Path) -> list[str]:
     return [t for t in ALL_SPECIAL_TOKENS if t not in have]
 
 
-def _output_current(layout: RunLayout, stage: str) -> bool:
-    """The stage's output is there and is what today's code would make of the same inputs."""
-    if not _stage_output(layout, stage).exists():
-        return False
-    if stage == "tokenizer" and (missing := _missing_special_tokens(layout.tokenizer)):
+def _tokenizer_current(layout: RunLayout) -> bool:
+    """A tokenizer trained by an older danlu, without today's special tokens, is trained again."""
+    missing = _missing_special_tokens(layout.tokenizer)
+    if missing:
         log.warning(
             "the run's tokenizer lacks %d special tokens (%s, ...) that danlu adds now: retraining it",
             len(missing),
             missing[0],
         )
+    return not missing
+
+
+def _output_current(layout: RunLayout, stage: str) -> bool:
+    """The stage's output is there and is what today's code would make of the same inputs."""
+    st = STAGE[stage]
+    if not (layout.path(stage) / st.done_file).exists():
         return False
-    return True
+    return st.current is None or st.current(layout)
 
 
 def _run_stage(
@@ -235,28 +235,116 @@ def sample_texts(cfg: RecipeConfig, model_dir: Path) -> list[tuple[str, str]]:
     return out
 
 
-STAGES = ("data", "tokenizer", "pack", "pretrain")
+def _data_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    # the mix only shapes the pack stage: changing it re-packs and retrains, but keeps the documents
+    # and the tokenizer; local inputs count by size and mtime, so editing a corpus reruns the stage
+    data = {k: v for k, v in to_dict(cfg.data).items() if k != "mix"}
+    return {"data": data, "inputs": _local_input_fingerprint(cfg.data.sources)}
 
 
-def run_recipe(cfg: RecipeConfig, force: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run every stage of the recipe in order, skipping up-to-date ones; then sample."""
+def _pack_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    mix = run_mix(cfg)
+    return {"mix": None if mix is None else dataclasses.asdict(mix)}
+
+
+def _splits(what: str) -> Callable[[dict[str, Any], Path], str]:
+    return lambda result, out: f"{what} written to {out}: {result.get('splits', {})}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run: what it reads, writes and depends on, and the function that runs it."""
+
+    name: str
+    help: str  # the CLI verb's one-line help
+    inputs: tuple[str, ...]  # the stages whose outputs it reads
+    output: str  # its artifact, relative to the run dir
+    done_file: str  # the file in the output whose presence shows the output is there
+    settings: Callable[[RecipeConfig], Any]  # what it depends on in the recipe (hashed into its key)
+    run: Callable[[RecipeConfig, RunLayout], dict[str, Any]]
+    summary: Callable[[dict[str, Any], Path], str]  # what the CLI verb prints when it finishes
+    # False when the output, though there, was made by older code and must be made again
+    current: Callable[[RunLayout], bool] | None = None
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "data",
+        "fetch, clean, filter, dedup and split the documents",
+        (),
+        "data",
+        "manifest.json",
+        _data_settings,
+        run_data_stage,
+        _splits("documents"),
+    ),
+    Stage(
+        "tokenizer",
+        "train byte-level BPE on the run's documents",
+        ("data",),
+        "tokenizer",
+        "tokenizer.json",
+        lambda cfg: {"tokenizer": to_dict(cfg.tokenizer)},
+        run_tokenizer_stage,
+        lambda result, out: f"tokenizer written to {out}: vocab {result['vocab_size']}",
+        current=_tokenizer_current,
+    ),
+    Stage(
+        "pack",
+        "tokenize the documents into token shards (mixing sources by data.mix)",
+        ("tokenizer",),
+        "tokens",
+        "index.json",
+        _pack_settings,
+        run_pack_stage,
+        _splits("token shards"),
+    ),
+    Stage(
+        "pretrain",
+        "pretrain a model (resumes from the run's last checkpoint)",
+        ("pack",),
+        "model",
+        "model.safetensors",
+        lambda cfg: {"model": to_dict(cfg.model), "train": to_dict(cfg.train)},
+        run_pretrain_stage,
+        lambda r, out: f"model: {out}  val loss {r['val_loss']:.4f}  val bpb {r['val_bpb']:.4f}",
+    ),
+)
+STAGE = {stage.name: stage for stage in STAGES}
+
+
+def run_stages(
+    cfg: RecipeConfig, names: tuple[str, ...] | None = None, force: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Run the named stages (all, by default) in table order, skipping up-to-date ones; a stage that
+    runs makes every later one run too (it may have changed their input). Returns each result."""
+    unknown = [n for n in (*(names or ()), *force) if n not in STAGE]
+    if unknown:
+        raise ConfigError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGE)}")
     layout = RunLayout(cfg.run_path)
     layout.root.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, layout.root / "config.yaml")
     keys = stage_keys(cfg)
-    fns = {
-        "data": run_data_stage,
-        "tokenizer": run_tokenizer_stage,
-        "pack": run_pack_stage,
-        "pretrain": run_pretrain_stage,
-    }
     results: dict[str, Any] = {}
-    upstream_ran = False  # a stage that ran may have changed its output: every later stage reruns
+    upstream_ran = False
     for stage in STAGES:
-        results[stage], ran = _run_stage(
-            layout, stage, keys[stage], lambda f=fns[stage]: f(cfg, layout), stage in force or upstream_ran
+        if names is not None and stage.name not in names:
+            continue
+        results[stage.name], ran = _run_stage(
+            layout,
+            stage.name,
+            keys[stage.name],
+            lambda st=stage: st.run(cfg, layout),
+            stage.name in force or upstream_ran,
         )
         upstream_ran = upstream_ran or ran
+    return results
+
+
+def run_recipe(cfg: RecipeConfig, force: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run every stage of the recipe in order, skipping up-to-date ones; then sample."""
+    results = run_stages(cfg, force=force)
+    layout = RunLayout(cfg.run_path)
     results["samples"] = sample_texts(cfg, layout.model)
     results["model_dir"] = str(layout.model)
     return results
