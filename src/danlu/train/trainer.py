@@ -116,11 +116,13 @@ class Hooks:
     prepare: Callable[[Any, int, int], Any] | None = None
     # (input tokens, target tokens) of a prepared micro-batch
     sizes: Callable[[Any], tuple[int, int]] = batch_sizes
-    # model -> {"val_loss": ..., ...}: evaluation every eval_every steps (no randomness consumed)
+    # model -> {"val_loss": ..., ...}: evaluation every eval_every steps, run in eval mode and under
+    # no randomness (or exact resume breaks)
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     # model -> metrics added to the record of a logging step (e.g. MoE expert loads)
     step_metrics: Callable[[nn.Module], dict[str, Any]] | None = None
-    # objects saved in and restored from every checkpoint (a value head's running stats, a reference id)
+    # objects saved in and restored from every checkpoint (a value head's running stats, a reference id);
+    # their state_dict() must be plain JSON (it goes into trainer_state.json)
     extra_state: dict[str, Stateful] = field(default_factory=dict)
     # a model dir whose weights the model starts from (before transform), unless resuming
     init_from: str | Path | None = None
@@ -389,7 +391,11 @@ class Trainer:
         if self.hooks.evaluate is None:
             return
         s = self.state
-        result = self.hooks.evaluate(self.forward)
+        self.model.eval()  # dropout off: an evaluation must not draw random numbers
+        try:
+            result = self.hooks.evaluate(self.forward)
+        finally:
+            self.model.train()
         val_loss = result["val_loss"]
         if s.best_val is None or val_loss < s.best_val:
             s.best_val, s.evals_since_best = val_loss, 0
