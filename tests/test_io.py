@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from danlu.io import OutputExistsError, atomic_dir, atomic_path, atomic_write_text
+from danlu.errors import OutputExistsError
+from danlu.io import atomic_dir, atomic_path, atomic_write_text
 
 
 @pytest.fixture

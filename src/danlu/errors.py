@@ -25,6 +25,10 @@ class CheckpointError(DanluError):
     """A checkpoint is missing, corrupt, truncated or belongs to a different config."""
 
 
+class OutputExistsError(DanluError):
+    """The output path holds something that danlu must not replace (a file, someone else's files)."""
+
+
 class CheckpointCorrupt(CheckpointError):
     """A checkpoint's files are missing, truncated or fail their checksums (not merely another run's)."""
 

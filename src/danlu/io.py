@@ -14,11 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from danlu.errors import DanluError
-
-
-class OutputExistsError(DanluError):
-    """The output path holds something that danlu must not replace (a file, someone else's files)."""
+from danlu.errors import OutputExistsError
 
 
 def _fsync_dir(path: Path) -> None:
