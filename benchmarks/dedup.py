@@ -133,7 +133,8 @@ def bench_lsh(n_base: int, rows: list[list[str]]) -> None:
 
 
 def shakespeare_docs() -> list[dict] | None:
-    from danlu.data.sources import cache_dir, get_source
+    from danlu.data.sources import get_source
+    from danlu.fetch import cache_dir
 
     docs = []
     for name in ("shakespeare", "shakespeare_folio"):

@@ -32,7 +32,8 @@ def load_texts(path: str | None) -> list[str]:
     """--input FILE, else the Shakespeare corpus if it is already in the danlu cache (never downloads)."""
     if path:
         return [Path(path).read_text(encoding="utf-8")]
-    from danlu.data.sources import cache_dir, get_source
+    from danlu.data.sources import get_source
+    from danlu.fetch import cache_dir
 
     src = get_source("shakespeare")
     root = cache_dir() / "sources" / f"{src.package}-{src.version}-{src.sha256[:12]}"

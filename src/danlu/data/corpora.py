@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from danlu.data.sources import Document, cache_dir, download_pinned
+from danlu.data.sources import Document
 from danlu.errors import DataError
+from danlu.fetch import cache_dir, download_pinned
 from danlu.io import atomic_dir
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from danlu.data.dedup.shingles import ShingleHasher, Shingling
-from danlu.data.sources import Document, cache_dir
+from danlu.data.sources import Document
 from danlu.errors import ConfigError
+from danlu.fetch import cache_dir
 from danlu.io import atomic_path
 
 log = logging.getLogger(__name__)

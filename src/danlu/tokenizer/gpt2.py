@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from danlu.data.sources import Source, fetch_source
 from danlu.errors import TokenizerError
+from danlu.fetch import Source, fetch_source
 from danlu.io import atomic_dir
 from danlu.tokenizer.ranks import GPT2_PATTERN, checked_ids
 
