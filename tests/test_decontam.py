@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from danlu.data.block import Stats
 from danlu.data.config import DataConfig
 from danlu.data.decontam import Decontaminator, NgramIndex
 from danlu.data.documents import read_documents, run_data
-from danlu.data.filters import Stats
 from danlu.data.pipeline import build_block
 from danlu.errors import ConfigError
 

@@ -9,16 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from danlu.data.block import Stats, run_filter
 from danlu.data.filters import (
     C4QualityFilter,
     GopherQualityFilter,
     GopherRepetitionFilter,
     Normalizer,
-    Stats,
     ToxicityFilter,
     duplicate_ngram_chars,
     duplicates,
-    run_filter,
     split_sentences,
     split_words,
     top_ngram_chars,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from danlu.data.filters import run_filter
+from danlu.data.block import run_filter
 from danlu.data.pii import (
     PIIFilter,
     PIIScrubber,

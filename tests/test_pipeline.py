@@ -201,7 +201,10 @@ def _malformed_corpus(root: Path) -> Path:
     (root / "a.jsonl").write_text("\n".join([lines[0], "{not json", '{"body": "no text"}', "[1, 2]"]) + "\n")
     (root / "b.jsonl.gz").write_bytes(gzip.compress((lines[1] + "\n").encode()))
     (root / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress((lines[2] + "\n").encode()))
-    (root / "d.txt").write_bytes(b"caf\xe9 latin-1 text that is long enough to keep as a document")
+    # one latin-1 byte in over 100 characters: kept (with U+FFFD); a binary file would be dropped
+    (root / "d.txt").write_bytes(
+        b"caf\xe9 " + b"latin-1 text that is long enough to keep as a document. " * 2
+    )
     (root / "e.txt").write_text("")
     (root / "f.jsonl").write_text("")
     (root / "g.jsonl.gz").write_bytes(gzip.compress(b'{"text": "truncated stream"}\n' * 50)[:30])

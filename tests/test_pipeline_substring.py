@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from danlu.cli import main
+from danlu.data.block import Stats
 from danlu.data.config import DataConfig
 from danlu.data.dedup import remove_repeated_substrings
 from danlu.data.documents import read_documents, run_data
-from danlu.data.filters import Stats
 from danlu.data.pipeline import SubstringDedupBlock, build_block
 from danlu.errors import ConfigError, DataError
 from test_pipeline import kill_data_run_midway, resume_and_compare_with_clean

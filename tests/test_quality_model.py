@@ -17,7 +17,6 @@ from danlu.data.documents import read_documents, run_data
 from danlu.data.pipeline import DocBlock, GlobalBlock, build_block, build_pipeline
 from danlu.data.quality_model import (
     FastTextLikeClassifier,
-    ModelPerplexity,
     NgramLM,
     chunk_texts,
     hashed_features,
@@ -193,10 +192,12 @@ class _ByteTok:
 
 
 def test_model_perplexity_is_exp_mean_token_loss():
+    from danlu.eval.perplexity import text_perplexity
     from danlu.eval.scoring import Scorer
 
-    mp = ModelPerplexity(Scorer(_UniformModel(257), _ByteTok(), batch_size=2, max_length=16))
-    assert mp.perplexity("hello there, a text longer than one window") == pytest.approx(257, rel=1e-5)
+    scorer = Scorer(_UniformModel(257), _ByteTok(), batch_size=2, max_length=16)
+    ppl = text_perplexity(scorer, "hello there, a text longer than one window")
+    assert ppl == pytest.approx(257, rel=1e-5)
 
 
 # --- pipeline blocks -------------------------------------------------------------------------------

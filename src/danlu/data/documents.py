@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from danlu.data.block import ModelScorer
 from danlu.data.config import DataConfig
 from danlu.data.corpora import CORPORA, read_corpus
 from danlu.data.executors import ShardTask, make_executor, merge_stats, read_shard, run_shard, write_shard
@@ -173,7 +174,8 @@ def _plan_fingerprint(cfg: DataConfig, specs: list[dict[str, Any]]) -> str:
     """Config and inputs (files by size and mtime; registry sources are pinned by hash)."""
     parts: list[Any] = [specs, cfg.sources, cfg.shard_docs, cfg.shard_mb]
     for spec in cfg.sources:
-        if spec not in SOURCES and spec not in CORPORA:
+        # a streamed Hugging Face dataset is named by its spec alone: there are no local files to stat
+        if spec not in SOURCES and spec not in CORPORA and not spec.startswith(HF_PREFIX):
             parts.append([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in input_files(spec)])
     return pipeline_fingerprint(parts)
 
@@ -191,13 +193,13 @@ def _work_dir(out_dir: Path, fingerprint: str) -> Path:
 
 
 def run_pipeline(
-    cfg: DataConfig, work: Path, specs: list[dict[str, Any]]
+    cfg: DataConfig, work: Path, specs: list[dict[str, Any]], model_scorer: ModelScorer | None = None
 ) -> tuple[list[Path], dict[str, Any]]:
     """Ingest, then run each segment over all shards with a barrier (global decision) between them.
 
     Returns the final shard files (in order) and the counts for the manifest.
     """
-    blocks = build_pipeline(specs)
+    blocks = build_pipeline(specs, model_scorer)
     segs = segments(blocks)
     ingest = _ingest(cfg, work)
     executor = make_executor(cfg.executor, cfg.workers, cfg.ray_address)
@@ -206,7 +208,7 @@ def run_pipeline(
     pii: Counter[str] = Counter()
     markers: list[dict[str, Any]] = []
     for s, (_, global_block) in enumerate(segs):
-        tasks = [ShardTask(tuple(specs), s, i, str(work)) for i in range(ingest["shards"])]
+        tasks = [ShardTask(tuple(specs), s, i, str(work), model_scorer) for i in range(ingest["shards"])]
         markers = executor.map(run_shard, tasks)
         for m in markers:
             for st in m["blocks"]:
@@ -268,28 +270,41 @@ def _val_ids(files: list[Path], val_fraction: float, seed: int) -> set[str]:
     return val
 
 
-def run_data(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Build the documents directory with the recipe's pipeline; return its manifest."""
+def _check_splittable(cfg: DataConfig, sources: dict[str, Any]) -> None:
+    """The validation split holds out whole documents of each source, leaving it at least one: a source
+    needs 2 documents to give one. Fail here, saying what to change, rather than leave an empty split."""
+    counts = {spec: s["documents_out"] for spec, s in sources.items()}
+    if any(n >= 2 for n in counts.values()):
+        return
+    raise DataError(
+        f"the corpus has {sum(counts.values())} usable document(s) after the pipeline "
+        f"({', '.join(f'{k}: {n}' for k, n in counts.items())}), too few for a validation split: it holds "
+        "out whole documents of a source, so some source needs at least 2: add documents (or more text "
+        f"per source), or keep more of them (lower data.min_chars={cfg.min_chars}, or loosen the "
+        "filters in data.pipeline)"
+    )
+
+
+def run_data(cfg: DataConfig, out_dir: str | Path, model_scorer: ModelScorer | None = None) -> dict[str, Any]:
+    """Build the documents directory with the recipe's pipeline; return its manifest.
+
+    `model_scorer` scores documents with a model dir where a block names one (`perplexity`); the run
+    layer passes danlu.eval.perplexity.model_dir_scorer.
+    """
     out_dir = Path(out_dir)
     specs = cfg.pipeline if cfg.pipeline is not None else default_pipeline(cfg.min_chars)
-    build_pipeline(specs)  # validate every block before reading anything
+    build_pipeline(specs, model_scorer)  # validate every block before reading anything
     for spec in cfg.sources:
         if spec not in SOURCES and spec not in CORPORA and not Path(spec).expanduser().exists():
             read_source_or_path(spec)  # raises the not-found error
     work = _work_dir(out_dir, _plan_fingerprint(cfg, specs))
     try:
-        files, counts = run_pipeline(cfg, work, specs)
+        files, counts = run_pipeline(cfg, work, specs, model_scorer)
+        _check_splittable(cfg, counts["sources"])
     except DataError:
         # bad input, not an interruption: nothing worth resuming from
         shutil.rmtree(work, ignore_errors=True)
         raise
-    n_docs = sum(s["documents_out"] for s in counts["sources"].values())
-    if n_docs < 2:
-        shutil.rmtree(work, ignore_errors=True)
-        raise DataError(
-            f"the corpus has {n_docs} usable document(s) after cleaning (min_chars={cfg.min_chars}); "
-            "at least 2 are needed to hold out a validation split: add data or lower data.min_chars"
-        )
     val_ids = _val_ids(files, cfg.val_fraction, cfg.seed)
     manifest: dict[str, Any] = {
         # the mix shapes the pack stage only (changing it does not rerun this one): the token index holds it

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from danlu.data.filters import Stats
+from danlu.data.block import ModelScorer, Stats
 from danlu.data.pipeline import build_pipeline, segments
 from danlu.data.sources import Document
 from danlu.errors import ConfigError
@@ -127,12 +127,14 @@ def merge_stats(into: dict[str, Any], part: dict[str, Any], max_examples: int = 
 
 @dataclass(frozen=True)
 class ShardTask:
-    """Segment `segment` of the pipeline on shard `shard`: everything a worker needs, picklable."""
+    """Segment `segment` of the pipeline on shard `shard`: everything a worker needs, picklable (the
+    model scorer factory is a module-level function, pickled by name)."""
 
     specs: tuple[dict[str, Any], ...]
     segment: int
     shard: int
     work: str
+    model_scorer: ModelScorer | None = None
 
     def path(self, stage: str, suffix: str) -> Path:
         return Path(self.work) / stage / f"shard-{self.shard:05d}{suffix}"
@@ -141,11 +143,12 @@ class ShardTask:
 _BLOCK_CACHE: dict[str, list[Any]] = {}
 
 
-def _blocks(specs: tuple[dict[str, Any], ...]) -> list[Any]:
-    # one build per worker process: language and PII models load once, not per shard
-    key = json.dumps(list(specs), sort_keys=True, default=str)
+def _blocks(specs: tuple[dict[str, Any], ...], model_scorer: ModelScorer | None) -> list[Any]:
+    # one build per worker process: language, PII and scoring models load once, not per shard
+    scorer = f"{model_scorer.__module__}.{model_scorer.__qualname__}" if model_scorer else None
+    key = json.dumps([list(specs), scorer], sort_keys=True, default=str)
     if key not in _BLOCK_CACHE:
-        _BLOCK_CACHE[key] = build_pipeline(list(specs))
+        _BLOCK_CACHE[key] = build_pipeline(list(specs), model_scorer)
     return _BLOCK_CACHE[key]
 
 
@@ -155,7 +158,7 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
     done = task.path(stage, ".done.json")
     if done.exists():
         return json.loads(done.read_text())
-    blocks = _blocks(task.specs)
+    blocks = _blocks(task.specs, task.model_scorer)
     doc_blocks, global_block = segments(blocks)[task.segment]
     src = (
         task.path("ingest", ".parquet")
@@ -237,7 +240,9 @@ class LocalExecutor:
         # fork: workers need no importable __main__ (scripts, notebooks) and start in milliseconds;
         # tasks carry only paths and block specs, so nothing of the parent's state leaks into them
         ctx = mp.get_context("fork")
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx) as pool:
+        # each worker builds its own blocks: a model built here, with its thread pools, does not survive fork
+        pool = ProcessPoolExecutor(min(self.workers, len(tasks)), ctx, initializer=_BLOCK_CACHE.clear)
+        with pool:
             return list(pool.map(fn, tasks))
 
 

@@ -2,8 +2,8 @@
 
 Each filter is a small block with a `name` and `filter(doc) -> (keep, reason)`; it writes the scores it
 computed into `doc["meta"][name]` so a kept document carries why it was kept and a removed one why not.
-Filters that rewrite text (C4QualityFilter, Normalizer) change `doc["text"]` in place. `run_filter`
-streams documents through one block and counts what it kept and removed per reason in a `Stats`.
+Filters that rewrite text (C4QualityFilter, Normalizer) change `doc["text"]` in place. They are
+DocFilters of danlu.data.block: `run_filter` there streams documents through one and counts in a `Stats`.
 
 Thresholds follow the papers and datatrove's implementations, which the tests compare against:
   Gopher: Rae et al. 2021 (arXiv:2112.11446), section A.1.1 and table A1.
@@ -14,19 +14,15 @@ words and punctuation runs become separate tokens, as NLTK's word_tokenize does 
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
-from typing import Any, Protocol
+from typing import Any
 
 from danlu.data.clean import normalize
 from danlu.data.sources import Document
 from danlu.errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\w+(?:['’.\-]\w+)*|[^\w\s]+")
 # what datatrove counts as punctuation-only tokens; a token made only of these is not a word
@@ -60,81 +56,6 @@ def split_sentences(text: str) -> list[str]:
 
 def _is_word(token: str) -> bool:
     return any(ch not in _PUNCT for ch in token)
-
-
-class DocFilter(Protocol):
-    """A block that decides whether to keep a document, and may rewrite its text and meta."""
-
-    name: str
-
-    def filter(self, doc: Document) -> tuple[bool, str | None]: ...
-
-
-@dataclass
-class Stats:
-    """What one filter kept and removed, and a few removed documents per reason to look at."""
-
-    name: str = ""
-    n_in: int = 0
-    n_out: int = 0
-    removed_by_reason: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
-    max_examples: int = 5
-    example_chars: int = 300
-    counts: Counter[str] = field(default_factory=Counter)  # a block's own totals (substring_dedup: bytes cut)
-
-    def record(self, doc: Document, keep: bool, reason: str | None, text: str | None = None) -> None:
-        """Count one decision; `text` is the document's text before the filter rewrote it."""
-        self.n_in += 1
-        if keep:
-            self.n_out += 1
-            return
-        reason = reason or "removed"
-        self.removed_by_reason[reason] += 1
-        shown = self.examples.setdefault(reason, [])
-        if len(shown) < self.max_examples:
-            shown_text = doc.get("text", "") if text is None else text
-            shown.append({"id": str(doc.get("id", "")), "text": shown_text[: self.example_chars]})
-
-    @property
-    def n_removed(self) -> int:
-        return self.n_in - self.n_out
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form for a manifest."""
-        return {
-            "name": self.name,
-            "documents_in": self.n_in,
-            "documents_out": self.n_out,
-            "removed_by_reason": dict(self.removed_by_reason.most_common()),
-            "examples": self.examples,
-            **({"counts": dict(sorted(self.counts.items()))} if self.counts else {}),
-        }
-
-
-def run_filter(filt: DocFilter, docs: Iterable[Document], stats: Stats | None = None) -> Iterator[Document]:
-    """Yield the documents `filt` keeps; counts go into `stats` (pass one in to read them afterwards).
-
-    Each document is shallow-copied with its own meta dict first, so the caller's documents are never
-    modified by a filter that rewrites text or writes scores.
-    """
-    stats = stats if stats is not None else Stats()
-    stats.name = stats.name or filt.name
-    for doc in docs:
-        if not isinstance(doc.get("text"), str):
-            raise DataError(
-                f"document {doc.get('id')!r} has no string 'text' field; documents are "
-                "{id, text, source, meta} dicts (see danlu.data.documents)"
-            )
-        original = doc["text"]
-        doc = {**doc, "meta": dict(doc.get("meta") or {})}
-        keep, reason = filt.filter(doc)
-        stats.record(doc, keep, reason, original)
-        if keep:
-            yield doc
-    log.info(
-        "%s: kept %d of %d, removed %s", stats.name, stats.n_out, stats.n_in, dict(stats.removed_by_reason)
-    )
 
 
 def _check_fraction(name: str, value: float | None) -> None:

@@ -86,7 +86,11 @@ def _tokenize_split(docs_dir: Path, split: str, tok: Any, bin_path: Path, dtype:
         if docs:
             flush(docs, f)
     if not starts:
-        raise DataError(f"the {split} split of {docs_dir} holds no documents; re-run the data stage")
+        raise DataError(
+            f"the {split} split of {docs_dir} holds no documents: the validation split holds out whole "
+            "documents of a source, so some source needs at least 2. Add documents, or lower "
+            "data.min_chars or loosen data.pipeline's filters, and run the data stage again"
+        )
     return _Stream(
         np.asarray(starts, dtype=np.int64),
         n_tokens,

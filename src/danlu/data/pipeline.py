@@ -1,15 +1,12 @@
 """Pipeline blocks and their registry: a recipe's `data.pipeline` list becomes a list of blocks.
 
-A block is one of two kinds (datatrove's shape: blocks take and yield documents):
-  DocBlock     decides per document (filters, normalizers, PII, decontamination); runs inside each shard.
-  GlobalBlock  decides from the whole corpus (dedup, percentile cuts). It runs in three steps around a
-               barrier: `keys` computes a small per-document summary inside each shard (a hash, a MinHash
-               signature, a score); `decide` sees the summaries of every shard, in shard order, and
-               returns one decision per shard (saved, so a resumed run reuses it); `apply` carries a
-               shard's decision out in the next pass. Texts need not be in memory together, except for
-               substring_dedup, whose suffix array spans the corpus.
+Blocks are DocBlocks (per document, inside each shard) or GlobalBlocks (keys per shard, one decision over
+the corpus, applied in the next pass): the contract is in danlu.data.block. Here are the cleaning and
+dedup blocks and the registry. Texts need not be in memory together, except for substring_dedup,
+whose suffix array spans the corpus.
 `build_pipeline(specs)` validates each spec ({"block": name, **options}) against the registry: an unknown
-block or option is a ConfigError naming the valid ones.
+block or option is a ConfigError naming the valid ones. A `perplexity` block naming a danlu model
+directory scores with the `model_scorer` factory the run layer passes in (data loads no models).
 """
 
 from __future__ import annotations
@@ -18,21 +15,28 @@ import hashlib
 import inspect
 import json
 import os
-from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from danlu.data.block import (
+    DocBlock,
+    DocFilter,
+    GlobalBlock,
+    ModelScorer,
+    Stats,
+    removal_key,
+    split_per_shard,
+    stale_decision,
+)
 from danlu.data.clean import normalize, text_hash
 from danlu.data.filters import (
     C4QualityFilter,
-    DocFilter,
     GopherQualityFilter,
     GopherRepetitionFilter,
     Normalizer,
-    Stats,
     ToxicityFilter,
 )
 from danlu.data.sources import Document
@@ -66,97 +70,7 @@ class MinChars:
         return (True, None) if len(doc["text"]) >= self.min_chars else (False, "too_short")
 
 
-class DocBlock:
-    """A per-document block: wraps a DocFilter and streams documents through it, counting in `stats`."""
-
-    kind = "doc"
-
-    def __init__(self, name: str, filt: DocFilter) -> None:
-        self.name = name
-        self.filt = filt
-        self.reasons: tuple[str, ...] = getattr(filt, "reasons", ())
-
-    def run(
-        self, docs: Iterable[Document], stats: Stats, by_source: Counter[str] | None = None
-    ) -> Iterator[Document]:
-        """Kept documents; counts go into `stats`, and removals per (source, reason) into `by_source`."""
-        stats.name = self.name
-        for doc in docs:
-            original = doc["text"]
-            # a private meta dict per document: a filter writing scores never touches the caller's copy
-            doc = {**doc, "meta": dict(doc.get("meta") or {})}
-            keep, reason = self.filt.filter(doc)
-            stats.record(doc, keep, reason, original)
-            if keep:
-                yield doc
-            elif by_source is not None:
-                by_source[removal_key(doc["source"], reason or "removed")] += 1
-
-
-def removal_key(source: str, reason: str) -> str:
-    """A JSON-safe key for per-source removal counts."""
-    return json.dumps([source, reason])
-
-
 # --- global blocks -------------------------------------------------------------------------------
-
-
-class GlobalBlock(ABC):
-    """A corpus-wide block: per-shard `keys`, `decide` over all shards' keys, `apply` per shard.
-
-    A decision is, by default, a keep mask; or a record array with a `keep` field whose other fields
-    are per-document values that `apply` writes into each kept document's meta (a percentile cut
-    stores the scores it ranked by). A block may use its own form and override `apply`.
-    """
-
-    kind = "global"
-    name = "global"
-    reason = "duplicate"
-    reasons: tuple[str, ...] = ()
-
-    @abstractmethod
-    def keys(self, texts: Sequence[str]) -> np.ndarray:
-        """A summary of a shard's texts, usually one row per text (computed inside a shard, in a worker)."""
-
-    @abstractmethod
-    def decide(self, keys: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Decisions, one per shard, from every shard's keys in shard order."""
-
-    def apply(
-        self, docs: Iterable[Document], decision: np.ndarray, stats: Stats, by_source: Counter[str]
-    ) -> Iterator[Document]:
-        """One shard's documents after its decision; counts go into `stats` and `by_source`."""
-        stats.name = self.name
-        keep = decision["keep"] if decision.dtype.names else decision
-        values = [f for f in decision.dtype.names or () if f != "keep"]
-        n = 0
-        for i, doc in enumerate(docs):
-            n = i + 1
-            if i >= len(keep):
-                break
-            k = bool(keep[i])
-            stats.record(doc, k, None if k else self.reason)
-            if not k:
-                by_source[removal_key(doc["source"], self.reason)] += 1
-                continue
-            for f in values:
-                doc["meta"][f] = decision[f][i].item()
-            yield doc
-        if n != len(keep):
-            raise _stale_decision(n, len(keep))
-
-
-def _stale_decision(docs: int, decided: int) -> RuntimeError:
-    # the plan fingerprint of the work directory rules this out unless the directory was damaged
-    return RuntimeError(
-        f"a shard's documents ({docs} read) and its saved decision (for {decided}) disagree; "
-        "delete the .work directory and rerun"
-    )
-
-
-def _split_mask(keep: np.ndarray, keys: Sequence[np.ndarray]) -> list[np.ndarray]:
-    bounds = np.cumsum([len(k) for k in keys])[:-1]
-    return np.split(keep, bounds) if len(keys) else []
 
 
 class ExactDedupBlock(GlobalBlock):
@@ -174,7 +88,7 @@ class ExactDedupBlock(GlobalBlock):
         _, first = np.unique(allk, return_index=True)
         keep = np.zeros(len(allk), dtype=bool)
         keep[first] = True
-        return _split_mask(keep, keys)
+        return split_per_shard(keep, keys)
 
 
 class MinHashDedupBlock(GlobalBlock):
@@ -220,7 +134,7 @@ class MinHashDedupBlock(GlobalBlock):
         sim = estimated_jaccard(sig, cand)
         ok = sim >= self.threshold
         found = NearDuplicates(n=len(sig), pairs=cand[ok], similarity=sim[ok], candidates=len(cand))
-        return _split_mask(found.keep, keys)
+        return split_per_shard(found.keep, keys)
 
 
 class SimHashDedupBlock(GlobalBlock):
@@ -252,7 +166,7 @@ class SimHashDedupBlock(GlobalBlock):
         dist = hamming(fps[cand[:, 0]], fps[cand[:, 1]]) if len(cand) else np.empty(0, np.int64)
         ok = dist <= self.k
         found = NearDuplicates(n=len(fps), pairs=cand[ok], similarity=1 - dist[ok] / 64, candidates=len(cand))
-        return _split_mask(found.keep, keys)
+        return split_per_shard(found.keep, keys)
 
 
 class SubstringDedupBlock(GlobalBlock):
@@ -366,7 +280,7 @@ class SubstringDedupBlock(GlobalBlock):
             else:
                 by_source[removal_key(doc["source"], self.reason)] += 1
         if cuts and max(cuts) >= n:
-            raise _stale_decision(n, max(cuts) + 1)
+            raise stale_decision(n, max(cuts) + 1)
 
 
 def _physical_memory() -> int | None:
@@ -401,7 +315,6 @@ def _decontaminate(**kwargs: Any) -> DocFilter:
 def _quality_classifier(
     model: str, threshold: float | None = None, keep_top: float | None = None, annotate_only: bool = False
 ) -> Any:
-    # lazy: danlu.data.quality_model imports GlobalBlock from this module
     from danlu.data.quality_model import quality_classifier_block
 
     return quality_classifier_block(
@@ -415,6 +328,7 @@ def _perplexity(
     keep_bottom: float | None = None,
     annotate_only: bool = False,
     device: str = "cpu",
+    model_scorer: ModelScorer | None = None,
 ) -> Any:
     from danlu.data.quality_model import perplexity_block
 
@@ -424,6 +338,7 @@ def _perplexity(
         keep_bottom=keep_bottom,
         annotate_only=annotate_only,
         device=device,
+        model_scorer=model_scorer,
     )
 
 
@@ -453,7 +368,7 @@ BLOCKS: dict[str, Callable[..., Any]] = {
     "substring_dedup": SubstringDedupBlock,
 }
 # options a recipe may not set: Python objects, not data
-_HIDDEN = {"classifier", "identifier", "scrubber", "shingling"}
+_HIDDEN = {"classifier", "identifier", "scrubber", "shingling", "model_scorer"}
 
 
 def default_pipeline(min_chars: int) -> list[dict[str, Any]]:
@@ -467,8 +382,9 @@ def block_options(name: str) -> list[str]:
     return [p for p in sig.parameters if p not in _HIDDEN and p != "self"]
 
 
-def build_block(spec: dict[str, Any]) -> DocBlock | GlobalBlock:
-    """One block from its spec {"block": name, **options}."""
+def build_block(spec: dict[str, Any], model_scorer: ModelScorer | None = None) -> DocBlock | GlobalBlock:
+    """One block from its spec {"block": name, **options}; `model_scorer` goes to the blocks that score
+    with a model directory."""
     if not isinstance(spec, dict) or "block" not in spec:
         raise ConfigError(
             f"data.pipeline: each entry needs a 'block' name, e.g. {{block: clean}}; got {spec!r}"
@@ -484,6 +400,8 @@ def build_block(spec: dict[str, Any]) -> DocBlock | GlobalBlock:
             f"data.pipeline: block {name!r} has no option {', '.join(unknown)}; "
             f"valid options: {', '.join(valid) or '(none)'}"
         )
+    if "model_scorer" in inspect.signature(BLOCKS[name]).parameters:
+        options["model_scorer"] = model_scorer
     try:
         made = BLOCKS[name](**options)
     except TypeError as e:
@@ -493,13 +411,15 @@ def build_block(spec: dict[str, Any]) -> DocBlock | GlobalBlock:
     return DocBlock(name, made)
 
 
-def build_pipeline(specs: Sequence[dict[str, Any]]) -> list[DocBlock | GlobalBlock]:
+def build_pipeline(
+    specs: Sequence[dict[str, Any]], model_scorer: ModelScorer | None = None
+) -> list[DocBlock | GlobalBlock]:
     """Blocks from a recipe's data.pipeline list (validated up front, before any work)."""
     if not specs:
         raise ConfigError(
             "data.pipeline is empty; list at least one block, or leave it unset for the default"
         )
-    blocks = [build_block(s) for s in specs]
+    blocks = [build_block(s, model_scorer) for s in specs]
     names = [b.name for b in blocks]
     for n in set(names):
         if names.count(n) > 1:

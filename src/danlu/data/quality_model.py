@@ -4,7 +4,8 @@ FastTextLikeClassifier   logistic regression on hashed word uni+bigram counts (t
                          2**20 buckets), rows L2-normalized; trained with Adam and L2. Scores P(good).
 NgramLM                  a character n-gram LM (interpolated Kneser-Ney, or add-k) trained on reference
                          text; a document's perplexity says how far it is from that text.
-ModelPerplexity          the same score from a danlu model dir (mean token loss -> perplexity).
+A danlu model dir scores too, through the `model_scorer` factory the run layer passes down
+(danlu.eval.perplexity.model_dir_scorer: exp of the mean token loss); data loads no models itself.
 
 Pipeline blocks (registered in danlu.data.pipeline), each in one of three modes:
   quality_classifier  scores into doc["meta"]["quality_score"]; keep score >= `threshold`, or the top
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from danlu.data.pipeline import GlobalBlock, _split_mask
+from danlu.data.block import GlobalBlock, ModelScorer, split_per_shard
 from danlu.data.sources import Document
 from danlu.errors import ConfigError, DataError, MissingExtra
 from danlu.io import atomic_path
@@ -402,37 +403,26 @@ class NgramLM:
         return lm
 
 
-class ModelPerplexity:
-    """Perplexity of texts under a danlu model: exp(mean token loss), via danlu.eval.perplexity."""
-
-    def __init__(self, scorer: Any) -> None:
-        self.scorer = scorer
-
-    @classmethod
-    def from_dir(cls, path: str | Path, device: str = "cpu", batch_size: int = 8) -> ModelPerplexity:
-        from danlu.eval.scoring import DocScore
-        from danlu.train.checkpoint import load_model
-
-        model, tok, _ = load_model(path, device)
-        return cls(DocScore(model, tok, batch_size=batch_size, device=device))
-
-    def perplexity(self, text: str) -> float:
-        from danlu.eval.perplexity import text_token_logprobs
-
-        lp = text_token_logprobs(self.scorer, text)
-        return float(math.exp(-lp.mean())) if len(lp) else float("inf")
-
-
-def load_perplexity_model(path: str | Path, device: str = "cpu") -> NgramLM | ModelPerplexity:
-    """A danlu model dir (has config.json) or an NgramLM .npz file."""
+def perplexity_scorer(
+    path: str | Path, device: str = "cpu", model_scorer: ModelScorer | None = None
+) -> Callable[[Sequence[str]], Sequence[float]]:
+    """Perplexities of texts under an NgramLM .npz file, or under a danlu model dir (has config.json)
+    through `model_scorer`."""
     path = Path(path)
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ConfigError(
                 f"{path} is a directory without config.json; pass a danlu model dir or an n-gram .npz"
             )
-        return ModelPerplexity.from_dir(path, device)
-    return NgramLM.load(path)
+        if model_scorer is None:
+            raise ConfigError(
+                f"perplexity: {path} is a danlu model dir, which the data stage scores with only when the "
+                "run layer gives it a model scorer: run it with `danlu data` or `danlu run`, or from Python "
+                "call run_data(cfg, out, model_scorer=danlu.eval.perplexity.model_dir_scorer)"
+            )
+        return model_scorer(str(path), device)
+    lm = NgramLM.load(path)
+    return lambda texts: [lm.perplexity(t) for t in texts]
 
 
 # --- pipeline blocks ---------------------------------------------------------------------------------
@@ -506,7 +496,7 @@ class ScoreRankBlock(GlobalBlock):
         """Per shard: keep, and the score each kept document gets in meta."""
         allk = np.concatenate(keys) if keys else np.empty(0)
         keep = _keep_ranked(allk, self.fraction, largest=self.score.higher_is_better)
-        return _split_mask(_decision(keep, self.score.meta_key, allk), keys)
+        return split_per_shard(_decision(keep, self.score.meta_key, allk), keys)
 
 
 def _check_one_mode(block: str, options: dict[str, Any]) -> None:
@@ -545,19 +535,21 @@ def perplexity_block(
     keep_bottom: float | None = None,
     annotate_only: bool = False,
     device: str = "cpu",
+    model_scorer: ModelScorer | None = None,
 ) -> ScoreFilter | ScoreRankBlock:
-    """The `perplexity` pipeline block; `model` is an NgramLM .npz or a danlu model dir."""
+    """The `perplexity` pipeline block; `model` is an NgramLM .npz, or a danlu model dir that
+    `model_scorer` scores with."""
     options = {"max_perplexity": max_perplexity, "keep_bottom": keep_bottom, "annotate_only": annotate_only}
     _check_one_mode("perplexity", options)
     if max_perplexity is not None and max_perplexity <= 0:
         raise ConfigError(f"max_perplexity must be > 0, got {max_perplexity}")
-    lm = load_perplexity_model(model, device)
+    perplexities = perplexity_scorer(model, device, model_scorer)
     score = DocScore(
         "perplexity",
         "perplexity",
         "high_perplexity",
         False,
-        lambda texts: np.array([lm.perplexity(t) for t in texts], np.float64),
+        lambda texts: np.asarray(perplexities(list(texts)), np.float64),
     )
     if keep_bottom is not None:
         _check_fraction("keep_bottom", keep_bottom)

@@ -4,7 +4,9 @@ jsonl and parquet records need a "text" field. Readers run in one of two modes:
   strict (report=None): the first malformed record or file raises a DataError naming it;
   lenient (a ReadReport): malformed input is counted and up to a few examples are kept, the rest of
     the file is read. Nothing is dropped silently: every skipped record or file is in the report.
-Text that is not valid UTF-8 is kept in lenient mode, decoded with U+FFFD replacements and counted.
+Text that is not valid UTF-8 is counted as malformed: kept in lenient mode, decoded with U+FFFD
+replacements, while those are under MAX_REPLACED of its characters (a stray byte, a few accented letters
+in another encoding), and dropped above it ("undecodable": a binary file, or text that would be noise).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from danlu.data.sources import Document
 from danlu.errors import DataError
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+MAX_REPLACED = 0.01  # the share of U+FFFD replacements (per character) above which text is not kept
 
 
 @dataclass
@@ -60,12 +63,31 @@ def _suffix(path: Path) -> str | None:
     return next((s for s in SUFFIXES if path.name.endswith(s)), None)
 
 
+def _replaced(raw: bytes, error: UnicodeDecodeError, where: str, report: ReadReport | None) -> str | None:
+    """Bytes that are not valid UTF-8, decoded with U+FFFD (counted as bad_encoding); None (counted as
+    undecodable) where the replacements are MAX_REPLACED of the characters or more."""
+    text = raw.decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd") - raw.count("\ufffd".encode())  # a U+FFFD in the input is text
+    share = replaced / len(text)
+    if share >= MAX_REPLACED:
+        _problem(
+            report,
+            "undecodable",
+            f"{where}: {share:.0%} of it is not UTF-8 (from byte {error.start}), so it is binary or in "
+            "another encoding; skipped. Convert text to UTF-8",
+        )
+        return None
+    _problem(report, "bad_encoding", f"{where}: not UTF-8 (byte {error.start}); convert it to UTF-8")
+    return text
+
+
 def _read_txt(path: Path, report: ReadReport | None) -> Iterator[Document]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text: str | None = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        _problem(report, "bad_encoding", f"{path} is not UTF-8 text (byte {e.start}); convert it to UTF-8")
-        text = path.read_bytes().decode("utf-8", errors="replace")
+        text = _replaced(path.read_bytes(), e, str(path), report)
+    if text is None:
+        return
     if report is not None and not text.strip():
         report.add("empty_file", str(path))
         return
@@ -96,10 +118,11 @@ def _read_jsonl(path: Path, report: ReadReport | None) -> Iterator[Document]:
                 if not raw.strip():
                     continue
                 try:
-                    line = raw.decode("utf-8")
+                    line: str | None = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    _problem(report, "bad_encoding", f"{path}:{lineno}: not UTF-8 (byte {e.start})")
-                    line = raw.decode("utf-8", errors="replace")
+                    line = _replaced(raw, e, f"{path}:{lineno}", report)
+                if line is None:
+                    continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:

@@ -12,7 +12,7 @@ models with different tokenizers comparable.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,32 @@ def text_token_logprobs(
     if not windows:
         return np.zeros(0)
     return np.concatenate([lp.double().numpy() for lp, _ in scorer.token_logprobs(windows)])
+
+
+def text_perplexity(scorer: Scorer, text: str) -> float:
+    """exp(mean token loss) of one text (inf for a text with no tokens)."""
+    lp = text_token_logprobs(scorer, text)
+    return float(math.exp(-lp.mean())) if len(lp) else float("inf")
+
+
+def model_dir_scorer(
+    path: str | Path, device: str = "cpu", batch_size: int = 8
+) -> Callable[[Sequence[str]], list[float]]:
+    """Perplexity of each text under a danlu model dir: the scorer factory the run layer gives the data
+    stage's `perplexity` block (a module-level function, so worker processes can receive it)."""
+    import multiprocessing
+
+    import torch
+
+    from danlu.model_dir import load_model
+
+    if multiprocessing.parent_process() is not None:
+        # a pool worker, one per core: a forked copy of a parent's torch thread pool hangs on first use,
+        # and one thread per worker is what the cores allow anyway
+        torch.set_num_threads(1)
+    model, tok, _ = load_model(path, device)
+    scorer = Scorer(model, tok, batch_size=batch_size, device=device)
+    return lambda texts: [text_perplexity(scorer, t) for t in texts]
 
 
 def perplexity(
