@@ -11,7 +11,14 @@ share danlu's (its dependencies upgrade huggingface_hub past what transformers 4
 
 --limit takes the first N items of each task (MMLU: of each of its 57 subjects), exactly as lm-eval's
 --limit does. The table gives both harnesses' acc / acc_norm, the largest difference in points, the
-seconds each took, and the full-evaluation time estimated from danlu's measured seconds per item.
+seconds each took, the tokens danlu forwarded through the model, and the full-evaluation time
+estimated from danlu's measured seconds per item.
+
+    python benchmarks/eval_smollm2.py --estimate FULL_JSON SAMPLE_JSON
+
+estimates the full evaluation's time on the machine of SAMPLE_JSON (a run with --limit) from the tokens
+forwarded in FULL_JSON (a --limit 0 run, e.g. on a GPU) and the tokens/s measured in SAMPLE_JSON, task
+by task; both are this script's --out files.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ def run_danlu(args: argparse.Namespace) -> dict[str, dict]:
             "acc_norm": r.get("acc_norm") if "acc_norm" in get_task(task).metrics else None,
             "acc_norm_tokens": r.get("acc_norm_tokens"), "acc_stderr": r.get("acc_stderr"),
             "seconds": r["seconds"], "tokens_per_second": r["tokens_per_second"],
+            "tokens_forwarded": round(r["tokens_per_second"] * r["seconds"]),
             "peak_memory_mb": res["efficiency"]["peak_memory_mb"],
         }  # fmt: skip
         print(f"danlu {task}: {out[task]}", file=sys.stderr, flush=True)
@@ -131,9 +139,34 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or x != x else f"{100 * x:.2f}"
 
 
+def _tokens(d: dict) -> int:
+    """Tokens danlu forwarded through the model on a task (older result files: from tokens/s x s)."""
+    return d.get("tokens_forwarded") or round(d["tokens_per_second"] * d["seconds"])
+
+
+def estimate(full: dict, sample: dict) -> str:
+    """Full-evaluation time on the sample's machine: full-set tokens / the sample's tokens/s, per task."""
+    head = "| task | n (full) | tokens forwarded (full set) | n (sample) | sample tokens/s | estimated time |"
+    lines = [head, "|" + "---|" * 6]
+    total = 0.0
+    for task, f in full.items():
+        if task not in sample:
+            raise SystemExit(f"{task} is in the full run but not in the sample run")
+        s = sample[task]
+        seconds = _tokens(f) / s["tokens_per_second"]
+        total += seconds
+        lines.append(
+            f"| {task} | {f['n']} | {_tokens(f):,} | {s['n']} | {s['tokens_per_second']:.0f} | {seconds / 60:.1f} min |"
+        )
+    lines.append(
+        f"\nestimated full evaluation (danlu, these {len(full)} tasks, the sample's machine): {total / 3600:.1f} h"
+    )
+    return "\n".join(lines)
+
+
 def table(danlu: dict, lm: dict) -> str:
-    head = "| task | n | danlu acc | danlu acc_norm | lm-eval acc | lm-eval acc_norm | max diff (pts) | danlu s | lm-eval s | full set | est. full danlu |"
-    lines = [head, "|" + "---|" * 11]
+    head = "| task | n | danlu acc | danlu acc_norm | lm-eval acc | lm-eval acc_norm | max diff (pts) | danlu s | lm-eval s | danlu tokens forwarded | full set | est. full danlu |"
+    lines = [head, "|" + "---|" * 12]
     for task, d in danlu.items():
         e = lm.get(task, {})
         diffs = [
@@ -146,10 +179,10 @@ def table(danlu: dict, lm: dict) -> str:
         lines.append(
             f"| {task} | {d['n']} | {_pct(d['acc'])} | {_pct(d['acc_norm'])} | {_pct(e.get('acc'))} | "
             f"{_pct(e.get('acc_norm'))} | {max(diffs):.2f} | {d['seconds']:.0f} | "
-            f"{e.get('seconds', float('nan')):.0f} | {FULL_SIZE[task]} | {est / 60:.0f} min |"
+            f"{e.get('seconds', float('nan')):.0f} | {_tokens(d):,} | {FULL_SIZE[task]} | {est / 60:.0f} min |"
             if diffs
             else f"| {task} | {d['n']} | {_pct(d['acc'])} | {_pct(d['acc_norm'])} | - | - | - | "
-            f"{d['seconds']:.0f} | - | {FULL_SIZE[task]} | {est / 60:.0f} min |"
+            f"{d['seconds']:.0f} | - | {_tokens(d):,} | {FULL_SIZE[task]} | {est / 60:.0f} min |"
         )
     total = sum(d["seconds"] / d["n"] * FULL_SIZE[t] for t, d in danlu.items())
     lines.append(
@@ -171,6 +204,10 @@ def main() -> None:
         "--table", nargs=2, metavar=("DANLU_JSON", "LM_EVAL_JSON"),
         help="only print the table of two result files (e.g. from --side danlu and --side lm-eval run at once)",
     )  # fmt: skip
+    p.add_argument(
+        "--estimate", nargs=2, metavar=("FULL_JSON", "SAMPLE_JSON"),
+        help="only print the full evaluation's estimated time on the machine of a --limit run (see above)",
+    )  # fmt: skip
     p.add_argument("--side", choices=["both", "danlu", "lm-eval"], default="both")
     p.add_argument("--lm-eval-python", default=sys.executable, help="python of a venv with lm-eval[hf]")
     p.add_argument(
@@ -190,6 +227,10 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from _machine import machine_markdown
 
+    if args.estimate:
+        full_json, sample_json = (json.loads(Path(f).read_text())["danlu"] for f in args.estimate)
+        print(estimate(full_json, sample_json))
+        return
     if args.table:
         danlu_json, lm_json = (json.loads(Path(f).read_text()) for f in args.table)
         print(table(danlu_json["danlu"], lm_json.get("lm_eval", lm_json)))

@@ -25,8 +25,8 @@ from danlu.model import build_model, resolve_model_config
 from danlu.model.transformer import default_ffn_hidden
 from danlu.recipe import load_recipe
 from danlu.tokenizer import Tokenizer
-from danlu.train.pretrain import run_pretrain
 from danlu.train.metrics import read_metrics
+from danlu.train.pretrain import run_pretrain
 
 
 def main() -> None:

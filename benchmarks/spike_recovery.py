@@ -21,8 +21,8 @@ from _machine import machine_markdown, markdown_table
 from danlu.data.loader import TrainLoader
 from danlu.recipe import load_recipe
 from danlu.tokenizer import Tokenizer
-from danlu.train.pretrain import run_pretrain
 from danlu.train.metrics import read_metrics
+from danlu.train.pretrain import run_pretrain
 
 
 def main() -> None:

@@ -1,10 +1,15 @@
-"""danlu's tokenizer against its peers, in one run: BPE training vs HF `tokenizers` called directly, and
-encoding throughput vs `tiktoken` called directly with the same ranks (HF's encode_batch for reference).
+"""Wrapper overhead of danlu's tokenizer over the libraries it calls, in one run: this is not a speed
+comparison between tokenizers. danlu trains its BPE with HF `tokenizers` and encodes with `tiktoken`
+(on ranks converted from the HF model); the benchmark times danlu doing the work and the bare library
+doing the same work (same settings, same special tokens, same ranks), and reports danlu's time over the
+library's time: 1.00 means no overhead. HF's own encode_batch, danlu's fallback path when tiktoken's rank
+rule cannot reproduce the merges, is timed on the same chunks for reference.
 
 Input: the Shakespeare corpus (fetched into the danlu cache) or --input FILE. Repeats alternate the
-order of the contenders; the table gives medians and the ratios the issue sets goals for.
+order of the contenders; the table gives medians. Ids are asserted identical across the encoders.
 
     python benchmarks/tokenizer.py [--input FILE] [--vocab 8192] [--repeats 5] [--encode-repeats 11]
+    python benchmarks/tokenizer.py --quick      # 2 training and 3 encoding repeats: a check that it runs
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from _machine import machine_markdown, markdown_table
-from danlu.tokenizer import SPECIAL_TOKENS, Tokenizer
+from danlu.tokenizer import Tokenizer
+from danlu.tokenizer.bpe import ALL_SPECIAL_TOKENS
 from danlu.tokenizer.ranks import GPT2_PATTERN
 
 CHUNK = 4096
@@ -46,13 +52,14 @@ def load_texts(path: str | None) -> list[str]:
 
 
 def train_hf_directly(texts: list[str], vocab: int) -> HFTokenizer:
+    """The same training danlu does, written against `tokenizers` alone (danlu's special tokens included)."""
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab,
         min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(ALL_SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -66,13 +73,20 @@ def timed(fn, *args):
     return time.perf_counter() - start, out
 
 
+def _verdict(ratio: float, budget: float) -> str:
+    return f"<= {budget:.2f}: {'met' if ratio <= budget else 'NOT met'}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", help="a UTF-8 text file (default: the Shakespeare corpus)")
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=5, help="repeats of BPE training")
     ap.add_argument("--encode-repeats", type=int, default=11, help="repeats of encoding (each ~0.3 s)")
+    ap.add_argument("--quick", action="store_true", help="2 training and 3 encoding repeats")
     args = ap.parse_args()
+    if args.quick:
+        args.repeats, args.encode_repeats = 2, 3
     texts = load_texts(args.input)
     corpus = "\n\n".join(texts)
     mb = len(corpus.encode("utf-8")) / 1e6
@@ -93,6 +107,9 @@ def main() -> None:
             else:
                 hf = out
     assert tok.hf.to_str() == hf.to_str(), "danlu and HF trained different tokenizers"
+    assert list(tok.special_tokens) == list(ALL_SPECIAL_TOKENS), "danlu's special tokens changed"
+    # what danlu adds to HF's training: the conversion to tiktoken ranks and the merge-by-merge check
+    convert = statistics.median(timed(Tokenizer, HFTokenizer.from_str(hf.to_str()))[0] for _ in range(3))
 
     chunks = [corpus[i : i + CHUNK] for i in range(0, len(corpus), CHUNK)]
     peer = tiktoken.Encoding(
@@ -120,16 +137,31 @@ def main() -> None:
     n_tokens = sum(len(x) for x in results["danlu"])
     print(
         f"corpus: {len(texts)} documents, {mb:.2f} MB, {n_tokens} tokens at vocab {tok.vocab_size} "
-        f"({len(corpus.encode()) / n_tokens:.2f} bytes/token); medians of {args.repeats} training and "
-        f"{args.encode_repeats} encoding repeats\n"
+        f"({len(corpus.encode()) / n_tokens:.2f} bytes/token), {len(ALL_SPECIAL_TOKENS)} special tokens; "
+        f"medians of {args.repeats} training and {args.encode_repeats} encoding repeats\n"
     )
+    train_ratio = med["danlu"] / med["hf"]
+    enc_ratio = med["enc_danlu"] / med["enc_tiktoken"]
     rows = [
-        ["BPE training (s)", f"{med['danlu']:.2f}", f"{med['hf']:.2f} (tokenizers)", f"{med['danlu'] / med['hf']:.3f}", "<= 1.1"],
-        ["encode (MB/s)", f"{mb / med['enc_danlu']:.1f}", f"{mb / med['enc_tiktoken']:.1f} (tiktoken)",
-         f"{med['enc_tiktoken'] / med['enc_danlu']:.3f}", ">= 0.95"],
-        ["encode (MB/s), reference", "", f"{mb / med['enc_hf']:.1f} (tokenizers)", "", ""],
+        [f"BPE training, vocab {tok.vocab_size}", "`tokenizers` BpeTrainer, same settings",
+         f"{med['danlu']:.3f}", f"{med['hf']:.3f}", f"{train_ratio:.3f}", _verdict(train_ratio, 1.10)],
+        [f"encode {mb:.2f} MB in {CHUNK // 1024} KB chunks, batched", "`tiktoken` encode_ordinary_batch, same ranks",
+         f"{med['enc_danlu']:.3f}", f"{med['enc_tiktoken']:.3f}", f"{enc_ratio:.3f}", _verdict(enc_ratio, 1.05)],
     ]  # fmt: skip
-    print(markdown_table(["measure", "danlu", "peer", "ratio danlu/peer", "goal"], rows))
+    header = [
+        "work",
+        "bare library",
+        "danlu s",
+        "library s",
+        "wrapper overhead (danlu s / library s)",
+        "budget",
+    ]
+    print(markdown_table(header, rows))
+    print(
+        f"\nof danlu's training time, {convert:.3f} s is its own work (HF model -> tiktoken ranks, merge check); "
+        f"reference: HF `tokenizers` encode_batch on the same chunks (danlu's fallback path) takes "
+        f"{med['enc_hf']:.3f} s, {med['enc_hf'] / med['enc_tiktoken']:.2f}x tiktoken's time"
+    )
     print(f"\n{machine_markdown()} | tokenizers {tokenizers.__version__} | tiktoken {tiktoken.__version__}")
 
 

@@ -10,8 +10,8 @@ repeat, so machine noise hits both; the table gives medians.
     python benchmarks/train_throughput.py --device cuda [--sizes small 124m] [--compile]
 
 HF runs with use_cache=False (config and call), as in training: no KV cache is built; a step that
-returns one stops the benchmark. MFU on a GPU is against the datasheet's dense bf16 peak (the convention of the field's reports); the
-measured matmul peak of the same run is printed beside it.
+returns one stops the benchmark. MFU on a GPU is against the datasheet's dense bf16 peak (the
+convention of the field's reports); the measured matmul peak of the same run is printed beside it.
 """
 
 from __future__ import annotations
