@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from danlu.config import ModelConfig
 from danlu.errors import CheckpointError, MissingExtra, TokenizerError
 from danlu.fetch import Source, fetch_source
 from danlu.interop.hf_llama import from_hf_state_dict
 from danlu.model import build_model, resolve_model_config
+from danlu.model.config import ModelConfig
 from danlu.tokenizer.pretrained import PretrainedTokenizer
 
 log = logging.getLogger(__name__)
