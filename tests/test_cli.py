@@ -55,8 +55,8 @@ def tiny_model(tmp_path_factory):
 
     from danlu.model import build_model, resolve_model_config
     from danlu.model.config import ModelConfig
-    from danlu.tokenizer import Tokenizer
     from danlu.model_dir import save_model_dir
+    from danlu.tokenizer import Tokenizer
 
     root = tmp_path_factory.mktemp("tiny_model")
     rng = random.Random(0)

@@ -11,9 +11,9 @@ import yaml
 from danlu.cli import main
 from danlu.data.sources import CHAT_LABELS
 from danlu.infer.chat import ChatSession
+from danlu.model_dir import load_model
 from danlu.run import RunLayout, read_stamp
 from danlu.tokenizer.bpe import OBJECTIVE_TOKENS
-from danlu.model_dir import load_model
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from danlu.train.pretrain import run_pretrain
 
 from danlu.errors import CheckpointError
 from danlu.model.config import ModelConfig
 from danlu.recipe import RecipeConfig
 from danlu.train.config import TrainConfig
+from danlu.train.pretrain import run_pretrain
 
 
 def _recipe(n_embd: int = 32) -> RecipeConfig:
