@@ -87,11 +87,9 @@ def evaluate(
 ) -> dict[str, float]:
     """{val_loss: mean nats/token, val_bpb: bits per byte} over `tcfg.eval_batches` batches of
     `dataset`, under the training objective (its random choices fixed per batch, so every
-    evaluation sees the same)."""
+    evaluation sees the same). The Trainer calls it with the model in eval mode."""
     from danlu.data.loader import eval_batches
 
-    was_training = model.training
-    model.eval()
     nats_all, n_tokens, nats_text, n_bytes = 0.0, 0, 0.0, 0
     batches = eval_batches(dataset, tcfg.batch_size, tcfg.seq_len, max_batches=tcfg.eval_batches)
     for i, (x, y) in enumerate(batches):
@@ -107,7 +105,6 @@ def evaluate(
         nats, nb = nats_and_bytes(losses, y, token_bytes)
         nats_text += nats
         n_bytes += nb
-    model.train(was_training)
     if n_tokens == 0:
         raise DataError("the validation split yields no batch; lower train.seq_len/batch_size or add data")
     return {"val_loss": nats_all / n_tokens, "val_bpb": bits_per_byte(nats_text, n_bytes)}

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from danlu.config import to_dict
 from danlu.errors import CheckpointCorrupt, CheckpointError, DataError
 from danlu.model.config import ModelConfig
-from danlu.model_dir import load_weights, read_model_config
+from danlu.model_dir import MODEL_DIR_FILES, load_weights, read_model_config, require_files
 from danlu.train.checkpoint import (
     config_differences,
     latest_checkpoint,
@@ -210,6 +210,7 @@ class Trainer:
             raise ValueError("no parameter trains: the trainable hook rejected all of them")
         self.model = model
         self.model.train()
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(model)
         self.state = TrainState()
         self.scaler = LossScaler() if dtype == "fp16" else None
@@ -254,6 +255,7 @@ class Trainer:
             obj.load_state_dict(state["extra"][key])
 
     def _init_from(self, model: nn.Module, path: Path) -> None:
+        require_files(path, MODEL_DIR_FILES)
         diffs = config_differences(read_model_config(path), self.run.model_cfg)
         if diffs:
             raise CheckpointError(f"init_from {path} has another model shape: {'; '.join(diffs)}")
@@ -318,7 +320,7 @@ class Trainer:
     # --- one step -----------------------------------------------------------------------------------
 
     def forward_backward(
-        self, micro_batches: list[Any], loss_scale: float = 1.0
+        self, micro_batches: list[Any], loss_scale: float = 1.0, counts: list[int] | None = None
     ) -> tuple[torch.Tensor, dict]:
         """Accumulate the gradients of one optimizer step's micro-batches; return (its mean loss per
         target token, the last micro-batch's loss metrics).
@@ -326,8 +328,10 @@ class Trainer:
         Each micro-batch's summed loss is divided by the target-token count of the whole step, so the
         gradient is that of one batch holding all of them, even when their counts differ (masked or
         padded targets). An aux loss (a per-micro-batch mean) is weighted by the micro-batch's share
-        of the tokens and trained on, but is not part of the returned loss."""
-        counts = [self.hooks.sizes(mb)[1] for mb in micro_batches]
+        of the tokens and trained on, but is not part of the returned loss. counts: each micro-batch's
+        target tokens, if the caller has them already."""
+        if counts is None:
+            counts = [self.hooks.sizes(mb)[1] for mb in micro_batches]
         n_tokens = sum(counts)
         if n_tokens == 0:
             raise DataError("an optimizer step has no target tokens (every target is masked)")
@@ -354,8 +358,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         scale = self.scaler.scale if self.scaler is not None else 1.0
-        loss_t, loss_metrics = self.forward_backward(micro, scale)
-        tokens = sum(self.hooks.sizes(mb)[0] for mb in micro)
+        sizes = [self.hooks.sizes(mb) for mb in micro]
+        loss_t, loss_metrics = self.forward_backward(micro, scale, [n for _, n in sizes])
+        tokens = sum(n for n, _ in sizes)
         overflow = self.scaler.unscale_(self.model.parameters()) if self.scaler is not None else False
         if self.scaler is not None:
             self.scaler.update(overflow)
@@ -373,8 +378,7 @@ class Trainer:
             update = UpdateRatio(self.model)
         if t.grad_clip_group > 0:
             clip_grad_norm_by_group(self.model, t.grad_clip_group)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))
         if not math.isfinite(grad_norm):  # a finite loss with inf/nan gradients: never step on them
             self.optimizer.zero_grad(set_to_none=True)
             return StepOutcome(loss, grad_norm, lr, tokens, "severe")
