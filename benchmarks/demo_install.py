@@ -54,6 +54,10 @@ def run_demo(rev: str, where: Path) -> dict:
     }
 
 
+def _stages(side: dict) -> str:
+    return " / ".join(side["stages"].get(k, "?") for k in ("data", "tokenizer", "pack", "pretrain"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("old")
@@ -64,15 +68,12 @@ def main() -> None:
         rev: run_demo(rev, Path(args.workdir) / name) for name, rev in (("old", args.old), ("new", args.new))
     }
     a, b = sides[args.old], sides[args.new]
-    stages = lambda s: " / ".join(
-        f"{s['stages'].get(k, '?')}" for k in ("data", "tokenizer", "pack", "pretrain")
-    )
     first = ", ".join(repr(loss) for _, loss in a["losses"][:5])
     print(f"| measure | {args.old} | {args.new} |\n|---|---|---|")
     print(f"| `.venv` size | {a['venv']} | {b['venv']} |")
     print(f"| install (to the first stage) | {a['install_s']:.0f} s | {b['install_s']:.0f} s |")
     print(f"| whole `make demo`, to the samples | {a['total_s']:.0f} s | {b['total_s']:.0f} s |")
-    print(f"| stage seconds: data / tokenizer / pack / pretrain | {stages(a)} | {stages(b)} |")
+    print(f"| stage seconds: data / tokenizer / pack / pretrain | {_stages(a)} | {_stages(b)} |")
     print(
         f"| first 5 logged losses | {first} | {'identical' if a['losses'][:5] == b['losses'][:5] else 'DIFFERENT'} |"
     )
