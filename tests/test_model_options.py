@@ -443,3 +443,56 @@ def test_moe_model_adds_router_loss_and_counts_active_flops():
     one_mlp = sum(p.numel() for p in dense.blocks[1].mlp.parameters())
     extra = 2 * (experts // 2 + router - one_mlp)
     assert m.flops_per_token(16) - dense.flops_per_token(16) == 6 * extra
+
+
+@pytest.mark.parametrize(
+    "options", OPTION_SETS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "llama"
+)
+def test_rows_at_different_lengths_decode_as_if_alone(options):
+    """Continuous batching's premise: rows prefilled to different lengths and then decoded together,
+    each at its own position, give every row the logits of its own full forward."""
+    m = _model(**options)
+    idx = _ids(20, B=3)
+    lens = [3, 9, 6]
+    with torch.no_grad():
+        full = m(idx)
+        cache = KVCache.for_model(m, batch=3)
+        got = [[m(idx[r : r + 1, :n], cache, rows=slice(r, r + 1))[0]] for r, n in enumerate(lens)]
+        assert cache.lengths.tolist() == lens
+        for t in range(8):  # one token per row per step, all rows in one forward
+            step = torch.stack([idx[r, n + t] for r, n in enumerate(lens)])[:, None]
+            out = m(step, cache)
+            for r in range(3):
+                got[r].append(out[r])
+    for r, n in enumerate(lens):
+        torch.testing.assert_close(torch.cat(got[r]), full[r, : n + 8], atol=1e-5, rtol=0)
+
+
+def test_cache_reorder_truncate_and_copy_prefix():
+    m = _model()
+    idx = _ids(12, B=2)
+    with torch.no_grad():
+        full = m(idx)
+        cache = KVCache.for_model(m, batch=2)
+        m(idx[:, :8], cache)
+        cache.reorder(torch.tensor([1, 0]))  # the rows swap: row 0 now continues sequence 1
+        torch.testing.assert_close(m(idx[[1, 0], 8:10], cache), full[[1, 0], 8:10], atol=1e-5, rtol=0)
+        cache.truncate(5)  # roll both rows back to 5 positions; what was written after is ignored
+        torch.testing.assert_close(m(idx[[1, 0], 5:7], cache), full[[1, 0], 5:7], atol=1e-5, rtol=0)
+        cache.copy_prefix(src=0, dst=1, n=4)  # row 1 gets sequence 1's first 4 positions
+        torch.testing.assert_close(
+            m(idx[1:2, 4:6], cache, rows=slice(1, 2)), full[1:2, 4:6], atol=1e-5, rtol=0
+        )
+    assert cache.lengths.tolist() == [7, 6]
+
+
+def test_cache_rows_past_the_context_and_wrong_batch_are_clear_errors():
+    m = _model(max_seq_len=16)
+    cache = KVCache.for_model(m, batch=2)
+    with torch.no_grad():
+        m(torch.zeros(1, 15, dtype=torch.long), cache, rows=slice(0, 1))
+        with pytest.raises(ConfigError, match="exceed the model's context"):
+            m(torch.zeros(2, 2, dtype=torch.long), cache)
+        with pytest.raises(ConfigError, match="continues 2 cache rows"):
+            m(torch.zeros(1, 1, dtype=torch.long), cache)
+    assert cache.lengths.tolist() == [15, 0]  # failed forwards wrote nothing

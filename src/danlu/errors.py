@@ -41,3 +41,7 @@ def check(ok: bool, key: str, msg: str) -> None:
     """Raise ConfigError("key: msg") unless ok: the one-line range checks of every config dataclass."""
     if not ok:
         raise ConfigError(f"{key}: {msg}")
+
+
+class EngineFull(DanluError):
+    """The inference engine's request queue is full; try again later (the server answers 429)."""

@@ -16,7 +16,8 @@ Architecture choices (each matches Hugging Face `LlamaForCausalLM`, so weights m
 - build on the meta device (`build_meta`), transform from outside (adapters, parallelism), then
   `materialize`: `to_empty(device)` and `init_weights()` (or load weights), so a single-device build and
   a sharded one share one path; RoPE tables are non-persistent buffers made in `init_weights`
-- inference uses a preallocated `KVCache`; prefill and single-token decode share `forward`
+- inference uses a preallocated `KVCache` (kv_cache.py) with a length per row; prefill, single-token
+  decode and rows at different positions (continuous batching) share `forward`
 - speed: RoPE, SwiGLU and RMSNorm are small autograd Functions whose backward writes into one buffer
   (no cat, fewer passes); every Linear is still called as a module, so LoRA/quantization can swap it
 
@@ -38,6 +39,7 @@ from torch import nn
 
 from danlu.errors import ConfigError
 from danlu.model.config import ModelConfig
+from danlu.model.kv_cache import KVCache, Step
 from danlu.model.moe import MoE, MoELosses
 from danlu.model.positions import alibi_slopes, rope_frequencies, sinusoidal_table
 
@@ -45,53 +47,6 @@ from danlu.model.positions import alibi_slopes, rope_frequencies, sinusoidal_tab
 Rope = tuple[torch.Tensor, torch.Tensor] | None
 # (SDPA attn_mask: bool mask or additive bias, or None; is_causal), built once per forward
 AttnBias = tuple[torch.Tensor | None, bool]
-
-
-class KVCache:
-    """Preallocated keys and values of every layer: [n_layer, batch, n_kv_head, max_len, head_dim].
-
-    `pos` is the number of positions already written; the model advances it after each forward.
-    """
-
-    def __init__(
-        self,
-        batch: int,
-        n_layer: int,
-        n_kv_head: int,
-        max_len: int,
-        head_dim: int,
-        device: torch.device | str,
-        dtype: torch.dtype,
-    ):
-        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
-        self.pos = 0
-
-    @classmethod
-    def for_model(cls, model: Transformer, batch: int = 1, max_len: int | None = None) -> KVCache:
-        cfg = model.cfg
-        param = model.embed.weight
-        return cls(
-            batch,
-            cfg.n_layer,
-            model.n_kv_head,
-            max_len or cfg.max_seq_len,
-            cfg.n_embd // cfg.n_head,
-            param.device,
-            param.dtype,
-        )
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v [B, n_kv_head, T, hd] at `pos`; return all cached keys and values up to pos + T."""
-        end = self.pos + k.size(2)
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def reset(self) -> None:
-        self.pos = 0
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
@@ -371,25 +326,41 @@ class Transformer(nn.Module):
             self.alibi.copy_(alibi_slopes(cfg.n_head))
 
     def attention_bias(
-        self, start: int, T: int, device: torch.device, dtype: torch.dtype, attn_mask: torch.Tensor | None
+        self,
+        start: int,
+        T: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        attn_mask: torch.Tensor | None,
+        starts: torch.Tensor | None = None,
     ) -> AttnBias:
         """(mask or additive bias for SDPA, is_causal) for queries at start..start+T-1 over all keys
-        up to them. A plain causal model uses SDPA's is_causal without building a mask."""
+        up to them, or, with per-row `starts` [B], for each row's queries over its own keys. A plain
+        causal model uses SDPA's is_causal without building a mask."""
         cfg = self.cfg
-        if cfg.pos != "alibi" and not cfg.sliding_window and attn_mask is None:
+        plain = cfg.pos != "alibi" and not cfg.sliding_window and attn_mask is None
+        if plain and starts is None:
             if start == 0:
                 return None, T > 1
             if T == 1:
                 return None, False  # one new query sees every cached key
-        # queries sit at start..start+T-1; is_causal aligns top-left, wrong when keys outnumber queries
-        rel = torch.arange(start, start + T, device=device)[:, None] - torch.arange(start + T, device=device)
+        # queries sit after the cached keys; is_causal aligns top-left, wrong when keys outnumber queries
+        if starts is None:
+            rel = torch.arange(start, start + T, device=device)[:, None] - torch.arange(
+                start + T, device=device
+            )
+        else:
+            queries = starts[:, None] + torch.arange(T, device=device)  # [B, T]
+            keys = torch.arange(int(starts.max()) + T, device=device)
+            rel = (queries[:, :, None] - keys)[:, None]  # [B, 1, T, S]: a row sees only its own keys
         allowed = rel >= 0 if attn_mask is None else attn_mask.to(device=device, dtype=torch.bool)
         if cfg.sliding_window:
             allowed = allowed & (rel < cfg.sliding_window)
         if cfg.pos != "alibi":
             return allowed, False
         # distance penalty; |rel| also serves bidirectional masks (for causal ones the two agree)
-        bias = -self.alibi[:, None, None] * rel.abs().to(self.alibi.dtype)  # [H, T, S]
+        slopes = self.alibi[:, None, None]  # [H, 1, 1]: broadcasts over [T, S] and [B, 1, T, S]
+        bias = -slopes * rel.abs().to(self.alibi.dtype)
         return bias.masked_fill(~allowed, float("-inf")).to(dtype), False
 
     def forward(
@@ -398,46 +369,70 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         attn_mask: torch.Tensor | None = None,
         return_aux: bool = False,
+        rows: slice | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Logits [B, T, vocab] (fp32) for token ids idx [B, T]; with a cache, idx continues it.
 
+        With a cache, idx continues rows `rows` of it (all rows when None), each at its own length.
         attn_mask (bool, True = may attend, [B, 1, T, T] or [T, T]) replaces causal attention, for the
         bidirectional and prefix-LM objectives. return_aux: return (logits, aux) where aux is the
         weighted MoE router loss of this forward (None for a dense model, or without gradients), for
         the caller to add to its training loss."""
         cfg = self.cfg
         T = idx.size(1)
-        start = cache.pos if cache is not None else 0
-        limit = cache.max_len if cache is not None else cfg.max_seq_len
-        if start + T > min(limit, cfg.max_seq_len):
-            raise ConfigError(
-                f"{start + T} positions exceed the model's context of {min(limit, cfg.max_seq_len)} "
-                "tokens; use shorter sequences or a model with a larger model.max_seq_len"
-            )
+        step = self._plan(cache, rows, idx.size(0), T, attn_mask)
+        start = step.start if step is not None else 0
+        # per-row positions [B, T] when the rows sit at different lengths, else one range
+        where: slice | torch.Tensor = slice(start, start + T)
+        if step is not None and not step.uniform:
+            where = step.starts[:, None] + torch.arange(T, device=idx.device)
         x = self.embed(idx)
         if cfg.pos == "learned":
-            x = x + self.pos_embed.weight[start : start + T]
+            x = x + self.pos_embed.weight[where]
         elif cfg.pos == "sinusoidal":
-            x = x + self.pos_table[start : start + T].to(x.dtype)
+            x = x + self.pos_table[where].to(x.dtype)
         x = self.embed_drop(x)
         rope = None
         if cfg.pos == "rope":
-            rope = (
-                self.rope_cos[start : start + T].to(x.dtype),
-                self.rope_sin[start : start + T].to(x.dtype),
-            )
-        bias = self.attention_bias(start, T, x.device, x.dtype, attn_mask)
+            rope = (self.rope_cos[where].to(x.dtype), self.rope_sin[where].to(x.dtype))
+        starts = step.starts if step is not None and not step.uniform else None
+        bias = self.attention_bias(start, T, x.device, x.dtype, attn_mask, starts)
         router_losses: list[MoELosses] = []
         for layer in range(cfg.n_layer):
             x, aux = self.blocks[layer % len(self.blocks)](x, layer, rope, bias, cache)
             if aux is not None:
                 router_losses.append(aux)
         if cache is not None:
-            cache.pos += T
+            cache.finish()
         logits = self.lm_head(self.norm(x)).float()
         if cfg.logit_softcap > 0:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         return (logits, self._moe_loss(router_losses)) if return_aux else logits
+
+    def _plan(
+        self, cache: KVCache | None, rows: slice | None, B: int, T: int, attn_mask: torch.Tensor | None
+    ) -> Step | None:
+        """The cache's write plan for this forward, checked against the context."""
+        context = self.cfg.max_seq_len
+        if cache is None:
+            end = T
+        else:
+            step = cache.begin(rows, T)
+            end, context = step.end, min(cache.max_len, context)
+            if step.starts.numel() != B:
+                cache.step = None
+                raise ConfigError(f"a batch of {B} rows continues {step.starts.numel()} cache rows")
+            if attn_mask is not None and not step.uniform:
+                cache.step = None
+                raise ConfigError("attn_mask needs cache rows at one length")
+        if end > context:
+            if cache is not None:
+                cache.step = None
+            raise ConfigError(
+                f"{end} positions exceed the model's context of {context} "
+                "tokens; use shorter sequences or a model with a larger model.max_seq_len"
+            )
+        return cache.step if cache is not None else None
 
     def _moe_loss(self, losses: list[MoELosses]) -> torch.Tensor | None:
         if not losses:
