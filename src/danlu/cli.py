@@ -182,9 +182,17 @@ def cmd_plot(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"wrote {plot_training(metrics, out / 'training.png')} and {out / 'loss.png'}")
 
 
+CHAT_HELP = """commands: /reset (forget the conversation), /system TEXT (set the system prompt, or clear it
+with /system alone), /save FILE (the conversation as JSON), /help; an empty line or Ctrl-D quits"""
+
+
 def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.errors import DanluError
     from danlu.infer.chat import ChatSession
 
+    extra = {
+        k: getattr(args, k) for k in ("min_p", "repetition_penalty") if getattr(args, k, None) is not None
+    }
     session = ChatSession.from_dir(
         _model_dir(args.model),
         temperature=args.temperature,
@@ -192,10 +200,10 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
+        system=args.system,
+        **extra,
     )
-    print(
-        f"danlu chat: {args.model} ({session.mode} mode). Empty line or Ctrl-D to quit, /reset to start over."
-    )
+    print(f"danlu chat: {args.model} ({session.mode} mode). /help for commands; an empty line quits.")
     while True:
         try:
             line = input("you> ").strip()
@@ -204,14 +212,37 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
             return
         if not line:
             return
-        if line == "/reset":
-            session.reset()
+        if line.startswith("/"):
+            command, _, rest = line.partition(" ")
+            try:
+                print(_chat_command(session, command, rest.strip()))
+            except DanluError as e:  # a bad command costs the line, not the conversation
+                print(f"error: {e}")
             continue
         sys.stdout.write("bot> ")
         for piece in session.reply(line):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+
+
+def _chat_command(session: Any, command: str, rest: str) -> str:
+    from danlu.errors import ConfigError
+
+    if command == "/reset":
+        session.reset()
+        return "(conversation cleared)"
+    if command == "/system":
+        session.system = rest or None
+        session.reset()
+        return "(system prompt set; conversation cleared)" if rest else "(system prompt cleared)"
+    if command == "/save":
+        if not rest:
+            raise ConfigError("/save needs a file name: /save chat.json")
+        return f"(saved to {session.save(rest)})"
+    if command == "/help":
+        return CHAT_HELP
+    raise ConfigError(f"unknown command {command}; /help lists them")
 
 
 def cmd_import(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -333,8 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory (or its metrics.jsonl)")
     p.set_defaults(fn=cmd_plot)
 
-    p = sub.add_parser("chat", help="talk to a model in the terminal")
+    p = sub.add_parser("chat", help="talk to a model in the terminal", epilog=CHAT_HELP)
     _add_sampling(p, max_new_tokens=120)
+    p.add_argument("--system", default=None, help="a system prompt")
     p.set_defaults(fn=cmd_chat)
 
     p = sub.add_parser(

@@ -235,6 +235,26 @@ class Engine:
                 self.step()
         return [h.result() for h in handles]
 
+    def stream(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> Iterator[TokenEvent]:
+        """One request's events as they happen; without the background thread the caller's iteration
+        drives the steps. Closing the iterator early cancels the request."""
+        handle = self.submit(prompt_ids, params)
+        events = handle._r.events
+        try:
+            while True:
+                if self._thread is None and events.empty():
+                    self.step()
+                    continue
+                event = events.get()
+                yield event
+                if event.finished:
+                    return
+        finally:
+            if not handle.done():
+                handle.cancel()
+                while self._thread is None and not handle.done():
+                    self.step()
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             queued = len(self._queue)
