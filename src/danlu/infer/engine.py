@@ -51,6 +51,7 @@ class TokenEvent:
     top: list[tuple[int, float]] | None = None
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended a "stop"
 
 
 @dataclass
@@ -76,7 +77,7 @@ class _Request:
     params: SamplingParams
     on_event: Callable[[TokenEvent], None] | None
     sampler: RowSampler
-    text: TextStream
+    text: TextStream | None  # None without a tokenizer: token ids only
     stop_ids: set[int]
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
@@ -205,14 +206,20 @@ class Engine:
                 f"the prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
                 f"context of {self.max_len} tokens; shorten the prompt or lower max_tokens"
             )
-        stop = set(params.stop_token_ids) | (set() if params.ignore_eos else _stop_ids(self.tokenizer))
+        stop = set(params.stop_token_ids)
+        if not params.ignore_eos and self.tokenizer is not None:
+            stop |= _stop_ids(self.tokenizer)
+        if params.stop and self.tokenizer is None:
+            raise ConfigError("stop strings need a tokenizer; give the engine one or use stop_token_ids")
         request = _Request(
             id=request_id or f"req-{next(_ids)}",
             prompt=prompt,
             params=params,
             on_event=on_event,
             sampler=RowSampler(params, prompt, self.vocab_size, self.tokenizer),
-            text=TextStream(self.tokenizer, params.stop, params.skip_special_tokens),
+            text=TextStream(self.tokenizer, params.stop, params.skip_special_tokens)
+            if self.tokenizer
+            else None,
             stop_ids=stop,
         )
         with self._lock:
@@ -412,17 +419,20 @@ class Engine:
         request.pending = None
         token = choice.token
         if token in request.stop_ids:
-            self._finish(request, "stop")
+            self._finish(request, "stop", stop_reason=token)
             return
         request.out.append(token)
         self.counters["tokens_generated"] += 1
         if request.params.logprobs is not None:
             request.logprobs.append(choice.logprob)
             request.top.append(choice.top or [])
-        text, stopped = request.text.push(token)
+        text, stopped = request.text.push(token) if request.text is not None else ("", False)
         logprob = choice.logprob if request.params.logprobs is not None else None
         self._emit(request, TokenEvent(request.id, token, text, logprob, choice.top))
-        if stopped or request.sampler.finished_by_constraint:
+        if stopped:
+            assert request.text is not None
+            self._finish(request, "stop", stop_reason=request.text.stop_hit)
+        elif request.sampler.finished_by_constraint:
             self._finish(request, "stop")
         elif len(request.out) >= request.params.max_tokens:
             self._finish(request, "length")
@@ -431,15 +441,17 @@ class Engine:
         else:
             request.pending = token
 
-    def _finish(self, request: _Request, reason: str, error: str | None = None) -> None:
+    def _finish(
+        self, request: _Request, reason: str, error: str | None = None, stop_reason: int | str | None = None
+    ) -> None:
         if request.slot >= 0:
             self.running.pop(request.slot, None)
             # the slot's cache holds what was fed: the prompt and every output token but the last
             held = self.slot_ids[request.slot][: self.max_len - 1]
             self.slot_ids[request.slot] = held
             self.cache.truncate(len(held), slice(request.slot, request.slot + 1))
-        shown = request.text.text
-        tail = "" if reason == "stop" else request.text.finish()
+        shown = request.text.text if request.text is not None else ""
+        tail = "" if reason == "stop" or request.text is None else request.text.finish()
         p = request.params
         request.completion = Completion(
             request_id=request.id,
@@ -457,7 +469,8 @@ class Engine:
         self.finished[reason] = self.finished.get(reason, 0) + 1
         if error:
             log.warning("request %s failed: %s", request.id, error)
-        self._emit(request, TokenEvent(request.id, None, tail, finished=True, finish_reason=reason))
+        end = TokenEvent(request.id, None, tail, finished=True, finish_reason=reason, stop_reason=stop_reason)
+        self._emit(request, end)
         request.done.set()
 
     def _emit(self, request: _Request, event: TokenEvent) -> None:

@@ -12,7 +12,8 @@ import torch
 
 from danlu.errors import ConfigError
 from danlu.infer.config import SampleConfig
-from danlu.model.transformer import KVCache, Transformer
+from danlu.infer.params import SamplingParams
+from danlu.model.transformer import Transformer
 
 
 def filter_logits(
@@ -57,11 +58,6 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
-def _logits_step(model: Transformer, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    return model(ids, cache)[:, -1]
-
-
 def generate(
     model: Transformer,
     prompt_ids: list[int],
@@ -72,13 +68,15 @@ def generate(
     stop_ids: Iterable[int] = (),
     seed: int | None = None,
 ) -> Iterator[int]:
-    """Stream up to max_new_tokens new token ids continuing prompt_ids, using a KV cache.
+    """Stream up to max_new_tokens new token ids continuing prompt_ids, through the engine.
 
     Stops after yielding a stop id or when prompt + output fills the model's context (max_seq_len).
     A prompt that leaves too little room is cropped from the left, keeping its last
     max_seq_len - min(max_new_tokens, max_seq_len // 2) tokens: the output gets room for all new
     tokens, or at least half the context. seed=None draws from fresh entropy.
     """
+    from danlu.infer.engine import Engine
+
     if not prompt_ids:
         raise ConfigError("the prompt is empty; give at least one token (e.g. encode with bos=True)")
     if max_new_tokens < 1:
@@ -86,21 +84,24 @@ def generate(
     context = model.cfg.max_seq_len
     room = max(1, min(max_new_tokens, context // 2))
     prompt = list(prompt_ids)[-max(1, context - room) :]
-    stop = set(stop_ids)
-    device = model.embed.weight.device
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    cache = KVCache.for_model(model, batch=1)
-    logits = _logits_step(model, torch.tensor([prompt], dtype=torch.long, device=device), cache)
-    for i in range(max_new_tokens):
-        token = int(sample_next(logits, temperature, top_k, top_p, generator)[0])
-        yield token
-        if token in stop or cache.pos + 1 >= context or i + 1 == max_new_tokens:
-            return
-        logits = _logits_step(model, torch.tensor([[token]], dtype=torch.long, device=device), cache)
+    params = SamplingParams(
+        max_tokens=min(max_new_tokens, context - len(prompt)),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_token_ids=list(stop_ids),
+        ignore_eos=True,  # without a tokenizer the engine knows only these stop ids
+        seed=seed,
+    )
+    training = model.training
+    try:
+        for event in Engine(model, None, max_batch=1, prefix_cache=False).stream(prompt, params):
+            if event.token_id is not None:
+                yield event.token_id
+            elif isinstance(event.stop_reason, int):
+                yield event.stop_reason
+    finally:
+        model.train(training)
 
 
 def complete(

@@ -29,6 +29,7 @@ class TextStream:
         self.ids: list[int] = []
         self.text = ""  # all text released so far
         self.stopped = False
+        self.stop_hit: str | None = None  # the stop string that ended the stream
         self._prefix = 0  # ids[_prefix:_read] were decoded already (the context of the window)
         self._read = 0
         self._held = ""  # decoded text withheld because it could begin a stop string
@@ -58,6 +59,7 @@ class TextStream:
         cut = min((i for i in (pending.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
+            self.stop_hit = next(s for s in self.stop if pending.find(s) == cut)
             self._held = ""
             return self._emit(pending[:cut]), True
         keep = _stop_prefix_len(pending, self.stop)
