@@ -191,13 +191,25 @@ def _dfa(pattern: str) -> DFA:
     return compile_regex(pattern)
 
 
+# compiled constraints are shared by requests (their mask caches too); keyed like the tries
+_CONSTRAINTS: OrderedDict[tuple[str | None, int, int], tuple[Any, TokenConstraint]] = OrderedDict()
+
+
 def compile_constraint(spec: dict[str, Any], tokenizer: Any, vocab_size: int) -> TokenConstraint:
     """The token-mask constraint of SamplingParams.constraint for this tokenizer."""
     if not isinstance(spec, dict):
         raise ConfigError(f"a constraint is a dict with a 'type', got {spec!r}")
     pattern = constraint_regex(spec)
+    key = (pattern, id(tokenizer), vocab_size)
+    if key in _CONSTRAINTS:
+        _CONSTRAINTS.move_to_end(key)
+        return _CONSTRAINTS[key][1]
     matcher: Matcher = JSONMatcher() if pattern is None else _dfa(pattern)
     ends = {tokenizer.eos_id}
     if hasattr(tokenizer, "chat_stop_ids"):
         ends |= set(tokenizer.chat_stop_ids())
-    return TokenConstraint(matcher, vocab_trie(tokenizer, vocab_size), ends, vocab_size)
+    constraint = TokenConstraint(matcher, vocab_trie(tokenizer, vocab_size), ends, vocab_size)
+    _CONSTRAINTS[key] = (tokenizer, constraint)
+    while len(_CONSTRAINTS) > 32:
+        _CONSTRAINTS.popitem(last=False)
+    return constraint

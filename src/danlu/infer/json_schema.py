@@ -95,12 +95,12 @@ class _Compiler:
         return compilers[kind](schema)
 
     def _ref(self, ref: str) -> str:
-        if not isinstance(ref, str) or not ref.startswith("#/"):
+        if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
             raise ConfigError(f"json_schema: only local references (#/$defs/...) are supported, got {ref!r}")
         if ref in self.resolving:
             raise ConfigError(f"json_schema: {ref} refers to itself; recursive schemas are not supported")
         node: Any = self.root
-        for part in ref[2:].split("/"):
+        for part in ref[2:].split("/") if ref != "#" else ():
             if not isinstance(node, dict) or part not in node:
                 raise ConfigError(f"json_schema: reference {ref} points at nothing")
             node = node[part]
