@@ -11,6 +11,7 @@
     danlu plot RUN                               PNG plots of a run's metrics
     danlu import SRC OUT                         a model dir from GGUF, a HF Llama dir or a registry model
     danlu export MODEL OUT                       a Hugging Face Llama dir that transformers loads
+    danlu serve MODEL [--port 8000]              an OpenAI-compatible HTTP server and a web chat page
 
 Errors caused by input (`DanluError`) print one line and exit with status 2.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -272,6 +274,26 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"wrote {out}: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 
+def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.serve.config import ServeConfig, require_extra
+
+    cfg = ServeConfig(  # validates the flags before the model loads
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout,
+        grace_s=args.grace,
+        served_model_name=args.served_model_name,
+        device=args.device,
+    )
+    require_extra()
+    from danlu.serve.server import serve
+
+    serve(_model_dir(args.model), cfg)
+
+
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.eval.harness import EvalConfig, evaluate_dir
     from danlu.eval.report import format_table, write_json
@@ -382,6 +404,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the directory to write (missing or empty)")
     p.add_argument("--force", action="store_true", help="replace OUT if it is a model dir")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API, with a web chat page")
+    p.add_argument("model", help="model dir (or run dir)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("DANLU_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1 (default: $DANLU_API_KEY; unset: no key)",
+    )
+    p.add_argument("--max-batch", type=int, default=8, help="requests generated for together")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond those (then 429)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request, queueing included")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")
+    p.add_argument(
+        "--served-model-name", default=None, help="the model's name in the API (default: dir name)"
+    )
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("eval", help="score a model on benchmark tasks (HellaSwag, ARC, MMLU, GSM8K, ...)")
     p.add_argument("model", help="model dir (or run dir)")
