@@ -6,7 +6,9 @@
 
 A step checkpoint (danlu.train.checkpoint) is a model directory plus optimizer and trainer state, so
 everything here reads a checkpoint too. Reserved beside the base for what later stages add:
-`adapters/<name>/` (finetuned adapters over these weights) and `quant/` (quantized weights).
+`adapters/<name>/` (finetuned adapters over these weights: adapter_config.json and
+adapter_model.safetensors; config.json's "adapter" names the one load_model applies) and `quant/`
+(quantized weights).
 
 Loading follows build -> transform -> materialize: the model is built on the meta device, a caller's
 transform (an adapter, a parallel layout) may reshape it there, and only then are its tensors made on
@@ -38,6 +40,7 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 ADAPTERS_DIR = "adapters"
+ADAPTER_CONFIG, ADAPTER_FILE = "adapter_config.json", "adapter_model.safetensors"
 MODEL_DIR_FILES = (CONFIG_FILE, MODEL_FILE, TOKENIZER_DIR)
 
 
@@ -59,12 +62,37 @@ def save_model_dir(
     model_cfg: ModelConfig,
     tokenizer_dir: str | Path,
     extra: dict[str, Any] | None = None,
+    adapter: tuple[str, dict[str, Any], dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a model directory atomically: config.json (the model config plus `extra` metadata such
-    as "chat": true), model.safetensors, tokenizer/."""
+    as "chat": true), model.safetensors, tokenizer/. `adapter` (name, config, tensors) adds
+    adapters/<name>/ beside the base weights and makes it the one load_model applies."""
     with atomic_dir(path) as tmp:
-        write_model_files(tmp, model, to_dict(model_cfg) | (extra or {}), Path(tokenizer_dir))
+        meta = to_dict(model_cfg) | (extra or {}) | ({"adapter": adapter[0]} if adapter else {})
+        write_model_files(tmp, model, meta, Path(tokenizer_dir))
+        if adapter is not None:
+            from safetensors.torch import save_file
+
+            name, config, tensors = adapter
+            (tmp / ADAPTERS_DIR / name).mkdir(parents=True)
+            (tmp / ADAPTERS_DIR / name / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+            save_file(tensors, str(tmp / ADAPTERS_DIR / name / ADAPTER_FILE), metadata={"format": "pt"})
     return Path(path)
+
+
+def load_adapter(model: nn.Module, path: Path, name: str, device: str | torch.device) -> None:
+    """Apply adapters/<name>/ of a model dir to its loaded base model (danlu.finetune.lora)."""
+    from safetensors.torch import load_file
+
+    from danlu.finetune.lora import attach_adapter
+
+    folder = path / ADAPTERS_DIR / name
+    require_files(folder, (ADAPTER_CONFIG, ADAPTER_FILE))
+    try:
+        tensors = load_file(str(folder / ADAPTER_FILE), device=str(device))
+        attach_adapter(model, name, read_json(folder / ADAPTER_CONFIG), tensors)
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{folder} does not fit the model in {path} ({str(e).splitlines()[0]})") from None
 
 
 def require_files(path: Path, names: tuple[str, ...]) -> None:
@@ -149,5 +177,8 @@ def load_model(
         model = transform(model) or model
     materialize(model, device, init=False)
     load_weights(model, path, device)
+    adapter = read_metadata(path).get("adapter")
+    if adapter and transform is None:  # base weights + adapters/<name>/ (an unmerged finetune)
+        load_adapter(model, path, adapter, device)
     model.eval()
     return model, tok, cfg

@@ -202,11 +202,13 @@ def export_hf(model_dir: str | Path, out: str | Path, force: bool = False) -> Pa
     dir at `out` is replaced only with `force`; a file or a directory of other files, never."""
     from safetensors.torch import save_file
 
+    from danlu.finetune.lora import unwrap
     from danlu.io import atomic_dir, check_replaceable_output
     from danlu.model_dir import TOKENIZER_DIR, load_model
 
     check_replaceable_output(out, force)
     model, tok, cfg = load_model(model_dir)
+    model = unwrap(model)  # a finetune saved as base + adapters/ exports merged
     hf_config = to_hf_config(cfg) | {"model_type": "llama", "torch_dtype": "float32"}
     hf_config |= {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     with atomic_dir(out) as tmp:
