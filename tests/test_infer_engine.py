@@ -140,3 +140,12 @@ def test_bad_requests_are_clear_errors(model, tok):
         engine.submit([5] * 90, SamplingParams(max_tokens=10))
     with pytest.raises(ConfigError, match="token ids must be in"):
         engine.submit([5, 10_000], SamplingParams())
+
+
+def test_the_preallocated_slots_stay_in_the_cache_budget(model, tok):
+    per_token = 2 * 2 * 2 * 12 * 4  # k and v, 2 layers, 2 kv heads, head dim 12, fp32
+    engine = Engine(model, tok, max_batch=3, cache_gb=per_token * 3 * 50 / 2**30)
+    assert engine.max_len == 50 and engine.cache.k.shape[3] == 50
+    assert Engine(model, tok, max_batch=3).max_len == 96  # the model's context when it fits
+    with pytest.raises(ConfigError, match="exceeds the context of 50"):
+        engine.submit([5] * 45, SamplingParams(max_tokens=10))

@@ -138,7 +138,9 @@ def _stop_ids(tokenizer: Any) -> set[int]:
 
 
 class Engine:
-    """Continuous batching over `max_batch` cache slots of `max_len` positions each."""
+    """Continuous batching over `max_batch` cache slots of `max_len` positions each.
+
+    max_len defaults to the model's context, lowered so that the preallocated slots fit in cache_gb."""
 
     def __init__(
         self,
@@ -149,6 +151,7 @@ class Engine:
         max_len: int | None = None,
         prefix_cache: bool = True,
         model_name: str = "danlu",
+        cache_gb: float = 4.0,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ConfigError(f"need max_batch >= 1 and max_queue >= 1, got {max_batch}, {max_queue}")
@@ -157,6 +160,18 @@ class Engine:
         self.model_name = model_name
         self.max_batch, self.max_queue, self.prefix_cache = max_batch, max_queue, prefix_cache
         self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+        cfg = model.cfg
+        per_token = (
+            2 * cfg.n_layer * model.n_kv_head * (cfg.n_embd // cfg.n_head) * model.embed.weight.element_size()
+        )
+        fits = int(cache_gb * 2**30 / (per_token * max_batch))
+        if max_len is None and fits < self.max_len:  # the slots are preallocated: keep them in budget
+            log.info(
+                "KV cache: %d positions per slot fit in %.1f GB (context %d)", fits, cache_gb, self.max_len
+            )
+            self.max_len = fits
+        if self.max_len < 2:
+            raise ConfigError(f"{cache_gb} GB holds no useful KV cache for {max_batch} slots; raise cache_gb")
         self.vocab_size = model.cfg.vocab_size
         self.device = model.embed.weight.device
         self.cache = KVCache.for_model(model, batch=max_batch, max_len=self.max_len)
