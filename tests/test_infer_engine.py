@@ -149,3 +149,17 @@ def test_the_preallocated_slots_stay_in_the_cache_budget(model, tok):
     assert Engine(model, tok, max_batch=3).max_len == 96  # the model's context when it fits
     with pytest.raises(ConfigError, match="exceeds the context of 50"):
         engine.submit([5] * 45, SamplingParams(max_tokens=10))
+
+
+def test_a_burst_of_arrivals_is_prefilled_over_several_steps(model, tok):
+    engine = Engine(model, tok, max_batch=4, max_prefill_tokens=10)
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    first = engine.submit(list(range(10, 18)), params)
+    engine.step()
+    for i in range(3):
+        engine.submit(list(range(20 + i, 28 + i)), params)
+    engine.step()  # admits until 10 prompt tokens have run: two of the three (8 + 8), then decodes
+    assert engine.stats()["running"] == 3 and engine.stats()["queued"] == 1
+    engine.step()
+    assert engine.stats()["running"] == 4
+    assert len(first._r.out) == 4  # the running stream got a token in every step

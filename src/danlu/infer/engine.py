@@ -140,7 +140,9 @@ def _stop_ids(tokenizer: Any) -> set[int]:
 class Engine:
     """Continuous batching over `max_batch` cache slots of `max_len` positions each.
 
-    max_len defaults to the model's context, lowered so that the preallocated slots fit in cache_gb."""
+    max_len defaults to the model's context, lowered so that the preallocated slots fit in cache_gb.
+    A step prefills new requests until max_prefill_tokens prompt tokens have run (at least one
+    request), so a burst of arrivals does not stall the streams already running."""
 
     def __init__(
         self,
@@ -152,6 +154,7 @@ class Engine:
         prefix_cache: bool = True,
         model_name: str = "danlu",
         cache_gb: float = 4.0,
+        max_prefill_tokens: int = 512,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ConfigError(f"need max_batch >= 1 and max_queue >= 1, got {max_batch}, {max_queue}")
@@ -159,6 +162,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_batch, self.max_queue, self.prefix_cache = max_batch, max_queue, prefix_cache
+        self.max_prefill_tokens = max_prefill_tokens
         self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         cfg = model.cfg
         per_token = (
@@ -344,7 +348,8 @@ class Engine:
             self._decode(decoding)
 
     def _admit(self) -> None:
-        while len(self.running) < self.max_batch:
+        budget = self.max_prefill_tokens
+        while len(self.running) < self.max_batch and budget > 0:
             with self._lock:
                 if not self._queue:
                     return
@@ -352,7 +357,9 @@ class Engine:
             if request.cancelled:
                 self._finish(request, "cancelled")
                 continue
-            self._prefill(request, self._choose_slot(request))
+            slot = self._choose_slot(request)
+            budget -= len(request.prompt) - len(self.slot_ids[slot])
+            self._prefill(request, slot)
 
     def _choose_slot(self, request: _Request) -> int:
         free = [s for s in range(self.max_batch) if s not in self.running]
