@@ -133,6 +133,7 @@ _UNSUPPORTED = {
 
 
 B = TypeVar("B", bound=_Body)
+_TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "TextPart"}
 
 
 def parse_body(cls: type[B], raw: bytes) -> B:
@@ -145,7 +146,9 @@ def parse_body(cls: type[B], raw: bytes) -> B:
             raise APIError(
                 400, f"the request body is not valid JSON ({err['msg']})", code="invalid_json"
             ) from None
-        param = ".".join(str(p) for p in err["loc"] if p not in ("str", "list[int]", "list[list[int]]"))
+        # a union's errors name the member they tried ("prompt.list[int]"): keep the field path only
+        path = [p for p in err["loc"] if isinstance(p, int) or ("[" not in p and p not in _TYPE_NAMES)]
+        param = ".".join(str(p) for p in path)
         if err["type"] == "missing":
             raise APIError(400, f"{param} is required", param=param, code="missing_field") from None
         got = repr(err.get("input"))[:60]
