@@ -132,37 +132,17 @@ def _read_text(path: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> None:
-    from danlu.infer.config import SampleConfig
-    from danlu.infer.sampling import complete
+    from danlu.infer.decoding import params_from_args, run_generate
     from danlu.model_dir import load_model
 
-    sample = SampleConfig(  # validates the flags with the recipe's rules
-        prompts=[args.prompt],
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-    )
+    params_from_args(args)  # bad flags fail before the model loads
     model, tok, _ = load_model(_model_dir(args.model))
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    for piece in _decode_stream(tok, complete(model, tok, args.prompt, sample, seed=args.seed)):
+    for piece in run_generate(args, model, tok):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-
-
-def _decode_stream(tok: Any, ids: Any) -> Any:
-    """Yield text as tokens arrive, holding back bytes until they form whole UTF-8 characters."""
-    out: list[int] = []
-    shown = ""
-    for i in ids:
-        out.append(i)
-        text = tok.decode(out, skip_special=True)
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
-            continue
-        yield text[len(shown) :]
-        shown = text
 
 
 def _model_dir(path: str) -> Path:
@@ -377,9 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer", required=True, help="tokenizer, model or run dir")
     t.add_argument("files", nargs="*")
 
-    p = sub.add_parser("generate", help="sample a continuation of a prompt")
+    p = sub.add_parser("generate", help="continue a prompt: sampling, greedy, beam, constrained, ...")
     _add_sampling(p, max_new_tokens=200)
     p.add_argument("--prompt", required=True)
+    from danlu.infer.decoding import add_decoding_flags
+
+    add_decoding_flags(p)
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("plot", help="draw a run's loss, LR, gradient norm and speed as PNGs")
