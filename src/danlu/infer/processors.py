@@ -130,11 +130,9 @@ class RowSampler:
         prompt_ids: list[int],
         vocab_size: int,
         tokenizer: Any | None = None,
-        device: torch.device | str = "cpu",
     ):
         self.params = params
         self.vocab_size = vocab_size
-        self.device = torch.device(device)
         self.history: list[int] = list(prompt_ids)
         self.output_counts: Counter[int] = Counter()
         self._generator: torch.Generator | None = None
@@ -164,10 +162,10 @@ class RowSampler:
             self.constraint = compile_constraint(params.constraint, tokenizer, vocab_size)
             self.state = self.constraint.start
 
-    @property
-    def generator(self) -> torch.Generator:
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The row's generator, made on the device of the first logits it samples from."""
         if self._generator is None:
-            self._generator = make_generator(self.params.seed, self.device)
+            self._generator = make_generator(self.params.seed, device)
         return self._generator
 
     def _add_ngram(self, i: int) -> None:
@@ -212,7 +210,7 @@ class RowSampler:
             token = int(x.argmax())
         else:
             probs = warp(x, p.temperature, p.top_k, p.top_p, p.min_p, p.typical_p).softmax(dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=self.generator))
+            token = int(torch.multinomial(probs, 1, generator=self.generator(probs.device)))
         choice = raw_choice(logits, token, p.logprobs)
         self.record(token)
         return choice
