@@ -141,6 +141,23 @@ def test_repetition_penalty_matches_ctrl_rule_on_prompt_and_output() -> None:
         assert float(ours[t]) == pytest.approx(float(x[t] / 1.3 if x[t] > 0 else x[t] * 1.3))
 
 
+def test_penalties_stay_exact_over_many_steps() -> None:
+    rows = logits_rows(25, seed=9)
+    prompt = [1, 2, 2]
+    params = SamplingParams(
+        temperature=0.9, repetition_penalty=1.5, frequency_penalty=0.3, presence_penalty=0.2, seed=0
+    )
+    sampler = RowSampler(params, prompt, V)
+    rep = RepetitionPenaltyLogitsProcessor(1.5)
+    for row in rows:
+        out = sampler.history[len(prompt) :]
+        want = rep(torch.tensor([sampler.history]), row[None].clone())[0]
+        counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=V).float()
+        want = want - counts * 0.3 - (counts > 0).float() * 0.2
+        torch.testing.assert_close(sampler.process(row), want)
+        sampler.choose(row)
+
+
 def test_frequency_and_presence_penalties_follow_openai_formula_on_output_only() -> None:
     x = logits_rows(1)[0]
     sampler = RowSampler(SamplingParams(frequency_penalty=0.5, presence_penalty=0.25), [1, 2, 9], V)

@@ -135,6 +135,8 @@ class RowSampler:
         self.vocab_size = vocab_size
         self.history: list[int] = list(prompt_ids)
         self.output_counts: Counter[int] = Counter()
+        self._seen: torch.Tensor | None = None
+        self._counts: torch.Tensor | None = None
         self._generator: torch.Generator | None = None
         self._bias: torch.Tensor | None = None
         if params.logit_bias:
@@ -182,22 +184,30 @@ class RowSampler:
         if self.constraint is not None:
             x = x.masked_fill(~self.constraint.mask(self.state).to(x.device), NEG_INF)
         if p.repetition_penalty != 1.0 and self.history:
-            seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=x.device)
-            seen[torch.tensor(sorted(set(self.history)), device=x.device)] = True
-            x = repetition_penalty(x, seen, p.repetition_penalty)
+            x = repetition_penalty(x, self._seen_mask(x.device), p.repetition_penalty)
         if (p.frequency_penalty or p.presence_penalty) and self.output_counts:
-            counts = torch.zeros(self.vocab_size, device=x.device)
-            ids = list(self.output_counts)
-            counts[torch.tensor(ids, device=x.device)] = torch.tensor(
-                [float(self.output_counts[i]) for i in ids], device=x.device
-            )
-            x = frequency_presence(x, counts, p.frequency_penalty, p.presence_penalty)
+            x = frequency_presence(x, self._count_vector(x.device), p.frequency_penalty, p.presence_penalty)
         n = p.no_repeat_ngram_size
         if n > 0 and len(self.history) >= n - 1:
             banned = self._ngrams.get(tuple(self.history[len(self.history) - n + 1 :]), ())
             if banned:
                 x[torch.tensor(sorted(banned), device=x.device)] = NEG_INF
         return x
+
+    def _seen_mask(self, device: torch.device) -> torch.Tensor:
+        """Bool [V] of the tokens in prompt + output, kept up to date by record() (no rebuild a step)."""
+        if self._seen is None or self._seen.device != device:
+            self._seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
+            self._seen[torch.tensor(sorted(set(self.history)), device=device)] = True
+        return self._seen
+
+    def _count_vector(self, device: torch.device) -> torch.Tensor:
+        """Float [V] of each token's count in the output, kept up to date by record()."""
+        if self._counts is None or self._counts.device != device:
+            self._counts = torch.zeros(self.vocab_size, device=device)
+            for t, c in self.output_counts.items():
+                self._counts[t] = float(c)
+        return self._counts
 
     def choose(self, logits: torch.Tensor) -> TokenChoice:
         """Pick the next token from raw fp32 logits [V] and record it (penalties, n-grams, constraint)."""
@@ -219,6 +229,10 @@ class RowSampler:
         """Append a token chosen elsewhere (beam search, speculative decoding) to the row's history."""
         self.history.append(token)
         self.output_counts[token] += 1
+        if self._seen is not None:
+            self._seen[token] = True
+        if self._counts is not None:
+            self._counts[token] += 1
         n = self.params.no_repeat_ngram_size
         if n > 0 and len(self.history) >= n:
             self._add_ngram(len(self.history) - n)
