@@ -11,6 +11,7 @@
     danlu plot RUN                               PNG plots of a run's metrics
     danlu import SRC OUT                         a model dir from GGUF, a HF Llama dir or a registry model
     danlu export MODEL OUT                       a Hugging Face Llama dir that transformers loads
+    danlu plan ACTION                            FLOPs, scaling laws, memory, cost, parallel layouts
     danlu serve MODEL [--port 8000]              an OpenAI-compatible HTTP server and a web chat page
 
 Errors caused by input (`DanluError`) print one line and exit with status 2.
@@ -300,6 +301,12 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
                 print(f"plot written to {plot_loss_by_position(res['loss_by_position'], png, name)}")
 
 
+def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.plan.commands import run_plan
+
+    print(run_plan(args, overrides))
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -420,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(fn=cmd_eval)
+
+    from danlu.plan.commands import add_plan_parser
+
+    add_plan_parser(sub).set_defaults(fn=cmd_plan)
     return parser
 
 
