@@ -13,6 +13,7 @@ import torch
 from danlu.errors import ConfigError
 from danlu.infer.config import SampleConfig
 from danlu.infer.params import SamplingParams
+from danlu.infer.processors import warp
 from danlu.model.transformer import Transformer
 
 
@@ -24,24 +25,9 @@ def filter_logits(
     top_k keeps the k highest logits (ties with the k-th are kept too); top_p keeps the smallest set
     of most likely tokens whose probabilities sum to at least top_p, and always the most likely one.
     """
-    if temperature <= 0:
-        raise ConfigError(f"temperature must be > 0 for sampling, got {temperature} (0 means greedy)")
     if top_k < 0 or not 0 < top_p <= 1:
         raise ConfigError(f"need top_k >= 0 and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}")
-    logits = logits.float() / temperature
-    if 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the more likely tokens before it already reach top_p
-        before = probs.cumsum(dim=-1) - probs
-        drop_sorted = before >= top_p
-        drop_sorted[:, 0] = False
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+    return warp(logits, temperature, top_k, top_p)
 
 
 def sample_next(
