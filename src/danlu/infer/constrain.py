@@ -29,6 +29,7 @@ from danlu.tokenizer.pretrained import byte_decoder
 
 log = logging.getLogger(__name__)
 
+MAX_MASKS = 512  # per constraint: 512 states of a 50k vocabulary hold 25 MB
 BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
@@ -70,6 +71,7 @@ class _Trie:
     """Vocabulary tokens by their bytes: node = (children by byte, ids ending here)."""
 
     def __init__(self, tokens: list[bytes | None]):
+        self.tokens = tokens
         self.root: tuple[dict[int, Any], list[int]] = ({}, [])
         for i, data in enumerate(tokens):
             if not data:
@@ -79,22 +81,18 @@ class _Trie:
                 node = node[0].setdefault(b, ({}, []))
             node[1].append(i)
 
-    def walk(self, matcher: Matcher, state: Any) -> tuple[list[int], dict[int, Any]]:
-        """The ids whose bytes the matcher reads from `state`, and the state each one leads to."""
+    def walk(self, matcher: Matcher, state: Any) -> list[int]:
+        """The ids whose bytes the matcher reads from `state`."""
         allowed: list[int] = []
-        ends: dict[int, Any] = {}
         todo = [(self.root, state)]
         while todo:
             (children, ids), s = todo.pop()
-            if ids:  # the root holds none (no token is empty)
-                allowed += ids
-                for i in ids:
-                    ends[i] = s
+            allowed += ids  # the root holds none (no token is empty)
             for b, child in children.items():
                 nxt = matcher.step(s, b)
                 if nxt is not None:
                     todo.append((child, nxt))
-        return allowed, ends
+        return allowed
 
 
 # tries are built once per tokenizer (keyed by id, holding the tokenizer so the id stays its own)
@@ -119,11 +117,15 @@ class TokenConstraint:
         self.end_ids = sorted(i for i in end_ids if 0 <= i < vocab_size)
         self.vocab_size = vocab_size
         self.start = matcher.start
-        self._masks: dict[Any, tuple[torch.Tensor, dict[int, Any]]] = {}
+        # masks only, the most recent MAX_MASKS: the state after a token is a walk over its few bytes
+        self._masks: OrderedDict[Any, torch.Tensor] = OrderedDict()
 
-    def _entry(self, state: Any) -> tuple[torch.Tensor, dict[int, Any]]:
-        if state not in self._masks:
-            allowed, ends = self.trie.walk(self.matcher, state)
+    def mask(self, state: Any) -> torch.Tensor:
+        """Bool [V]: the tokens allowed next (computed once per state)."""
+        if state in self._masks:
+            self._masks.move_to_end(state)
+        else:
+            allowed = self.trie.walk(self.matcher, state)
             mask = torch.zeros(self.vocab_size, dtype=torch.bool)
             if allowed:
                 mask[torch.tensor(allowed)] = True
@@ -131,37 +133,29 @@ class TokenConstraint:
                 mask[self.end_ids] = True
             if not bool(mask.any()):
                 log.warning("the constraint cannot continue with this vocabulary; the output stops here")
-            self._masks[state] = (mask, ends)
+            self._masks[state] = mask
+            if len(self._masks) > MAX_MASKS:
+                self._masks.popitem(last=False)
         return self._masks[state]
 
-    def mask(self, state: Any) -> torch.Tensor:
-        """Bool [V]: the tokens allowed next."""
-        return self._entry(state)[0]
-
     def advance(self, state: Any, token: int) -> Any:
+        """The state after `token` (an end id leaves it as it is)."""
         if token in self.end_ids:
             return state
-        ends = self._entry(state)[1]
-        if token not in ends:
+        data = self.trie.tokens[token] if 0 <= token < len(self.trie.tokens) else None
+        for b in data or b"":
+            state = self.matcher.step(state, b)
+            if state is None:
+                break
+        if not data or state is None:
             raise ConfigError(f"token {token} is not allowed by the constraint here")
-        return ends[token]
+        return state
 
     def finished(self, state: Any) -> bool:
         """Accepting and no byte may follow, or nothing at all is allowed."""
         if self.matcher.accepting(state) and not self.matcher.can_continue(state):
             return True
-        return not bool(self._entry(state)[0].any())
-
-    def matches(self, tokens: list[int]) -> bool:
-        """True when these tokens (end tokens aside) make a complete match."""
-        state = self.start
-        for t in tokens:
-            if t in self.end_ids:
-                break
-            if not bool(self.mask(state)[t]):
-                return False
-            state = self.advance(state, t)
-        return self.matcher.accepting(state)
+        return not bool(self.mask(state).any())
 
 
 def constraint_regex(spec: dict[str, Any]) -> str | None:
@@ -210,6 +204,6 @@ def compile_constraint(spec: dict[str, Any], tokenizer: Any, vocab_size: int) ->
         ends |= set(tokenizer.chat_stop_ids())
     constraint = TokenConstraint(matcher, vocab_trie(tokenizer, vocab_size), ends, vocab_size)
     _CONSTRAINTS[key] = (tokenizer, constraint)
-    while len(_CONSTRAINTS) > 32:
+    while len(_CONSTRAINTS) > 16:
         _CONSTRAINTS.popitem(last=False)
     return constraint

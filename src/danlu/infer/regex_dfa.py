@@ -110,8 +110,9 @@ class _Parser:
         end = self.p.find("}", self.i)
         body = self.p[self.i + 1 : end] if end > 0 else ""
         lo, sep, hi = body.partition(",")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
+        if not (lo.isdigit() or sep) or (lo and not lo.isdigit()) or (hi and not hi.isdigit()):
             return None  # a literal "{"
+        lo = lo or "0"  # {,n} is {0,n} and {,} is {0,}, as in Python
         self.i = end + 1
         bounds = (int(lo), (int(hi) if hi else None) if sep else int(lo))
         if bounds[1] is not None and bounds[1] < bounds[0]:
