@@ -73,7 +73,8 @@ def greedy_text(model_dir, n: int) -> str:
     return tok.decode(seq[start:], skip_special=True)
 
 
-def test_greedy_and_speculative_print_the_greedy_continuation(capsys, dirs) -> None:
+def test_greedy_and_speculative_print_the_greedy_continuation(capsys, caplog, dirs) -> None:
+    caplog.set_level("INFO")
     model, small = dirs
     want = greedy_text(model, 12)
     assert generate(capsys, model, "--temperature", "0", "--max-new-tokens", "12") == want
@@ -81,6 +82,7 @@ def test_greedy_and_speculative_print_the_greedy_continuation(capsys, dirs) -> N
         capsys, model, "--temperature", "0", "--max-new-tokens", "12", "--draft", str(small), "--draft-k", "3"
     )
     assert got == want
+    assert "drafted tokens accepted" in caplog.text  # the acceptance rate is reported
 
 
 def test_seeded_sampling_is_reproducible(capsys, dirs) -> None:

@@ -212,12 +212,22 @@ def run_generate(args: argparse.Namespace, model: Any, tokenizer: Any) -> Iterat
     other, other_tok, _ = load_model(other_dir, model.embed.weight.device)
     if other_tok.fingerprint() != tokenizer.fingerprint():
         raise ConfigError(f"{other_dir} has a different tokenizer than the model; both need the same one")
-    if method == "speculative":
-        from danlu.infer.speculative import speculative_generate
-
-        tokens = speculative_generate(model, other, prompt, params, args.draft_k, ends)
-    else:
+    if method == "contrastive":
         from danlu.infer.contrastive import contrastive_generate
 
         tokens = contrastive_generate(model, other, prompt, params.max_tokens, args.alpha, end_ids=ends)
-    yield from stream_text(tokenizer, tokens, params, ends)
+        yield from stream_text(tokenizer, tokens, params, ends)
+        return
+    from danlu.infer.speculative import SpeculativeStats, speculative_generate
+
+    stats = SpeculativeStats()
+    yield from stream_text(
+        tokenizer, speculative_generate(model, other, prompt, params, args.draft_k, ends, stats), params, ends
+    )
+    log.info(
+        "speculative decoding: %d of %d drafted tokens accepted (%.0f%%) in %d rounds",
+        stats.accepted,
+        stats.drafted,
+        100 * stats.acceptance_rate,
+        stats.rounds,
+    )
