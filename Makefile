@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # has nothing to fetch for the project's `torch>=2.5,<2.14` requirement.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-all bench lint format clean
+.PHONY: demo test test-all bench lint format clean browser screenshot
 
 # Two install stamps in the one .venv: the demo installs the base package only, the tests, benchmarks
 # and lint install the dev extras (the reference libraries); either one creates .venv.
@@ -27,6 +27,17 @@ test: $(VENV)/.dev
 
 test-all: $(VENV)/.dev
 	$(BIN)/pytest -m ''
+
+# The chat page's browser test (tests/test_serve_page.py) drives Debian's chromium through its
+# chromedriver with selenium; no browser is downloaded. Needs root (CI runs as root) or run it with sudo.
+browser:
+	test -x /usr/bin/chromedriver -a -x /usr/bin/chromium || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+# docs/chat-page.png, the README's picture of the chat page, on SmolLM2 (danlu import smollm2-135m-instruct)
+SCREENSHOT_MODEL ?= runs/smollm2
+screenshot: $(VENV)/.dev browser
+	$(BIN)/python tools/chat_page_screenshot.py $(SCREENSHOT_MODEL) docs/chat-page.png
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/peak_flops.py

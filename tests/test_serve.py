@@ -269,6 +269,20 @@ def test_stop_strings_penalties_and_logit_bias(client, reference):
     assert penalized.choices[0].text == alone.text != free.text
 
 
+def test_a_model_without_a_chat_template_gets_a_400_naming_completions():
+    from tokenizers import pre_tokenizers
+
+    from danlu.serve.protocol import APIError, chat_prompt_ids
+    from danlu.tokenizer.pretrained import PretrainedTokenizer
+
+    base = PretrainedTokenizer.from_bpe(
+        [*pre_tokenizers.ByteLevel.alphabet(), "<s>", "</s>"], [], ["<s>", "</s>"], bos="<s>", eos="</s>"
+    )
+    with pytest.raises(APIError, match="base model without a chat template; use /v1/completions") as e:
+        chat_prompt_ids(base, [{"role": "user", "content": "hi"}], "base")
+    assert (e.value.status, e.value.code) == (400, "no_chat_template")
+
+
 # ------------------------------------------------------------------------------------------ errors
 
 
