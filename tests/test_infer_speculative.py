@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from danlu.errors import ConfigError
 from danlu.infer.contrastive import contrastive_generate, contrastive_scores
@@ -73,6 +75,27 @@ def test_speculative_greedy_equals_plain_greedy_token_for_token(draft_k: int) ->
         == got[:20]
     )
     assert same.acceptance_rate == 1.0
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    return model(64, seed=10), model(64, seed=11, n_layer=1, n_embd=16)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(
+    prompt=st.lists(st.integers(0, 63), min_size=1, max_size=12),
+    draft_k=st.integers(1, 8),
+    max_tokens=st.integers(1, 16),
+)
+def test_speculative_greedy_equals_greedy_for_any_prompt_and_k(
+    pair, prompt: list[int], draft_k: int, max_tokens: int
+) -> None:
+    target, draft = pair
+    got = speculative_generate(
+        target, draft, prompt, SamplingParams(temperature=0, max_tokens=max_tokens), draft_k
+    )
+    assert list(got) == greedy_reference(target, prompt, max_tokens)
 
 
 def test_speculative_stops_after_an_end_id_like_greedy() -> None:
