@@ -174,7 +174,7 @@ def test_streaming_chat_equals_the_plain_answer_and_reports_usage(client):
     assert plain.choices[0].message.role == "assistant" and plain.usage.completion_tokens == 20
 
 
-def test_n_choices_with_a_seed_are_distinct_and_repeatable(client):
+def test_n_choices_with_a_seed_are_distinct_and_repeatable(client, reference):
     ask = dict(model="tiny", prompt="the cat", max_tokens=16, temperature=1.0, n=3, seed=7)
     first, again = client.completions.create(**ask), client.completions.create(**ask)
     texts = [c.text for c in sorted(first.choices, key=lambda c: c.index)]
@@ -188,6 +188,25 @@ def test_n_choices_with_a_seed_are_distinct_and_repeatable(client):
         for c in chunk.choices:
             seen[c.index] += c.delta.content or ""
     assert all(seen.values())
+    chunks = list(
+        client.completions.create(
+            model="tiny",
+            prompt=["the cat", "the dog"],
+            max_tokens=5,
+            n=2,
+            logprobs=1,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    pieces: dict[int, list] = {i: [] for i in range(4)}  # prompt-major: choice = prompt * n + i
+    for chunk in chunks[:-1]:
+        for c in chunk.choices:
+            pieces[c.index] += [(c.text, c.logprobs.tokens if c.logprobs else [])]
+    assert all(sum(bool(p[1]) for p in v) == 5 for v in pieces.values())  # a logprob entry per token
+    _, tok = reference
+    assert chunks[-1].usage.completion_tokens == 20
+    assert chunks[-1].usage.prompt_tokens == len(tok.encode("the cat")) + len(tok.encode("the dog"))
 
 
 def test_chat_logprobs_and_top_logprobs(client):
@@ -284,6 +303,33 @@ def test_a_model_without_a_chat_template_gets_a_400_naming_completions():
 
 
 # ------------------------------------------------------------------------------------------ errors
+
+
+def test_serve_verb_bad_input_is_one_line_and_status_2(model_dir, tmp_path, capsys, monkeypatch):
+    import socket
+    import sys
+
+    from danlu.cli import main
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        cases = [
+            (["serve", str(tmp_path / "missing")], "not a directory"),
+            (["serve", str(model_dir), "--max-batch", "0"], "max_batch: must be >= 1"),
+            (["serve", str(model_dir), "--timeout", "-1"], "timeout: must be > 0"),
+            (["serve", str(model_dir), "--port", str(taken.getsockname()[1])], "pick another --port"),
+        ]
+        for argv, message in cases:
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+    finally:
+        taken.close()
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if the extra were not installed
+    assert main(["serve", str(model_dir)]) == 2
+    assert "pip install 'danlu[serve]'" in capsys.readouterr().err
 
 
 BAD_REQUESTS = [
