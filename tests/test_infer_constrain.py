@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from danlu.errors import ConfigError
 from danlu.infer.constrain import compile_constraint, token_byte_strings
 from danlu.infer.engine import Engine
-from danlu.infer.json_schema import JSONMatcher, schema_regex
+from danlu.infer.json_schema import JSONMatcher, integer_range, schema_regex
 from danlu.infer.params import SamplingParams
 from danlu.infer.regex_dfa import compile_regex, utf8_sequences
 from danlu.model.config import ModelConfig
@@ -182,6 +182,43 @@ def test_schema_regex_matches_valid_instances_only() -> None:
         assert dfa.matches(json.dumps(value, ensure_ascii=False).encode()), value
     for value in bad:
         assert not dfa.matches(json.dumps(value, ensure_ascii=False).encode()), value
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lo=st.none() | st.integers(-3000, 3000),
+    span=st.none() | st.integers(0, 5000),
+    values=st.lists(st.integers(-10_000, 10_000), min_size=20, max_size=20),
+)
+def test_integer_range_regex_holds_exactly_the_integers_in_range(lo, span, values) -> None:
+    hi = None if span is None else (span if lo is None else lo + span)
+    dfa = compile_regex(integer_range(lo, hi))
+    for v in [*values, lo or 0, hi or 0, (lo or 0) - 1, (hi or 0) + 1]:
+        assert dfa.matches(str(v).encode()) == ((lo is None or v >= lo) and (hi is None or v <= hi)), v
+    assert not dfa.matches(b"007")
+
+
+FORMATTED = {
+    "type": "object",
+    "properties": {
+        "age": {"type": "integer", "minimum": 18, "maximum": 99},
+        "delta": {"type": "integer", "exclusiveMinimum": -5, "exclusiveMaximum": 5},
+        "day": {"type": "string", "format": "date"},
+        "id": {"type": "string", "format": "uuid"},
+        "ip": {"type": "string", "format": "ipv4"},
+        "word": {"type": "string", "pattern": "^.{1,6}$"},  # "." may not produce a bare quote
+    },
+    "required": ["age", "delta", "day", "id", "ip", "word"],
+}
+
+
+def test_formats_ranges_and_patterns_sample_valid_json(engine: Engine) -> None:
+    quoted = compile_regex(schema_regex({"type": "string", "pattern": ".+"}))
+    assert quoted.matches(b'"ab"') and not quoted.matches(b'"a"b"') and not quoted.matches(b'"a\\"')
+    checker = jsonschema.FormatChecker()
+    for seed in (0, 4):
+        for text in generate(engine, seed, {"type": "json_schema", "schema": FORMATTED}):
+            jsonschema.validate(json.loads(text), FORMATTED, format_checker=checker)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,12 @@
 """JSON for constrained decoding: a JSON schema as a regex, and a byte matcher for any JSON object.
 
 A schema is regular as long as it does not recurse, so it compiles to a regex (then a DFA,
-regex_dfa.py). The subset: type string (minLength, maxLength, pattern, enum), number, integer,
-boolean, null, array (items, minItems, maxItems), object (properties in their listed order, required
-ones always present, optional ones possibly absent; no others), enum, const, anyOf/oneOf, a list of
-types and local `#/$defs/...` references. A schema without a type (or an object without properties)
+regex_dfa.py). The subset: type string (minLength, maxLength, pattern, format date, time,
+date-time, uuid, email, ipv4), integer (minimum, maximum and their exclusive forms), number, boolean,
+null, array (items, minItems, maxItems), object (properties in their listed order, required ones
+always present, optional ones possibly absent; no others), enum, const, anyOf/oneOf, a list of types
+and local `#/$defs/...` references. Keywords outside it are named in a warning. A `pattern` is
+narrowed to the characters a JSON string holds unescaped, so its matches stay valid JSON. A schema without a type (or an object without properties)
 accepts any JSON value nested up to FREE_DEPTH levels. The output is laid out like `json.dumps`:
 ", " between items and ": " after keys, no other whitespace, so the text is a canonical rendering.
 
@@ -15,10 +17,11 @@ open brackets in its state instead (a pushdown automaton) and reads the same lay
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from danlu.errors import ConfigError
-from danlu.infer.regex_dfa import escape
+from danlu.infer.regex_dfa import escape, negate, parse, render, restrict
 
 STRING_CHAR = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})'
 STRING = f'"{STRING_CHAR}*"'
@@ -26,7 +29,40 @@ INTEGER = r"-?(?:0|[1-9][0-9]*)"
 NUMBER = INTEGER + r"(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
 ITEM_SEP, KEY_SEP = ", ", ": "
 FREE_DEPTH = 2
+# characters a JSON string holds unescaped: a `pattern` is narrowed to them, so its text stays valid JSON
+PLAIN_CHARS = negate([(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C)])
+# real calendar dates: month lengths, and February 29 only in leap years (year 0000 does not exist)
+_YEAR = r"(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+_LEAP = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_MONTH_DAY = (
+    r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+)
+_DATE = f"(?:{_YEAR}-{_MONTH_DAY}|{_LEAP}-02-29)"
+_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+_OFFSET = r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+FORMATS = {
+    "date": _DATE,
+    "time": _TIME + _OFFSET + "?",
+    "date-time": f"{_DATE}T{_TIME}{_OFFSET}",
+    "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    "email": r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,4}",
+    "ipv4": r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
+}
+# keywords that narrow what a value may be but that this compiler cannot express: a warning names them
+UNSUPPORTED = (
+    "multipleOf",
+    "uniqueItems",
+    "patternProperties",
+    "not",
+    "allOf",
+    "if",
+    "contains",
+    "prefixItems",
+)
 MAX_DEPTH = 32  # JSONMatcher: open brackets at most
+
+log = logging.getLogger(__name__)
 
 
 def free_value(depth: int = FREE_DEPTH) -> str:
@@ -63,6 +99,9 @@ class _Compiler:
             return free_value()
         if not isinstance(schema, dict):
             raise ConfigError(f"json_schema: expected a schema object, got {schema!r}")
+        ignored = [k for k in UNSUPPORTED if k in schema]
+        if ignored:
+            log.warning("json_schema: %s not supported; the output may not satisfy them", ", ".join(ignored))
         if "$ref" in schema:
             return self._ref(schema["$ref"])
         if "const" in schema:
@@ -81,8 +120,8 @@ class _Compiler:
             return self._object(schema) if "properties" in schema else free_value()
         compilers = {
             "string": self._string,
-            "integer": lambda s: INTEGER,
-            "number": lambda s: NUMBER,
+            "integer": self._integer,
+            "number": self._number,
             "boolean": lambda s: "(?:true|false)",
             "null": lambda s: "null",
             "array": self._array,
@@ -112,11 +151,34 @@ class _Compiler:
 
     def _string(self, schema: dict[str, Any]) -> str:
         if "pattern" in schema:
-            return '"' + schema["pattern"].removeprefix("^").removesuffix("$") + '"'
+            pattern = schema["pattern"].removeprefix("^").removesuffix("$")
+            return '"' + render(restrict(parse(pattern), PLAIN_CHARS)) + '"'
+        if "format" in schema:
+            if schema["format"] in FORMATS:
+                return f'"{FORMATS[schema["format"]]}"'
+            log.warning(
+                "json_schema: string format %r is not supported; any string is allowed", schema["format"]
+            )
         lo, hi = int(schema.get("minLength", 0)), schema.get("maxLength")
         if lo == 0 and hi is None:
             return STRING
         return f'"{STRING_CHAR}{_count(lo, None if hi is None else int(hi))}"'
+
+    def _integer(self, schema: dict[str, Any]) -> str:
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        if "exclusiveMinimum" in schema:
+            lo = _floor(schema["exclusiveMinimum"]) + 1
+        if "exclusiveMaximum" in schema:
+            hi = _ceil(schema["exclusiveMaximum"]) - 1
+        if lo is None and hi is None:
+            return INTEGER
+        return integer_range(None if lo is None else _ceil(lo), None if hi is None else _floor(hi))
+
+    def _number(self, schema: dict[str, Any]) -> str:
+        bounds = [k for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in schema]
+        if bounds:
+            log.warning("json_schema: %s on a number is not supported (only on integers)", ", ".join(bounds))
+        return NUMBER
 
     def _array(self, schema: dict[str, Any]) -> str:
         item = self.compile(schema.get("items", {}))
@@ -140,6 +202,56 @@ class _Compiler:
         colon = escape(KEY_SEP)
         pieces = [(name in required, _literal(name) + colon + self.compile(s)) for name, s in props.items()]
         return r"\{" + _properties(pieces, 0, first=True) + r"\}"
+
+
+def _floor(x: float) -> int:
+    return int(x // 1)
+
+
+def _ceil(x: float) -> int:
+    return -int(-x // 1)
+
+
+def integer_range(lo: int | None, hi: int | None) -> str:
+    """A regex of the integers in [lo, hi] (either end open when None), in JSON's form."""
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(f"json_schema: no integer lies between minimum {lo} and maximum {hi}")
+    parts = []
+    if lo is None or lo < 0:  # the negative part: -[max(1, -hi), -lo]
+        neg_hi = None if lo is None else -lo
+        neg_lo = 1 if hi is None or hi >= 0 else -hi
+        parts.append("-" + _natural_range(neg_lo, neg_hi))
+    if hi is None or hi >= 0:
+        parts.append(_natural_range(max(lo or 0, 0), hi))
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _natural_range(lo: int, hi: int | None) -> str:
+    """Regex of the integers lo..hi >= 0 without leading zeros (hi None: no upper end)."""
+    if hi is None:
+        n = len(str(lo))
+        longer = f"[1-9][0-9]{{{n},}}"  # every number with more digits than lo
+        return f"(?:{_natural_range(lo, 10**n - 1)}|{longer})"
+    parts = []
+    while lo <= hi:  # split at each power of ten: the pieces have one length each
+        top = min(hi, 10 ** len(str(lo)) - 1)
+        parts.append(_same_length(str(lo), str(top)))
+        lo = top + 1
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _same_length(a: str, b: str) -> str:
+    """Regex of the numbers a..b written with the same number of digits."""
+    if len(a) == 1:
+        return f"[{a}-{b}]"
+    if a[0] == b[0]:
+        return a[0] + _same_length(a[1:], b[1:])
+    n = len(a) - 1
+    parts = [a[0] + _same_length(a[1:], "9" * n)]
+    if int(b[0]) - int(a[0]) > 1:
+        parts.append(f"[{int(a[0]) + 1}-{int(b[0]) - 1}][0-9]{{{n}}}")
+    parts.append(b[0] + _same_length("0" * n, b[1:]))
+    return "(?:" + "|".join(parts) + ")"
 
 
 def _properties(pieces: list[tuple[bool, str]], i: int, first: bool) -> str:

@@ -147,12 +147,12 @@ class _Parser:
         classes = {"d": DIGIT, "w": WORD, "s": SPACE}
         if c in classes:
             return classes[c]
-        if c.lower() in classes:
+        if c in "DWS":
             return negate(classes[c.lower()])
         if c in SIMPLE_ESCAPES:
             return [(SIMPLE_ESCAPES[c], SIMPLE_ESCAPES[c])]
-        if c in "xu":
-            n = 2 if c == "x" else 4
+        if c in "xuU":
+            n = {"x": 2, "u": 4, "U": 8}[c]
             digits = self.p[self.i : self.i + n]
             try:
                 cp = int(digits, 16)
@@ -324,7 +324,7 @@ class DFA:
 def compile_regex(pattern: str) -> DFA:
     """The DFA of the UTF-8 encodings of the strings that `pattern` matches in full."""
     nfa = _NFA()
-    start, final = nfa.build(_Parser(pattern).parse())
+    start, final = nfa.build(parse(pattern))
 
     def closure(states: set[int]) -> frozenset[int]:
         todo, seen = list(states), set(states)
@@ -381,6 +381,48 @@ def _trim(trans: list[dict[int, int]], accept: list[bool], pattern: str) -> DFA:
     new = {s: i for i, s in enumerate(keep)}
     rows = [{b: new[t] for b, t in trans[s].items() if t in new} for s in keep]
     return DFA(rows, [accept[s] for s in keep])
+
+
+def intersect(a: Ranges, b: Ranges) -> Ranges:
+    out = []
+    for lo, hi in normalize(a):
+        for lo2, hi2 in normalize(b):
+            if max(lo, lo2) <= min(hi, hi2):
+                out.append((max(lo, lo2), min(hi, hi2)))
+    return normalize(out)
+
+
+def parse(pattern: str) -> tuple:
+    """The syntax tree of a pattern (see the module docstring for the syntax)."""
+    return _Parser(pattern).parse()
+
+
+def restrict(node: tuple, allowed: Ranges) -> tuple:
+    """The tree with every character class narrowed to `allowed`."""
+    kind = node[0]
+    if kind == "set":
+        return ("set", intersect(node[1], allowed))
+    if kind in ("cat", "alt"):
+        return (kind, [restrict(n, allowed) for n in node[1]])
+    return ("rep", restrict(node[1], allowed), node[2], node[3])
+
+
+def render(node: tuple) -> str:
+    """A pattern whose tree is `node`."""
+    kind = node[0]
+    if kind == "set":
+        ranges = node[1]
+        if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
+            return escape(chr(ranges[0][0])) if 0x20 < ranges[0][0] < 0x7F else f"\\U{ranges[0][0]:08X}"
+        if not ranges:
+            return f"[^\\x00-\\U{MAX_CP:08X}]"  # matches nothing
+        return "[" + "".join(f"\\U{lo:08X}" + (f"-\\U{hi:08X}" if hi > lo else "") for lo, hi in ranges) + "]"
+    if kind == "cat":
+        return "(?:" + "".join(render(n) for n in node[1]) + ")"
+    if kind == "alt":
+        return "(?:" + "|".join(render(n) for n in node[1]) + ")"
+    _, sub, lo, hi = node
+    return f"(?:{render(sub)}){{{lo},{'' if hi is None else hi}}}"
 
 
 def escape(text: str) -> str:
