@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from danlu.errors import ConfigError
@@ -94,6 +95,27 @@ class _Trie:
                     todo.append((child, nxt))
         return allowed
 
+    @cached_property
+    def _matrix(self) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(ids, bytes [n, longest] uint8, rows still reading at each column): the tokens longest
+        first, so the tokens that have a byte at column j are the first rows."""
+        ids = sorted((i for i, t in enumerate(self.tokens) if t), key=lambda i: -len(self.tokens[i] or b""))
+        lengths = np.array([len(self.tokens[i] or b"") for i in ids], dtype=np.int64)
+        data = np.zeros((len(ids), int(lengths.max(initial=0))), dtype=np.uint8)
+        for row, i in enumerate(ids):
+            data[row, : lengths[row]] = np.frombuffer(self.tokens[i] or b"", dtype=np.uint8)
+        reading = [int((lengths > j).sum()) for j in range(data.shape[1])]
+        return np.array(ids, dtype=np.int64), data, reading
+
+    def walk_dfa(self, dfa: DFA, state: int) -> np.ndarray:
+        """The ids a DFA reads from `state`: every token at once, one byte column at a time."""
+        ids, data, reading = self._matrix
+        table, dead = dfa.table()
+        states = np.full(len(ids), state, dtype=np.int32)
+        for j, n in enumerate(reading):
+            states[:n] = table[states[:n], data[:n, j]]
+        return ids[states != dead]
+
 
 # tries are built once per tokenizer (keyed by id, holding the tokenizer so the id stays its own)
 _TRIES: OrderedDict[tuple[int, int], tuple[Any, _Trie]] = OrderedDict()
@@ -125,10 +147,12 @@ class TokenConstraint:
         if state in self._masks:
             self._masks.move_to_end(state)
         else:
-            allowed = self.trie.walk(self.matcher, state)
+            if isinstance(self.matcher, DFA):  # vectorized over the vocabulary
+                allowed = torch.from_numpy(self.trie.walk_dfa(self.matcher, state))
+            else:
+                allowed = torch.tensor(self.trie.walk(self.matcher, state), dtype=torch.long)
             mask = torch.zeros(self.vocab_size, dtype=torch.bool)
-            if allowed:
-                mask[torch.tensor(allowed)] = True
+            mask[allowed] = True
             if self.matcher.accepting(state):
                 mask[self.end_ids] = True
             if not bool(mask.any()):

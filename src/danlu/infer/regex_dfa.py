@@ -15,8 +15,10 @@ and `(?:...)`, `|`, and the quantifiers `* + ? {m} {m,} {m,n}`. The whole text m
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
+
+import numpy as np
 
 from danlu.errors import ConfigError
 
@@ -302,6 +304,7 @@ class DFA:
     accept: list[bool]
 
     start: int = 0
+    _table: tuple[np.ndarray, int] | None = field(default=None, repr=False, compare=False)
 
     def step(self, state: int, byte: int) -> int | None:
         return self.trans[state].get(byte)
@@ -311,6 +314,18 @@ class DFA:
 
     def can_continue(self, state: int) -> bool:
         return bool(self.trans[state])
+
+    def table(self) -> tuple[np.ndarray, int]:
+        """(transitions [states + 1, 256] int32, the dead state): row `dead` is the sink that every
+        missing transition leads to, for walking many byte strings at once."""
+        if self._table is None:
+            dead = len(self.trans)
+            table = np.full((dead + 1, 256), dead, dtype=np.int32)
+            for s, row in enumerate(self.trans):
+                for b, t in row.items():
+                    table[s, b] = t
+            self._table = (table, dead)
+        return self._table
 
     def matches(self, data: bytes) -> bool:
         state: int | None = 0
