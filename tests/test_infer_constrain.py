@@ -257,6 +257,15 @@ def test_mask_is_exactly_the_tokens_whose_bytes_the_matcher_reads(tok: Tokenizer
     assert not constraint.mask(constraint.start)[tok.eos_id]  # EOS only where the text is complete
 
 
+@pytest.mark.parametrize("pattern", [*REGEXES, schema_regex(SCHEMA)])
+def test_vectorized_dfa_walk_equals_the_trie_walk_in_every_state(tok: Tokenizer, pattern: str) -> None:
+    from danlu.infer.constrain import vocab_trie
+
+    dfa, trie = compile_regex(pattern), vocab_trie(tok, tok.vocab_size)
+    for state in range(len(dfa.trans)):
+        assert sorted(trie.walk_dfa(dfa, state).tolist()) == sorted(trie.walk(dfa, state))
+
+
 # --- sampled output always matches ------------------------------------------------------------------------
 
 
