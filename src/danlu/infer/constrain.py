@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections import OrderedDict
 from functools import cached_property, lru_cache
 from typing import Any, Protocol
@@ -211,6 +212,7 @@ def _dfa(pattern: str) -> DFA:
 
 # compiled constraints are shared by requests (their mask caches too); keyed like the tries
 _CONSTRAINTS: OrderedDict[tuple[str | None, int, int], tuple[Any, TokenConstraint]] = OrderedDict()
+_LOCK = threading.Lock()
 
 
 def compile_constraint(spec: dict[str, Any], tokenizer: Any, vocab_size: int) -> TokenConstraint:
@@ -219,15 +221,16 @@ def compile_constraint(spec: dict[str, Any], tokenizer: Any, vocab_size: int) ->
         raise ConfigError(f"a constraint is a dict with a 'type', got {spec!r}")
     pattern = constraint_regex(spec)
     key = (pattern, id(tokenizer), vocab_size)
-    if key in _CONSTRAINTS:
-        _CONSTRAINTS.move_to_end(key)
-        return _CONSTRAINTS[key][1]
-    matcher: Matcher = JSONMatcher() if pattern is None else _dfa(pattern)
-    ends = {tokenizer.eos_id}
-    if hasattr(tokenizer, "chat_stop_ids"):
-        ends |= set(tokenizer.chat_stop_ids())
-    constraint = TokenConstraint(matcher, vocab_trie(tokenizer, vocab_size), ends, vocab_size)
-    _CONSTRAINTS[key] = (tokenizer, constraint)
-    while len(_CONSTRAINTS) > 16:
-        _CONSTRAINTS.popitem(last=False)
-    return constraint
+    with _LOCK:  # requests may arrive on several threads (the server's)
+        if key in _CONSTRAINTS:
+            _CONSTRAINTS.move_to_end(key)
+            return _CONSTRAINTS[key][1]
+        matcher: Matcher = JSONMatcher() if pattern is None else _dfa(pattern)
+        ends = {tokenizer.eos_id}
+        if hasattr(tokenizer, "chat_stop_ids"):
+            ends |= set(tokenizer.chat_stop_ids())
+        constraint = TokenConstraint(matcher, vocab_trie(tokenizer, vocab_size), ends, vocab_size)
+        _CONSTRAINTS[key] = (tokenizer, constraint)
+        while len(_CONSTRAINTS) > 16:
+            _CONSTRAINTS.popitem(last=False)
+        return constraint
