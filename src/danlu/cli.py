@@ -353,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("recipe", nargs="?", help=f"recipe YAML (default {DEFAULT_RECIPE})")
             continue
         p = recipe_verb(stage.name, cmd_data if stage.name == "data" else cmd_stage, stage.help)
+        if stage.name == "pretrain":
+            p.add_argument(
+                "--nproc",
+                type=int,
+                default=1,
+                help="train in N processes on this machine (torchrun; the layout is parallel.*)",
+            )
         if stage.name == "data":
             p.add_argument(
                 "target", nargs="?", help="`danlu data report DIR`: summarize a run or documents dir"
@@ -442,9 +449,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 prints the results
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     try:
         if overrides and not hasattr(args, "recipe"):
             raise ConfigError(f"danlu {args.verb} takes no config overrides, got {overrides[0]}")
+        if getattr(args, "nproc", 1) != 1 and "WORLD_SIZE" not in os.environ:
+            from danlu.parallel.launch import check_layout, relaunch
+
+            check_layout(_recipe(args, overrides).parallel, args.nproc)  # a clear error before launching
+            return relaunch(args.nproc, list(sys.argv[1:] if argv is None else argv))
         with logging_redirect_tqdm():  # log lines print above progress bars instead of through them
             args.fn(args, overrides)
     except DanluError as e:

@@ -13,6 +13,7 @@ from danlu.data.config import DataConfig
 from danlu.errors import check
 from danlu.infer.config import SampleConfig
 from danlu.model.config import ModelConfig
+from danlu.parallel.config import ParallelConfig
 from danlu.tokenizer.config import TokenizerConfig
 from danlu.train.config import TrainConfig
 
@@ -28,6 +29,9 @@ class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # The distributed layout (danlu.parallel.config): mesh degrees and FSDP options, checked against
+    # the number of processes (torchrun, or --nproc N).
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
         check(

@@ -92,10 +92,23 @@ def _to_batch(rows: list[np.ndarray]) -> Batch:
 
 class TrainLoader:
     """Endless shuffled batches, phase by phase for a phased mix (see the module docstring);
-    `state_dict()` after any batch resumes exactly at the next one."""
+    `state_dict()` after any batch resumes exactly at the next one.
 
-    def __init__(self, dataset: TokenDataset, batch_size: int, seq_len: int, seed: int):
+    Data parallel: with `world` ranks, batch_size is the global batch and rank `rank` yields its rows
+    [rank * b, (rank + 1) * b) of each (b = batch_size / world), reading only those windows. Every
+    rank walks the same order and keeps the same position, so the state is the same on each rank and
+    in one process: a run resumes under any number of ranks with the same batches."""
+
+    def __init__(
+        self, dataset: TokenDataset, batch_size: int, seq_len: int, seed: int, rank: int = 0, world: int = 1
+    ):
         self.dataset, self.batch_size, self.seq_len, self.seed = dataset, batch_size, seq_len, seed
+        if world < 1 or not 0 <= rank < world or batch_size % world:
+            raise DataError(
+                f"train.batch_size={batch_size} (the global batch) must divide evenly over {world} "
+                "data-parallel ranks; choose a multiple of the data-parallel degree"
+            )
+        self.rank, self.world = rank, world
         self.n_windows = _num_windows(dataset, seq_len)
         if self.n_windows < batch_size:
             raise DataError(
@@ -116,11 +129,14 @@ class TrainLoader:
 
     def next_batch(self) -> Batch:
         rows = []
-        for _ in range(self.batch_size):
+        per_rank = self.batch_size // self.world
+        mine = range(self.rank * per_rank, (self.rank + 1) * per_rank)
+        for i in range(self.batch_size):
             if self.pos == self.n_windows:
                 self.epoch, self.pos, self._order = self.epoch + 1, 0, None
-            start = int(self._epoch_order()[self.pos]) * self.seq_len
-            rows.append(self.dataset.window(start, self.seq_len))
+            if i in mine:
+                start = int(self._epoch_order()[self.pos]) * self.seq_len
+                rows.append(self.dataset.window(start, self.seq_len))
             self.pos += 1
         return _to_batch(rows)
 

@@ -32,13 +32,21 @@ def _named(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
 
+def _sq(t: torch.Tensor) -> float:
+    """The sum of squares of t; of the whole tensor when t is a shard (a DTensor of FSDP/TP), which
+    every rank computes together."""
+    total = t.float().pow(2).sum()
+    full = getattr(total, "full_tensor", None)
+    return float(full() if full is not None else total)
+
+
 @torch.no_grad()
 def grad_norms_by_group(model: nn.Module) -> dict[str, float]:
     sq: dict[str, float] = {}
     for name, p in _named(model):
         if p.grad is not None:
             g = layer_group(name)
-            sq[g] = sq.get(g, 0.0) + float(p.grad.float().pow(2).sum())
+            sq[g] = sq.get(g, 0.0) + _sq(p.grad)
     return {g: math.sqrt(v) for g, v in sq.items()}
 
 
@@ -68,8 +76,8 @@ class UpdateRatio:
         den: dict[str, float] = {}
         for name, p in _named(self.model):
             g, old = layer_group(name), self.before[name]
-            num[g] = num.get(g, 0.0) + float((p - old).float().pow(2).sum())
-            den[g] = den.get(g, 0.0) + float(old.float().pow(2).sum())
+            num[g] = num.get(g, 0.0) + _sq(p - old)
+            den[g] = den.get(g, 0.0) + _sq(old)
         return {g: math.sqrt(num[g] / den[g]) if den[g] > 0 else 0.0 for g in num}
 
 

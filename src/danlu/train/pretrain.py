@@ -139,10 +139,16 @@ def build_pretrainer(cfg: RecipeConfig, tokens_dir: Path, tokenizer_dir: Path, o
     from danlu.data.loader import TokenDataset, TrainLoader
     from danlu.model.presets import resolve_model_config, suggested_lr
     from danlu.model.transformer import build_model
+    from danlu.parallel.runtime import init_parallel
     from danlu.tokenizer import Tokenizer
 
     device = resolve_device(cfg.train.device)
     dtype = resolve_dtype(cfg.train.dtype, device)
+    parallel = init_parallel(cfg.parallel, device)  # None in one process
+    if parallel is not None:
+        device = parallel.device  # this rank's GPU under torchrun
+        if dtype == "fp16" and parallel.sharded:
+            raise ConfigError("train.dtype=fp16 with parallel.dp_shard > 1 is not supported; use bf16")
     tok = Tokenizer.load(tokenizer_dir)
     check_tokens(tokens_dir, tok)
     model_cfg = resolve_model_config(cfg.model, tok.vocab_size)
@@ -157,6 +163,7 @@ def build_pretrainer(cfg: RecipeConfig, tokens_dir: Path, tokenizer_dir: Path, o
     token_bytes = torch.as_tensor(np.asarray(tok.token_bytes()), dtype=torch.long, device=device)
     objective = make_objective(tcfg, tok)
 
+    # every rank builds the same initial weights from the seed, then shards or replicates them
     seed_everything(tcfg.seed)
     model = build_model(model_cfg, device)
     options = {"muon_lr": tcfg.muon_lr} if tcfg.optimizer == "muon" else {}
@@ -174,7 +181,7 @@ def build_pretrainer(cfg: RecipeConfig, tokens_dir: Path, tokenizer_dir: Path, o
     return Trainer(
         model,
         lambda m: build_named_optimizer(m, tcfg.optimizer, tcfg, **options),
-        TrainLoader(train_ds, tcfg.batch_size, tcfg.seq_len, tcfg.seed),
+        TrainLoader(train_ds, tcfg.batch_size, tcfg.seq_len, tcfg.seed, *_dp_slice(parallel)),
         lm_loss(tcfg.z_loss, tcfg.label_smoothing),
         tcfg,
         RunInfo(Path(out_dir), model_cfg, Path(tokenizer_dir), tok.fingerprint(), cfg, name="pretrain"),
@@ -182,13 +189,25 @@ def build_pretrainer(cfg: RecipeConfig, tokens_dir: Path, tokenizer_dir: Path, o
         dtype,
         hooks,
         flops_per_token=float(model.flops_per_token(tcfg.seq_len)),
+        parallel=parallel,
     )
+
+
+def _dp_slice(parallel: Any) -> tuple[int, int]:
+    """(this rank's data-parallel index, data-parallel ranks): which rows of each batch it trains."""
+    return (0, 1) if parallel is None else (parallel.dp_rank, parallel.dp)
 
 
 def run_pretrain(cfg: RecipeConfig, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Pretrain (or resume) a model on packed tokens; return {model_dir, val_loss, val_bpb, steps,
     tokens_per_s}. Writes out_dir/metrics.jsonl, loss.png, checkpoints/step-NNNNNN/ and model/."""
     trainer = build_pretrainer(cfg, Path(tokens_dir), Path(tokenizer_dir), Path(out_dir))
-    result = trainer.fit()
-    model_dir = save_model_dir(Path(out_dir) / "model", trainer.model, trainer.run.model_cfg, tokenizer_dir)
+    parallel = trainer.parallel
+    try:
+        result = trainer.fit()
+        save = parallel.save_model_dir if parallel is not None else save_model_dir
+        model_dir = save(Path(out_dir) / "model", trainer.model, trainer.run.model_cfg, Path(tokenizer_dir))
+    finally:
+        if parallel is not None:
+            parallel.close()
     return {"model_dir": model_dir, **result}

@@ -16,6 +16,7 @@ CPU with the same thread count). Evaluation must consume no randomness, so it do
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -73,6 +74,33 @@ class Stateful(Protocol):
 
 class Batches(Stateful, Iterable[Any], Protocol):
     """An endless, resumable stream of micro-batches (its state_dict is its position)."""
+
+
+class Parallel(Protocol):
+    """A distributed run as the trainer sees it (danlu.parallel.runtime.Distributed): the batches are
+    this rank's rows of each global batch; counts and losses are summed over the data-parallel ranks."""
+
+    is_main: bool
+    grad_scale: float  # the loss factor that turns the ranks' averaged gradients into the batch's
+
+    def shard(self, model: nn.Module) -> nn.Module: ...
+    def wrap_forward(self, model: nn.Module) -> nn.Module: ...
+    def accumulating(self, forward: nn.Module, last: bool) -> contextlib.AbstractContextManager: ...
+    def sum(self, t: torch.Tensor) -> torch.Tensor: ...
+    def count(self, n: int) -> int: ...
+    def barrier(self) -> None: ...
+    def save_checkpoint(self, out_dir: Path, step: int, model: nn.Module, *args: Any) -> Path: ...
+    def load_checkpoint(self, path: Path, model: nn.Module, *args: Any) -> dict[str, Any]: ...
+
+
+class _Discard:
+    """The metrics logger of a rank other than 0: records are kept by rank 0 only."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def rewind(self, step: int) -> None:
+        pass
 
 
 @dataclass
@@ -192,6 +220,7 @@ class Trainer:
         dtype: str,
         hooks: Hooks | None = None,
         flops_per_token: float = 0.0,
+        parallel: Parallel | None = None,
     ):
         if cfg.lr is None:
             raise ValueError("resolve train.lr before building the Trainer")
@@ -208,6 +237,10 @@ class Trainer:
                 p.requires_grad_(bool(self.hooks.trainable(name, p)))
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("no parameter trains: the trainable hook rejected all of them")
+        self.parallel = parallel
+        self.is_main = parallel is None or parallel.is_main
+        if parallel is not None:  # sharded in place before the optimizer sees the parameters
+            model = parallel.shard(model)
         self.model = model
         self.model.train()
         self.trainable = [p for p in model.parameters() if p.requires_grad]
@@ -221,7 +254,8 @@ class Trainer:
             n = apply_activation_checkpointing(self.model, cfg.activation_checkpointing)
             log.info("activation checkpointing on %d blocks", n)
         # compile after loading weights: the compiled wrapper shares the parameters of self.model
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        forward = parallel.wrap_forward(self.model) if parallel is not None else self.model
+        self.forward = torch.compile(forward) if cfg.compile else forward
         self.flops_per_token = flops_per_token
         self.peak = peak_flops(device.type, dtype, torch.get_num_threads())
 
@@ -272,19 +306,24 @@ class Trainer:
                 return
             except CheckpointCorrupt as e:
                 aside = path.with_name(f"corrupt-{path.name}")
-                shutil.rmtree(aside, ignore_errors=True)
-                path.rename(aside)
-                log.warning("%s; moved it to %s and trying the previous checkpoint", e, aside)
+                if self.is_main:
+                    shutil.rmtree(aside, ignore_errors=True)
+                    path.rename(aside)
+                    log.warning("%s; moved it to %s and trying the previous checkpoint", e, aside)
+                if self.parallel is not None:
+                    self.parallel.barrier()
 
     def _restore(self, path: Path, restore_batches: bool) -> None:
         r = self.run
-        state = load_checkpoint(path, self.model, self.optimizer, r.model_cfg, r.fingerprint, self.device)
+        load = self.parallel.load_checkpoint if self.parallel is not None else load_checkpoint
+        state = load(path, self.model, self.optimizer, r.model_cfg, r.fingerprint, self.device)
         self.load_state_dict(state, restore_batches)
         log.info("restored %s (step %d, %d tokens)", path, self.state.step, self.state.tokens)
 
     def _checkpoint(self) -> None:
         r, s = self.run, self.state
-        save_checkpoint(
+        save = self.parallel.save_checkpoint if self.parallel is not None else save_checkpoint
+        save(
             self.out_dir,
             s.step,
             self.model,
@@ -295,9 +334,12 @@ class Trainer:
             r.tokenizer_dir,
         )
         ev = s.last_eval
-        if ev is not None and ev["step"] == s.step and ev["val_loss"] == s.best_val:
-            mark_best(self.out_dir, s.step, ev["val_loss"])
-        prune_checkpoints(self.out_dir, self.cfg.keep_last)
+        if self.is_main:
+            if ev is not None and ev["step"] == s.step and ev["val_loss"] == s.best_val:
+                mark_best(self.out_dir, s.step, ev["val_loss"])
+            prune_checkpoints(self.out_dir, self.cfg.keep_last)
+        if self.parallel is not None:
+            self.parallel.barrier()
 
     def _rollback(self, metrics: MetricsLogger, loss: float) -> None:
         """Back to the newest checkpoint, keeping the batch stream where it is: the batches since
@@ -332,18 +374,24 @@ class Trainer:
         target tokens, if the caller has them already."""
         if counts is None:
             counts = [self.hooks.sizes(mb)[1] for mb in micro_batches]
-        n_tokens = sum(counts)
+        n_tokens = sum(counts) if self.parallel is None else self.parallel.count(sum(counts))
+        grad_scale = 1.0 if self.parallel is None else self.parallel.grad_scale
         if n_tokens == 0:
             raise DataError("an optimizer step has no target tokens (every target is masked)")
         total = torch.zeros((), device=self.device)
         metrics: dict[str, Any] = {}
-        for mb, count in zip(micro_batches, counts, strict=True):
-            with autocast(self.device, self.dtype):
-                out = self.loss_fn(self.forward, to_device(mb, self.device))
-            assert out.n_tokens == count, "loss_fn counted other target tokens than Hooks.sizes"
-            loss = out.loss_sum / n_tokens
-            objective = loss if out.aux is None else loss + out.aux * (count / n_tokens)
-            (objective * loss_scale).backward()
+        for i, (mb, count) in enumerate(zip(micro_batches, counts, strict=True)):
+            last = i == len(micro_batches) - 1
+            sync = (
+                self.parallel.accumulating(self.forward, last) if self.parallel else contextlib.nullcontext()
+            )
+            with sync:
+                with autocast(self.device, self.dtype):
+                    out = self.loss_fn(self.forward, to_device(mb, self.device))
+                assert out.n_tokens == count, "loss_fn counted other target tokens than Hooks.sizes"
+                loss = out.loss_sum / n_tokens
+                objective = loss if out.aux is None else loss + out.aux * (count / n_tokens)
+                (objective * (loss_scale * grad_scale)).backward()
             total += loss.detach()
             metrics = out.metrics
         return total, metrics
@@ -361,6 +409,8 @@ class Trainer:
         sizes = [self.hooks.sizes(mb) for mb in micro]
         loss_t, loss_metrics = self.forward_backward(micro, scale, [n for _, n in sizes])
         tokens = sum(n for n, _ in sizes)
+        if self.parallel is not None:  # the step's loss and tokens over every data-parallel rank
+            loss_t, tokens = self.parallel.sum(loss_t), self.parallel.count(tokens)
         overflow = self.scaler.unscale_(self.model.parameters()) if self.scaler is not None else False
         if self.scaler is not None:
             self.scaler.update(overflow)
@@ -408,7 +458,8 @@ class Trainer:
         s.last_eval = {"step": s.step, **result}
         metrics.log({**s.last_eval, "elapsed": round(s.elapsed, 3)})
         log.info("step %6d | %s", s.step, " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
-        plot_metrics(self.out_dir / METRICS_FILE, self.out_dir / "loss.png")
+        if self.is_main:
+            plot_metrics(self.out_dir / METRICS_FILE, self.out_dir / "loss.png")
 
     def _should_stop_early(self) -> bool:
         p = self.cfg.early_stop_patience
@@ -428,11 +479,15 @@ class Trainer:
             unit="step",
             mininterval=1.0,
             dynamic_ncols=True,
+            disable=not self.is_main,
         )
         window_start, window_steps, window_tokens, clipped = time.perf_counter(), 0, 0, 0
         run_name = getattr(self.run.run_config, "name", self.out_dir.name)
-        sinks = open_sinks(t.sinks, self.out_dir, run_name, self._config_record())
-        with MetricsLogger(self.out_dir, resume_step=s.step, sinks=sinks) as metrics:
+        logger: Any = _Discard()
+        if self.is_main:
+            sinks = open_sinks(t.sinks, self.out_dir, run_name, self._config_record())
+            logger = MetricsLogger(self.out_dir, resume_step=s.step, sinks=sinks)
+        with logger if self.is_main else contextlib.nullcontext(logger) as metrics:
             if s.step < t.max_steps:
                 log.info(
                     "%s: %s from step %d to %d on %s (%s), peak lr %.3g",
@@ -489,7 +544,8 @@ class Trainer:
             if self.hooks.evaluate is not None and (s.last_eval is None or s.last_eval["step"] != s.step):
                 self._eval(metrics)  # e.g. resumed a finished run whose last eval was lost
         bar.close()
-        plot_metrics(self.out_dir / METRICS_FILE, self.out_dir / "loss.png")
+        if self.is_main:
+            plot_metrics(self.out_dir / METRICS_FILE, self.out_dir / "loss.png")
         last = {k: v for k, v in (s.last_eval or {}).items() if k != "step"}
         return last | {
             "steps": s.step,

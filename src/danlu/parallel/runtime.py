@@ -1,0 +1,163 @@
+"""The process group of a distributed run and what the Trainer asks of it.
+
+`init_parallel(cfg, device)` joins the group that `torchrun` (or `danlu ... --nproc N`) started,
+checks the layout against the world size, builds the device mesh and returns a `Distributed`; in a
+single process it only checks the layout and returns None. The Trainer uses the object to shard the
+model, wrap its forward (DDP), sum token counts and losses over the data-parallel ranks, and save and
+load checkpoints; only rank 0 logs at INFO, writes metrics, checkpoints and the model dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from danlu.model.config import ModelConfig
+from danlu.parallel.apply import apply_ddp, apply_fsdp
+from danlu.parallel.checkpoint import (
+    export_sharded_model_dir,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
+from danlu.parallel.config import ParallelConfig
+from danlu.parallel.mesh import ParallelDims, build_mesh
+
+log = logging.getLogger(__name__)
+
+
+def world_size() -> int:
+    """The number of processes torchrun started (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class Distributed:
+    """One rank's view of the run (see the module docstring)."""
+
+    def __init__(self, cfg: ParallelConfig, dims: ParallelDims, mesh: Any, device: torch.device, owns: bool):
+        self.cfg, self.dims, self.mesh, self.device = cfg, dims, mesh, device
+        self.rank, self._owns = dist.get_rank(), owns
+        self.is_main = self.rank == 0
+        self.dp_rank, self.dp = self.rank, dims.dp  # tp = pp = 1: every rank is a data-parallel rank
+        self.sharded = dims.dp_shard > 1
+        # DDP and FSDP average gradients over the dp ranks; the loss is divided by the step's global
+        # target tokens, so multiplying by dp makes the reduced gradient that of the whole batch
+        self.grad_scale = float(dims.dp)
+
+    # --- the model --------------------------------------------------------------------------------
+
+    def shard(self, model: nn.Module) -> nn.Module:
+        """FSDP2 in place when dp_shard > 1 (before the optimizer is built); otherwise unchanged."""
+        return apply_fsdp(model, self.mesh, self.dims, self.cfg) if self.sharded else model
+
+    def wrap_forward(self, model: nn.Module) -> nn.Module:
+        """What the trainer calls forward on: a DDP wrapper for pure data parallelism, else the model."""
+        return model if self.sharded else apply_ddp(model, self.mesh, self.device)
+
+    @contextlib.contextmanager
+    def accumulating(self, forward: nn.Module, last: bool) -> Iterator[None]:
+        """Skip DDP's gradient all-reduce on all but the last micro-batch of a step (the sum is the same)."""
+        ctx = forward.no_sync() if not last and hasattr(forward, "no_sync") else contextlib.nullcontext()
+        with ctx:
+            yield
+
+    # --- collectives ------------------------------------------------------------------------------
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """t summed over the data-parallel ranks (a new tensor)."""
+        out = t.detach().clone()
+        dist.all_reduce(out)
+        return out
+
+    def count(self, n: int) -> int:
+        """An integer count summed over the data-parallel ranks."""
+        return int(self.sum(torch.tensor(n, dtype=torch.int64, device=self._comm_device)))
+
+    def max(self, value: float) -> float:
+        t = torch.tensor(value, dtype=torch.float64, device=self._comm_device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
+    @property
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    # --- checkpoints and the model dir ------------------------------------------------------------
+
+    def save_checkpoint(self, out_dir: Path, step: int, model: nn.Module, *args: Any) -> Path:
+        """train.checkpoint.save_checkpoint's arguments; rank 0 writes, all ranks return together."""
+        from danlu.train.checkpoint import checkpoint_dir, save_checkpoint
+
+        if self.sharded:
+            path = save_sharded_checkpoint(self.rank, out_dir, step, model, *args)
+        else:
+            path = (
+                save_checkpoint(out_dir, step, model, *args)
+                if self.is_main
+                else checkpoint_dir(out_dir, step)
+            )
+        self.barrier()
+        return path
+
+    def load_checkpoint(self, path: Path, model: nn.Module, *args: Any) -> dict[str, Any]:
+        """train.checkpoint.load_checkpoint's arguments, on every rank."""
+        from danlu.train.checkpoint import load_checkpoint
+
+        load = load_sharded_checkpoint if self.sharded else load_checkpoint
+        return load(path, model, *args)
+
+    def save_model_dir(
+        self, path: Path, model: nn.Module, model_cfg: ModelConfig, tokenizer_dir: Path
+    ) -> Path:
+        """The trained model as a single-process model dir, written by rank 0."""
+        from danlu.model_dir import save_model_dir
+
+        if self.sharded:
+            export_sharded_model_dir(self.rank, path, model, model_cfg, tokenizer_dir)
+        elif self.is_main:
+            save_model_dir(path, model, model_cfg, tokenizer_dir)
+        self.barrier()
+        return Path(path)
+
+    def close(self) -> None:
+        """Leave the process group if init_parallel created it."""
+        if self._owns and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_parallel(cfg: ParallelConfig, device: torch.device) -> Distributed | None:
+    """Join the torchrun process group and build the mesh (see the module docstring)."""
+    dims = ParallelDims.resolve(cfg, world_size())
+    if dims.world_size == 1:
+        return None
+    owns = not dist.is_initialized()
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    if owns:
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout_s))
+    rank = dist.get_rank()
+    if rank != 0:  # rank-0 logging: the others report only warnings and errors
+        logging.getLogger().setLevel(logging.WARNING)
+    mesh = build_mesh(dims, device.type)
+    log.info(
+        "distributed: %d processes (%s), backend %s, device %s",
+        dims.world_size,
+        dims.kind,
+        dist.get_backend(),
+        device,
+    )
+    return Distributed(cfg, dims, mesh, device, owns)
