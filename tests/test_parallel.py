@@ -1,0 +1,198 @@
+"""Distributed layouts on CPU with gloo: each matches the single-process loss curve (fp32, tolerance
+below), a checkpoint saved under one layout resumes under another, the layout is checked against the
+world size, and each data-parallel rank reads its own rows of the same global batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+from danlu.data.loader import TokenDataset, TrainLoader
+from danlu.errors import ConfigError, DataError
+from danlu.model.config import ModelConfig
+from danlu.parallel.config import ParallelConfig
+from danlu.parallel.launch import check_layout, without_nproc
+from danlu.parallel.mesh import LayoutError, ParallelDims
+from danlu.recipe import RecipeConfig
+from danlu.train.config import TrainConfig
+from danlu.train.pretrain import run_pretrain
+
+TOL = 1e-4  # per-step train loss, fp32 on CPU (observed differences are about 1e-6)
+TIMEOUT_S = 240
+
+
+def _recipe(steps: int = 6, **parallel) -> RecipeConfig:
+    return RecipeConfig(
+        model=ModelConfig(n_layer=2, n_embd=32, n_head=2, max_seq_len=32),
+        train=TrainConfig(
+            seq_len=32, batch_size=4, max_steps=steps, lr=3e-3, warmup_steps=2, schedule="constant",
+            eval_every=3, eval_batches=2, ckpt_every=3, keep_last=10, log_every=1, device="cpu", seed=7,
+        ),
+        parallel=ParallelConfig(**parallel),
+    )  # fmt: skip
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, args: tuple) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    try:
+        run_pretrain(*args)
+    except BaseException:
+        Path(args[3], f"rank{rank}.err").write_text(traceback.format_exc())
+        raise
+
+
+def _spawn(world: int, cfg: RecipeConfig, tokens: Path, tok: Path, out: Path) -> None:
+    """run_pretrain in `world` gloo processes; every process is ended and joined, whatever happens."""
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("spawn")
+    port = _port()
+    procs = [
+        ctx.Process(target=_worker, args=(r, world, port, (cfg, tokens, tok, out))) for r in range(world)
+    ]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(TIMEOUT_S)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    errors = "".join(f.read_text() for f in sorted(out.glob("rank*.err")))
+    assert all(p.exitcode == 0 for p in procs), errors[-3000:] or [p.exitcode for p in procs]
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if "loss" in r}
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def single(tiny_packed, tmp_path_factory) -> Path:
+    tokens, tok = tiny_packed
+    out = tmp_path_factory.mktemp("single")
+    torch.set_num_threads(1)
+    run_pretrain(_recipe(steps=12), tokens, tok, out)
+    return out
+
+
+def _assert_matches(run: Path, ref: Path, steps: range, tol: float = TOL) -> None:
+    got, want = _losses(run), _losses(ref)
+    assert sorted(got) == list(steps)
+    for s in steps:
+        assert abs(got[s] - want[s]) < tol, (s, got[s], want[s])
+
+
+@pytest.mark.parametrize(
+    ("world", "layout"),
+    [
+        (2, {}),  # DDP 2
+        (2, {"dp_shard": 2}),  # FSDP 2, ZeRO-3 behaviour
+        (2, {"dp_shard": 2, "reshard_after_forward": False}),  # FSDP 2, ZeRO-2 behaviour
+        pytest.param(2, {"dp_shard": 2, "cpu_offload": True}, marks=pytest.mark.slow),
+        pytest.param(4, {"dp_shard": 4}, marks=pytest.mark.slow),  # FSDP 4
+        pytest.param(4, {"dp_replicate": 2, "dp_shard": 2}, marks=pytest.mark.slow),  # HSDP 2 x 2
+    ],
+    ids=["ddp2", "fsdp2-zero3", "fsdp2-zero2", "fsdp2-offload", "fsdp4", "hsdp2x2"],
+)
+def test_layout_matches_single_process(tiny_packed, single, tmp_path, world, layout):
+    tokens, tok = tiny_packed
+    _spawn(world, _recipe(steps=6, **layout), tokens, tok, tmp_path)
+    _assert_matches(tmp_path, single, range(1, 7))
+    # the model dir exported by rank 0 holds full (unsharded) weights in the single-process format
+    ref = _weights(single / "checkpoints" / "step-000006")
+    got = _weights(tmp_path / "model")
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-4)
+
+
+def test_fsdp_checkpoint_resumes_under_ddp_and_one_process(tiny_packed, single, tmp_path):
+    """Save under FSDP 2 at step 6; resume to 12 under DDP 2, and again from 6 in one process."""
+    tokens, tok = tiny_packed
+    _spawn(2, _recipe(steps=6, dp_shard=2), tokens, tok, tmp_path / "a")
+    step6 = Path("checkpoints", "step-000006")
+    shutil.copytree(tmp_path / "a" / step6, tmp_path / "b" / step6)
+    _spawn(2, _recipe(steps=12), tokens, tok, tmp_path / "a")
+    _assert_matches(tmp_path / "a", single, range(1, 13))
+    run_pretrain(_recipe(steps=12), tokens, tok, tmp_path / "b")
+    got, want = _losses(tmp_path / "b"), _losses(single)
+    for s in range(7, 13):
+        assert abs(got[s] - want[s]) < TOL, (s, got[s], want[s])
+
+
+def test_layout_checked_against_world_size():
+    assert ParallelDims.resolve(ParallelConfig(), 4) == ParallelDims(4, 1, 4)
+    assert ParallelDims.resolve(ParallelConfig(dp_replicate=2, dp_shard=-1), 4) == ParallelDims(2, 2, 4)
+    assert ParallelDims.resolve(ParallelConfig(dp_shard=2), 4).kind == "hsdp"
+    with pytest.raises(LayoutError, match=r"= 3 processes, but 4 were launched"):
+        ParallelDims.resolve(ParallelConfig(dp_replicate=1, dp_shard=3), 4)
+    with pytest.raises(LayoutError, match="does not divide 4"):
+        check_layout(ParallelConfig(dp_shard=3), 4)
+    with pytest.raises(ConfigError, match="only one dimension may be -1"):
+        ParallelConfig(dp_shard=-1)
+    with pytest.raises(ConfigError, match=r"parallel.tp: tp > 1 is not implemented yet"):
+        ParallelConfig(tp=2)
+    assert without_nproc(["pretrain", "--nproc", "2", "r.yaml", "--nproc=4", "--x=1"]) == [
+        "pretrain",
+        "r.yaml",
+        "--x=1",
+    ]
+
+
+def test_single_process_refuses_a_sharded_layout(tiny_packed, tmp_path):
+    tokens, tok = tiny_packed
+    with pytest.raises(LayoutError, match="launch 2"):
+        run_pretrain(_recipe(dp_replicate=1, dp_shard=2), tokens, tok, tmp_path)
+
+
+def test_ranks_read_their_rows_of_the_same_global_batches(tiny_packed):
+    tokens, _ = tiny_packed
+    ds = TokenDataset(tokens, "train")
+    one = TrainLoader(ds, 4, 32, seed=3)
+    ranks = [TrainLoader(ds, 4, 32, seed=3, rank=r, world=2) for r in range(2)]
+    n = 3 * one.n_windows // 4 + 5  # crosses an epoch boundary
+    for _ in range(n):
+        x, y = one.next_batch()
+        parts = [loader.next_batch() for loader in ranks]
+        assert torch.equal(torch.cat([p[0] for p in parts]), x)
+        assert torch.equal(torch.cat([p[1] for p in parts]), y)
+    assert all(loader.state_dict() == one.state_dict() for loader in ranks)
+    resumed = TrainLoader(ds, 4, 32, seed=3, rank=1, world=2)
+    resumed.load_state_dict(one.state_dict())  # a one-process position resumes on rank 1 of 2
+    assert torch.equal(resumed.next_batch()[0], one.next_batch()[0][2:])
+    with pytest.raises(DataError, match="must divide evenly over 3"):
+        TrainLoader(ds, 4, 32, seed=3, rank=0, world=3)
+
+
+def test_recipe_parallel_section_loads():
+    from danlu.recipe import load_recipe
+
+    cfg = load_recipe(None, ["--parallel.dp_shard=2", "--parallel.reshard_after_forward=false"])
+    assert dataclasses.asdict(cfg.parallel)["dp_shard"] == 2 and not cfg.parallel.reshard_after_forward
