@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from danlu.errors import ConfigError
 from danlu.model.config import ModelConfig
 from danlu.parallel.apply import apply_ddp, apply_fsdp
 from danlu.parallel.checkpoint import (
@@ -56,6 +57,11 @@ class Distributed:
 
     def shard(self, model: nn.Module) -> nn.Module:
         """FSDP2 in place when dp_shard > 1 (before the optimizer is built); otherwise unchanged."""
+        if self.cfg.cpu_offload and (not self.sharded or self.device.type != "cuda"):
+            raise ConfigError(
+                "parallel.cpu_offload needs parallel.dp_shard > 1 on GPUs (FSDP2 offloads to pinned CPU "
+                "memory); on CPU the parameters are in CPU memory already: remove it"
+            )
         return apply_fsdp(model, self.mesh, self.dims, self.cfg) if self.sharded else model
 
     def wrap_forward(self, model: nn.Module) -> nn.Module:
