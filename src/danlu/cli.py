@@ -6,11 +6,12 @@
     danlu tokenizer train|encode|stats           byte-level BPE: train, encode text, compression stats
     danlu pack [RECIPE]                          documents -> token shards
     danlu pretrain [RECIPE]                      train (resumes from the run's last checkpoint)
+    danlu sft [RECIPE] [--sft.base=MODEL]        finetune on conversations (full, LoRA, QLoRA, DoRA)
     danlu generate MODEL --prompt TEXT           sample a continuation
     danlu chat MODEL                             talk to a model in the terminal
     danlu plot RUN                               PNG plots of a run's metrics
     danlu import SRC OUT                         a model dir from GGUF, a HF Llama dir or a registry model
-    danlu export MODEL OUT                       a Hugging Face Llama dir that transformers loads
+    danlu export MODEL OUT [--peft]              a Hugging Face Llama dir (or its LoRA adapter for PEFT)
     danlu plan ACTION                            FLOPs, scaling laws, memory, cost, parallel layouts
     danlu serve MODEL [--port 8000]              an OpenAI-compatible HTTP server and a web chat page
 
@@ -76,7 +77,12 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"validation bits/byte:  {pre.get('val_bpb', float('nan')):.4f}")
     for prompt, text in results["samples"]:
         print(f"\n--- sample ---\n{prompt}{text}")
-    print(f"\ntalk to it:            danlu chat {results['model_dir']}")
+    if "chat_model_dir" in results:
+        print(f"\nchat model (sft):      {results['chat_model_dir']}")
+        print(
+            f"sft validation loss:   {results['sft'].get('val_loss', float('nan')):.4f} nats/assistant token"
+        )
+    print(f"\ntalk to it:            danlu chat {results.get('chat_model_dir', results['model_dir'])}")
 
 
 def cmd_stage(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -235,7 +241,13 @@ def cmd_import(args: argparse.Namespace, overrides: list[str]) -> None:
 
     check_replaceable_output(args.out, args.force)  # before a registry model is downloaded
     src = Path(args.src)
-    if args.src in MODELS:
+    if (src / "adapter_config.json").is_file():  # a PEFT adapter: onto --base
+        from danlu.interop.peft import import_peft
+
+        if not args.base:
+            raise ConfigError(f"{src} is a PEFT adapter; name the danlu model dir it adapts with --base")
+        out = import_peft(src, _model_dir(args.base), args.out, force=args.force)
+    elif args.src in MODELS:
         out = import_gguf(registry_gguf(args.src), args.out, force=args.force)
     elif src.is_dir():
         out = import_hf(src, args.out, force=args.force)
@@ -251,6 +263,12 @@ def cmd_import(args: argparse.Namespace, overrides: list[str]) -> None:
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.interop.hf_llama import export_hf
 
+    if args.peft:
+        from danlu.interop.peft import export_peft
+
+        out = export_peft(_model_dir(args.model), args.out, force=args.force)
+        print(f"wrote {out}: peft.PeftModel.from_pretrained(<the HF export of its base>, {str(out)!r})")
+        return
     out = export_hf(_model_dir(args.model), args.out, force=args.force)
     print(f"wrote {out}: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
@@ -394,12 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="smollm2-135m-instruct, a .gguf file, or a Hugging Face Llama directory")
     p.add_argument("out", help="the model dir to write (missing or empty)")
     p.add_argument("--force", action="store_true", help="replace OUT if it is a model dir")
+    p.add_argument("--base", default=None, help="for a PEFT adapter SRC: the danlu model dir it adapts")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("export", help="write a model as a Hugging Face Llama directory")
     p.add_argument("model", help="model dir (or run dir)")
     p.add_argument("out", help="the directory to write (missing or empty)")
     p.add_argument("--force", action="store_true", help="replace OUT if it is a model dir")
+    p.add_argument("--peft", action="store_true", help="write the model's LoRA adapter in PEFT's format")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API, with a web chat page")

@@ -11,6 +11,7 @@ from pathlib import Path
 from danlu.config import from_dict, load_yaml, merge, parse_overrides
 from danlu.data.config import DataConfig
 from danlu.errors import check
+from danlu.finetune.config import SFTConfig
 from danlu.infer.config import SampleConfig
 from danlu.model.config import ModelConfig
 from danlu.parallel.config import ParallelConfig
@@ -32,6 +33,9 @@ class RecipeConfig:
     # The distributed layout (danlu.parallel.config): mesh degrees and FSDP options, checked against
     # the number of processes (torchrun, or --nproc N).
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    # Supervised finetuning after pretraining (danlu.finetune.config); absent: `danlu run` stops at
+    # the base model. `danlu sft` uses these settings, or the defaults when the recipe has none.
+    sft: SFTConfig | None = None
 
     def __post_init__(self) -> None:
         check(

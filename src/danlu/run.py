@@ -223,6 +223,26 @@ def run_pretrain_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
 
 
+def sft_base(cfg: RecipeConfig, layout: RunLayout) -> Path:
+    """The model the SFT stage finetunes: sft.base, or the run's pretrained model."""
+    base = cfg.sft.base if cfg.sft is not None else ""
+    return Path(base).expanduser() if base else layout.model
+
+
+def run_sft_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
+    from danlu.finetune.config import SFTConfig
+    from danlu.finetune.sft import run_sft
+
+    result = run_sft(cfg.sft or SFTConfig(), sft_base(cfg, layout), layout.path("sft"))
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
+
+
+def _sft_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    sft = cfg.sft
+    base = [sft.base] if sft is not None and sft.base else []
+    return {"sft": None if sft is None else to_dict(sft), "base": _local_input_fingerprint(base)}
+
+
 def sample_texts(cfg: RecipeConfig, model_dir: Path) -> list[tuple[str, str]]:
     """Continue each of the recipe's prompts with the trained model."""
     from danlu.infer.sampling import complete
@@ -266,6 +286,8 @@ class Stage:
     summary: Callable[[dict[str, Any], Path], str]  # what the CLI verb prints when it finishes
     # False when the output, though there, was made by older code and must be made again
     current: Callable[[RunLayout], bool] | None = None
+    # whether `danlu run` runs it for this recipe (an optional stage, like sft); its verb always runs
+    enabled: Callable[[RecipeConfig], bool] | None = None
 
 
 STAGES: tuple[Stage, ...] = (
@@ -310,6 +332,17 @@ STAGES: tuple[Stage, ...] = (
         run_pretrain_stage,
         lambda r, out: f"model: {out}  val loss {r['val_loss']:.4f}  val bpb {r['val_bpb']:.4f}",
     ),
+    Stage(
+        "sft",
+        "finetune a model on conversations (full, LoRA, QLoRA, DoRA), writing a chat model dir",
+        ("pretrain",),
+        "sft",
+        "model/config.json",
+        _sft_settings,
+        run_sft_stage,
+        lambda r, out: f"chat model: {r['model_dir']}  val loss {r['val_loss']:.4f} (assistant tokens)",
+        enabled=lambda cfg: cfg.sft is not None,
+    ),
 )
 STAGE = {stage.name: stage for stage in STAGES}
 
@@ -331,6 +364,8 @@ def run_stages(
     for stage in STAGES:
         if names is not None and stage.name not in names:
             continue
+        if names is None and stage.enabled is not None and not stage.enabled(cfg):
+            continue
         results[stage.name], ran = _run_stage(
             layout,
             stage.name,
@@ -348,4 +383,6 @@ def run_recipe(cfg: RecipeConfig, force: tuple[str, ...] = ()) -> dict[str, Any]
     layout = RunLayout(cfg.run_path)
     results["samples"] = sample_texts(cfg, layout.model)
     results["model_dir"] = str(layout.model)
+    if "sft" in results:
+        results["chat_model_dir"] = results["sft"]["model_dir"]
     return results

@@ -79,13 +79,6 @@ class LoRAConfig:
         check(bool(self.name) and "/" not in self.name, "sft.lora.name", "must be a plain name")
 
 
-def _sft_train() -> TrainConfig:
-    return TrainConfig(
-        seq_len=256, batch_size=8, max_steps=200, lr=None, warmup_steps=10, weight_decay=0.0,
-        eval_every=50, ckpt_every=50, log_every=10, eval_batches=0,
-    )  # fmt: skip
-
-
 @dataclass
 class SFTConfig:
     # The model dir to finetune; "" means the run's pretrained model (runs/<name>/model).
@@ -94,9 +87,9 @@ class SFTConfig:
     method: str = "lora"
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    # Training settings (train.* keys); train.seq_len is the longest conversation in tokens, and
-    # train.lr None means 3e-4 for full finetuning, 2e-3 for the adapters.
-    train: TrainConfig = field(default_factory=_sft_train)
+    # Training settings (the train.* keys and defaults); train.seq_len is the longest conversation in
+    # tokens (or the packed row), and train.lr None means 3e-4 for full finetuning, 2e-3 for adapters.
+    train: TrainConfig = field(default_factory=TrainConfig)
     # Write merged weights (a plain model dir); false keeps the base weights and adds adapters/<name>/.
     merge: bool = True
     # NF4 block size and the block size of its double-quantized absmax constants (qlora).

@@ -44,11 +44,10 @@ from danlu.finetune.packing import Example, SFTBatches, check_packing, eval_batc
 from danlu.finetune.sources import build_conversations
 from danlu.io import atomic_path, atomic_write_json, sha256_json
 from danlu.model_dir import load_model, save_model_dir
-from danlu.train.losses import IGNORE_INDEX
+from danlu.train.losses import IGNORE_INDEX, summed_lm_loss
 from danlu.train.optimizers import build_named_optimizer
 from danlu.train.precision import autocast, resolve_device, resolve_dtype
-from danlu.train.pretrain import lm_loss, seed_everything
-from danlu.train.trainer import Hooks, RunInfo, Trainer
+from danlu.train.trainer import Hooks, LossOutput, RunInfo, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,13 @@ def method_hooks(
         return ".adapters." in name
 
     return transform, trainable
+
+
+def sft_loss(model: nn.Module, batch: Any) -> LossOutput:
+    """Next-token loss over the assistant tokens of a micro-batch (inputs, targets[, packing mask])."""
+    x, y, *rest = batch
+    logits = model(x) if not rest else model(x, attn_mask=rest[0])
+    return LossOutput(summed_lm_loss(logits, y), int((y != IGNORE_INDEX).sum()))
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -202,7 +208,7 @@ def trainable_report(model: nn.Module, optimizer: torch.optim.Optimizer | None =
 def build_sft_trainer(cfg: SFTConfig, base_dir: Path, out_dir: Path) -> tuple[Trainer, dict[str, Any]]:
     device = resolve_device(cfg.train.device)
     dtype = resolve_dtype(cfg.train.dtype, device)
-    seed_everything(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
     model, tok, model_cfg = load_model(base_dir, device)
     if cfg.train.seq_len > model_cfg.max_seq_len:
         raise ConfigError(
@@ -222,7 +228,7 @@ def build_sft_trainer(cfg: SFTConfig, base_dir: Path, out_dir: Path) -> tuple[Tr
     batches = SFTBatches(examples["train"], tcfg.batch_size, tcfg.seq_len, pad, tcfg.seed, cfg.data.packing)
     run = RunInfo(out_dir, model_cfg, base_dir / "tokenizer", tok.fingerprint(), cfg, name="sft")
     trainer = Trainer(
-        model, lambda m: build_named_optimizer(m, tcfg.optimizer, tcfg), batches, lm_loss(),
+        model, lambda m: build_named_optimizer(m, tcfg.optimizer, tcfg), batches, sft_loss,
         tcfg, run, device, dtype, hooks, flops_per_token=float(model.flops_per_token(tcfg.seq_len)),
     )  # fmt: skip
     report = trainable_report(trainer.model, trainer.optimizer)
