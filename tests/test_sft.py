@@ -118,7 +118,10 @@ def test_sft_lowers_the_assistant_loss_and_writes_a_chat_model_dir(root, tmp_pat
         assert n_train == manifest["parameters"]["total_params"]
 
 
-@pytest.mark.parametrize("method", ["lora", "dora", "qlora"])
+@pytest.mark.parametrize(
+    "method",
+    ["lora", pytest.param("dora", marks=pytest.mark.slow), pytest.param("qlora", marks=pytest.mark.slow)],
+)
 def test_unmerged_adapters_load_with_the_trained_logits_and_leave_the_base_alone(root, tmp_path, method):
     cfg = sft_config(root, method, merge=False, steps=20)
     trainer, _ = build_sft_trainer(cfg, root / "base", tmp_path / "out")
