@@ -8,7 +8,8 @@ A step checkpoint (danlu.train.checkpoint) is a model directory plus optimizer a
 everything here reads a checkpoint too. Reserved beside the base for what later stages add:
 `adapters/<name>/` (finetuned adapters over these weights: adapter_config.json and
 adapter_model.safetensors; config.json's "adapter" names the one load_model applies) and `quant/`
-(quantized weights).
+(quantized weights: config.json's "quant" marks the dir, quant/quant_config.json lists the Linears that
+are quantized modules, whose codes and scales model.safetensors holds; danlu.quant.store).
 
 Loading follows build -> transform -> materialize: the model is built on the meta device, a caller's
 transform (an adapter, a parallel layout) may reshape it there, and only then are its tensors made on
@@ -173,10 +174,19 @@ def load_model(
             "the directory mixes files from different runs"
         )
     model: nn.Module = build_meta(cfg)
+    quantized = bool(read_metadata(path).get("quant"))
+    if quantized:  # quantized modules in place of the listed Linears, filled by the strict load below
+        from danlu.quant.store import apply_layout
+
+        apply_layout(model, path)
     if transform is not None:
         model = transform(model) or model
     materialize(model, device, init=False)
     load_weights(model, path, device)
+    if quantized:
+        from danlu.quant.store import check_loaded
+
+        check_loaded(model, path)
     adapter = read_metadata(path).get("adapter")
     if adapter and transform is None:  # base weights + adapters/<name>/ (an unmerged finetune)
         load_adapter(model, path, adapter, device)

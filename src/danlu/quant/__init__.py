@@ -1,0 +1,12 @@
+"""Quantization: smaller models with a measured accuracy cost.
+
+    quantizers.py  uniform grids (symmetric/asymmetric; 8/4/3/2 bits; per tensor/channel/group), int4
+                   packing, per-layer error reports (MSE, SQNR, max error)
+    gptq.py        GPTQ on one Linear (Hessian, Cholesky of its inverse, lazy batches, act-order, damping)
+    linear.py      int8 and int4 weight-only Linear replacements (CPU kernels and a reference path)
+    apply.py       quantize a loaded model in place (RTN, GPTQ block by block, NF4 via danlu.finetune.nf4)
+    store.py       quantized model dirs (quant/quant_config.json), read by danlu.model_dir.load_model
+    config.py      QuantConfig: the `quantize:` recipe section and the flags of `danlu quantize`
+
+This package's __init__ imports nothing: danlu.model_dir reads quant/ through danlu.quant.store.
+"""

@@ -1,0 +1,186 @@
+"""Quantized Linear replacements for inference: int8 and int4 weight-only, with a CPU kernel path and a
+reference path.
+
+- `Int8Linear`: int8 codes [out, in] and one fp32 scale per output channel (symmetric). Kernel:
+  `torch._weight_int8pack_mm`.
+- `Int4Linear`: codes of 2 to 4 bits packed two per byte [out, ceil(in/2)], scale and offset per group
+  of `group_size` input columns (w = u * scale + offset). Kernel: `torch._weight_int4pack_mm_for_cpu`,
+  which takes w = (u - 8) * s + z, so z = offset + 8 * scale; its layout is made once, on the first
+  kernel call, and kept beside the buffers (never saved). The input dimension is padded to a whole
+  number of groups for it (zero inputs times whatever the padded codes hold add nothing).
+
+In torch 2.13 on CPU both kernels are fast only for bf16 activations (with fp32 inputs they fall back
+to a path about 50x slower than fp32 `F.linear`): the kernel path rounds the activations to bf16 and
+returns the result in the input's dtype. The reference path dequantizes the weight to fp32 and calls
+`F.linear`; it runs off CPU, under autograd, and when `reference` is set (`use_reference(model)`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from danlu.quant.quantizers import QTensor, QuantSpec, dequantize, pack_int4, unpack_int4
+
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)
+
+
+class QuantLinear(nn.Module):
+    """Common part: shapes, an optional fp32 bias, the choice of path."""
+
+    kind = ""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device: torch.device | str | None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.reference = False
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    def dequantize(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _use_kernel(self, x: torch.Tensor) -> bool:
+        return not self.reference and x.device.type == "cpu" and not torch.is_grad_enabled()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._use_kernel(x):
+            return F.linear(x, self.dequantize().to(x.dtype), self.bias)
+        shape = x.shape
+        y = self.kernel(x.reshape(-1, shape[-1]).to(torch.bfloat16)).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}"
+
+    def layout(self) -> dict[str, object]:
+        """What quant/quant_config.json records for this layer."""
+        return {
+            "kind": self.kind,
+            "in": self.in_features,
+            "out": self.out_features,
+            "bias": self.bias is not None,
+        }
+
+
+class Int8Linear(QuantLinear):
+    """Weight-only int8, symmetric per output channel."""
+
+    kind = "int8"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__(in_features, out_features, bias, device)
+        self.register_buffer(
+            "qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device)
+        )
+        self.register_buffer("scale", torch.empty(out_features, device=device))
+
+    @classmethod
+    def from_qtensor(cls, q: QTensor, bias: torch.Tensor | None = None) -> Int8Linear:
+        spec = q.spec
+        if spec.bits != 8 or not spec.symmetric or spec.granularity != "channel":
+            raise ValueError("Int8Linear holds symmetric per-channel 8-bit weights")
+        m = cls(q.codes.shape[1], q.codes.shape[0], bias is not None, q.codes.device)
+        m.qweight.copy_((q.codes.to(torch.int16) - 128).to(torch.int8))
+        m.scale.copy_(q.scale[:, 0])
+        if bias is not None:
+            m.bias.data.copy_(bias)
+        return m
+
+    def dequantize(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale[:, None]
+
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(x, self.qweight, self.scale.to(torch.bfloat16))
+
+
+class Int4Linear(QuantLinear):
+    """Weight-only codes of 2-4 bits (stored 4 bits each) with a scale and offset per group."""
+
+    kind = "int4"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        group_size: int = 128,
+        bits: int = 4,
+        bias: bool = False,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__(in_features, out_features, bias, device)
+        self.group_size, self.bits = group_size, bits
+        groups = -(-in_features // group_size)
+        packed = (in_features + 1) // 2
+        self.register_buffer("qweight", torch.empty(out_features, packed, dtype=torch.uint8, device=device))
+        self.register_buffer("scale", torch.empty(out_features, groups, device=device))
+        self.register_buffer("offset", torch.empty(out_features, groups, device=device))
+        self._kernel_weights: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_qtensor(cls, q: QTensor, bias: torch.Tensor | None = None) -> Int4Linear:
+        spec = q.spec
+        if spec.bits > 4 or spec.granularity != "group":
+            raise ValueError("Int4Linear holds grouped codes of at most 4 bits")
+        out_f, in_f = q.codes.shape
+        m = cls(in_f, out_f, spec.group_size, spec.bits, bias is not None, q.codes.device)
+        m.qweight.copy_(pack_int4(q.codes))
+        m.scale.copy_(q.scale)
+        m.offset.copy_(q.offset)
+        if bias is not None:
+            m.bias.data.copy_(bias)
+        return m
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.bits, True, "group", self.group_size)
+
+    def codes(self) -> torch.Tensor:
+        return unpack_int4(self.qweight, self.in_features)
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.codes(), self.scale, self.offset, self.spec())
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._kernel_weights = None  # new codes: the kernel layout is made again
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _use_kernel(self, x: torch.Tensor) -> bool:
+        return self.group_size in INT4_KERNEL_GROUPS and super()._use_kernel(x)
+
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        gs = self.group_size
+        padded = self.scale.shape[1] * gs
+        if self._kernel_weights is None:
+            codes = F.pad(self.codes().to(torch.int32), (0, padded - self.in_features))
+            packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
+            zeros = self.offset + 8 * self.scale
+            sz = torch.stack([self.scale.T, zeros.T], dim=-1).contiguous().to(torch.bfloat16)
+            self._kernel_weights = (packed, sz)
+        packed, sz = self._kernel_weights
+        if padded != self.in_features:
+            x = F.pad(x, (0, padded - self.in_features))
+        return torch._weight_int4pack_mm_for_cpu(x, packed, gs, sz)
+
+    def layout(self) -> dict[str, object]:
+        return super().layout() | {"group_size": self.group_size, "bits": self.bits}
+
+
+def use_reference(model: nn.Module, reference: bool = True) -> None:
+    """Run every quantized Linear of model on the reference path (or back on the kernels)."""
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.reference = reference
