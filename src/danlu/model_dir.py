@@ -93,7 +93,9 @@ def load_adapter(model: nn.Module, path: Path, name: str, device: str | torch.de
         tensors = load_file(str(folder / ADAPTER_FILE), device=str(device))
         attach_adapter(model, name, read_json(folder / ADAPTER_CONFIG), tensors)
     except (SafetensorError, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{folder} does not fit the model in {path} ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{folder} does not fit the model in {path} ({str(e).splitlines()[0]})"
+        ) from None
 
 
 def require_files(path: Path, names: tuple[str, ...]) -> None:
