@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 
+import peft
 import pytest
 import torch
+import transformers
 
 from danlu.errors import CheckpointError
 from danlu.finetune.lora import (
@@ -30,9 +32,6 @@ from danlu.finetune.lora import (
 from danlu.model.config import ModelConfig
 from danlu.model.transformer import build_model
 from danlu.model_dir import load_model, save_model_dir
-
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
