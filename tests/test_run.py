@@ -124,3 +124,16 @@ def test_a_tokenizer_from_an_older_danlu_is_retrained_and_later_stages_follow(re
         assert after[stage]["finished"] > before[stage]["finished"]
     added = {t["content"] for t in json.loads(tok_file.read_text())["added_tokens"]}
     assert set(OBJECTIVE_TOKENS) <= added
+
+
+def test_a_second_run_on_a_busy_run_dir_fails_at_once_and_touches_nothing(recipe, capsys):
+    from danlu.io import run_lock
+
+    out = recipe / "out"
+    out.mkdir(exist_ok=True)
+    before = sorted(p.name for p in out.iterdir())
+    with run_lock(out):  # another danlu process, as far as the lock can tell
+        assert main(["run", str(recipe / "r.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "another danlu process" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == sorted({*before, ".lock"})

@@ -29,6 +29,10 @@ class OutputExistsError(DanluError):
     """The output path holds something that danlu must not replace (a file, someone else's files)."""
 
 
+class RunBusy(DanluError):
+    """Another danlu process holds the run dir's lock (two runs would race over the same outputs)."""
+
+
 class CheckpointCorrupt(CheckpointError):
     """A checkpoint's files are missing, truncated or fail their checksums (not merely another run's)."""
 

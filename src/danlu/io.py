@@ -4,6 +4,7 @@ complete, and a damaged one is reported as such."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from danlu.errors import OutputExistsError
+from danlu.errors import OutputExistsError, RunBusy
 
 
 def _fsync_dir(path: Path) -> None:
@@ -151,6 +152,32 @@ def check_replaceable_output(path: str | Path, force: bool) -> None:
         raise OutputExistsError(
             f"{path} already holds a model ({kind} model dir); pass --force to replace it, or another path"
         )
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold `folder/.lock` while a run writes into the folder: a second danlu process on the same run
+    dir fails at once with the holder's pid instead of racing it over the same stage outputs. The OS
+    drops the lock when the process dies, so a killed run never leaves the folder locked."""
+    path = Path(folder) / ".lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunBusy(
+                f"another danlu process (pid {holder}) is running in {folder}; "
+                "wait for it to finish or give this run another run_dir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 from danlu.config import save_yaml, to_dict
 from danlu.data.mixing import MixSpec, parse_mix
 from danlu.errors import ConfigError
-from danlu.io import atomic_write_json, sha256_json
+from danlu.io import atomic_write_json, run_lock, sha256_json
 from danlu.recipe import RecipeConfig
 
 log = logging.getLogger(__name__)
@@ -357,6 +358,15 @@ def run_stages(
         raise ConfigError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGE)}")
     layout = RunLayout(cfg.run_path)
     layout.root.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 holds the run dir's lock
+        return _run_stages_locked(cfg, layout, names, force)
+    with run_lock(layout.root):
+        return _run_stages_locked(cfg, layout, names, force)
+
+
+def _run_stages_locked(
+    cfg: RecipeConfig, layout: RunLayout, names: tuple[str, ...] | None, force: tuple[str, ...]
+) -> dict[str, Any]:
     save_yaml(cfg, layout.root / "config.yaml")
     keys = stage_keys(cfg)
     results: dict[str, Any] = {}
