@@ -104,7 +104,7 @@ def single(tiny_packed, tmp_path_factory) -> Path:
     tokens, tok = tiny_packed
     out = tmp_path_factory.mktemp("single")
     torch.set_num_threads(1)
-    run_pretrain(_recipe(steps=12), tokens, tok, out)
+    run_pretrain(_recipe(steps=20), tokens, tok, out)
     return out
 
 
@@ -115,23 +115,40 @@ def _assert_matches(run: Path, ref: Path, steps: range, tol: float = TOL) -> Non
         assert abs(got[s] - want[s]) < tol, (s, got[s], want[s])
 
 
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-    ("world", "layout"),
+    ("world", "steps", "layout"),
     [
-        (2, {}),  # DDP 2
-        (2, {"dp_shard": 2}),  # FSDP 2, ZeRO-3 behaviour
-        (2, {"dp_shard": 2, "reshard_after_forward": False}),  # FSDP 2, ZeRO-2 behaviour
-        pytest.param(4, {"dp_shard": 4}, marks=pytest.mark.slow),  # FSDP 4
-        pytest.param(4, {"dp_replicate": 2, "dp_shard": 2}, marks=pytest.mark.slow),  # HSDP 2 x 2
+        (2, 6, {}),  # DDP 2
+        (2, 6, {"dp_shard": 2}),  # FSDP 2, ZeRO-3 behaviour
+        (2, 6, {"dp_shard": 2, "reshard_after_forward": False}),  # FSDP 2, ZeRO-2 behaviour
+        pytest.param(4, 6, {"dp_shard": 4}, marks=SLOW),  # FSDP 4
+        pytest.param(4, 6, {"dp_replicate": 2, "dp_shard": 2}, marks=SLOW),  # HSDP 2 x 2
+        (2, 6, {"tp": 2, "sequence_parallel": True}),  # tensor + sequence parallel 2
+        pytest.param(2, 20, {"tp": 2}, marks=SLOW),  # tensor parallel 2
+        pytest.param(2, 20, {"tp": 2, "sequence_parallel": True}, marks=SLOW),
+        pytest.param(4, 20, {"dp_shard": 2, "tp": 2}, marks=SLOW),  # FSDP 2 x TP 2 on a 2-D mesh
     ],
-    ids=["ddp2", "fsdp2-zero3", "fsdp2-zero2", "fsdp4", "hsdp2x2"],
+    ids=[
+        "ddp2",
+        "fsdp2-zero3",
+        "fsdp2-zero2",
+        "fsdp4",
+        "hsdp2x2",
+        "tp2-sp-6",
+        "tp2",
+        "tp2-sp",
+        "fsdp2xtp2",
+    ],
 )
-def test_layout_matches_single_process(tiny_packed, single, tmp_path, world, layout):
+def test_layout_matches_single_process(tiny_packed, single, tmp_path, world, steps, layout):
     tokens, tok = tiny_packed
-    _spawn(world, _recipe(steps=6, **layout), tokens, tok, tmp_path)
-    _assert_matches(tmp_path, single, range(1, 7))
+    _spawn(world, _recipe(steps=steps, **layout), tokens, tok, tmp_path)
+    _assert_matches(tmp_path, single, range(1, steps + 1))
     # the model dir exported by rank 0 holds full (unsharded) weights in the single-process format
-    ref = _weights(single / "checkpoints" / "step-000006")
+    ref = _weights(single / "checkpoints" / f"step-{steps:06d}")
     got = _weights(tmp_path / "model")
     assert got.keys() == ref.keys()
     for k in ref:
@@ -162,13 +179,30 @@ def test_layout_checked_against_world_size():
         check_layout(ParallelConfig(dp_shard=3), 4)
     with pytest.raises(ConfigError, match="only one dimension may be -1"):
         ParallelConfig(dp_shard=-1)
-    with pytest.raises(ConfigError, match=r"parallel.tp: tp > 1 is not implemented yet"):
-        ParallelConfig(tp=2)
+    with pytest.raises(ConfigError, match=r"parallel.pp: pp > 1 is not implemented yet"):
+        ParallelConfig(pp=2)
+    assert ParallelDims.resolve(ParallelConfig(dp_replicate=1, dp_shard=-1, tp=2), 4) == ParallelDims(
+        1, 2, 4, 2
+    )
+    with pytest.raises(LayoutError, match="does not divide 4"):
+        ParallelDims.resolve(ParallelConfig(tp=3), 4)
     assert without_nproc(["pretrain", "--nproc", "2", "r.yaml", "--nproc=4", "--x=1"]) == [
         "pretrain",
         "r.yaml",
         "--x=1",
     ]
+
+
+def test_tensor_parallel_checks_the_model():
+    from danlu.parallel.tensor import check_tp, tp_order
+
+    cfg = ModelConfig(n_layer=2, n_embd=48, n_head=3, max_seq_len=32, vocab_size=320)
+    with pytest.raises(ConfigError, match=r"parallel.tp=2: n_head=3 and n_kv_head=3 must divide by tp=2"):
+        check_tp(cfg, 2)
+    with pytest.raises(ConfigError, match="qk_norm is not tensor-parallel"):
+        check_tp(dataclasses.replace(cfg, n_head=4, qk_norm=True), 2)
+    # q (4 rows), k and v (2 rows each) in TP order: rank 0's slice of each part, then rank 1's
+    assert tp_order([4, 2, 2], 2).tolist() == [0, 1, 4, 6, 2, 3, 5, 7]
 
 
 def test_cpu_offload_on_cpu_is_a_clear_error(tiny_packed, tmp_path):

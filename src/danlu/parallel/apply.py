@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _blocks(model: nn.Module) -> nn.ModuleList:
+def blocks_of(model: nn.Module) -> nn.ModuleList:
     for m in model.modules():  # the model itself, or the transformer inside a wrapper
         blocks = getattr(m, "blocks", None)
         if isinstance(blocks, nn.ModuleList):
@@ -33,7 +33,7 @@ def apply_fsdp(model: nn.Module, mesh: Any, dims: ParallelDims, cfg: ParallelCon
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     n_layer = getattr(getattr(model, "cfg", None), "n_layer", None)
-    blocks = _blocks(model)
+    blocks = blocks_of(model)
     if n_layer is not None and n_layer != len(blocks):
         raise ConfigError(
             "parallel.dp_shard > 1 does not support cross-layer sharing (model.n_unique_layers); "

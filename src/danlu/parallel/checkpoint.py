@@ -19,6 +19,7 @@ from torch import nn
 from danlu.errors import CheckpointCorrupt, CheckpointError
 from danlu.model.config import ModelConfig
 from danlu.model_dir import MODEL_FILE, save_model_dir
+from danlu.parallel.tensor import FusedOrder
 from danlu.train.checkpoint import OPTIMIZER_FILE, check_compatible, save_checkpoint, set_rng_state
 
 
@@ -58,18 +59,25 @@ def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str
     return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
-def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
+def full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, order: FusedOrder | None = None
+) -> tuple[dict, dict | None]:
     """(model state, optimizer state in positional-id form), complete on rank 0 and empty elsewhere;
-    every rank must call it (it gathers). Tied aliases are dropped, as safetensors stores them once."""
+    every rank must call it (it gathers). Tied aliases are dropped, as safetensors stores them once;
+    fused rows in TP order (`order`) go back to the model's order."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     aliases = tied_aliases(model)
     msd = {k: v for k, v in get_model_state_dict(model, options=_options()).items() if k not in aliases}
+    if order is not None:
+        msd = order.to_stored(msd)
     if optimizer is None:
         return msd, None
     osd = get_optimizer_state_dict(model, optimizer, options=_options())
     if not osd:
         return msd, {}
+    if order is not None:
+        osd = order.optimizer_to_stored(osd)
     ids = {name: i for i, name in enumerate(_param_names(model, optimizer))}
     state = {ids[name]: v for name, v in osd["state"].items()}
     groups = [{**g, "params": [ids[n] for n in g["params"]]} for g in osd["param_groups"]]
@@ -86,11 +94,12 @@ def save_sharded_checkpoint(
     run_config: Any,
     trainer_state: dict[str, Any],
     tokenizer_dir: Path,
+    order: FusedOrder | None = None,
 ) -> Path:
     """Gather, then write the step directory on rank 0 (the caller puts a barrier after it)."""
     from danlu.train.checkpoint import checkpoint_dir
 
-    msd, osd = full_state(model, optimizer)
+    msd, osd = full_state(model, optimizer, order)
     if rank == 0:
         assert osd is not None
         save_checkpoint(
@@ -100,10 +109,15 @@ def save_sharded_checkpoint(
 
 
 def export_sharded_model_dir(
-    rank: int, path: Path, model: nn.Module, model_cfg: ModelConfig, tokenizer_dir: Path
+    rank: int,
+    path: Path,
+    model: nn.Module,
+    model_cfg: ModelConfig,
+    tokenizer_dir: Path,
+    order: FusedOrder | None = None,
 ) -> Path:
     """A model directory (the single-process format) from a sharded model, written by rank 0."""
-    msd, _ = full_state(model, None)
+    msd, _ = full_state(model, None, order)
     if rank == 0:
         save_model_dir(path, _Holder(msd), model_cfg, tokenizer_dir)
     return Path(path)
@@ -116,6 +130,7 @@ def load_sharded_checkpoint(
     model_cfg: ModelConfig,
     fingerprint: str,
     device: str | torch.device = "cpu",
+    order: FusedOrder | None = None,
 ) -> dict[str, Any]:
     """Restore a step directory (written by any layout) into the sharded model and optimizer on
     every rank; return the trainer state."""
@@ -134,6 +149,8 @@ def load_sharded_checkpoint(
     for alias, kept in tied_aliases(model).items():
         if kept in msd:
             msd.setdefault(alias, msd[kept])
+    if order is not None:
+        msd = order.to_tp_order(msd)
     try:
         set_model_state_dict(model, msd, options=_options())
     except (RuntimeError, KeyError, ValueError) as e:
@@ -150,6 +167,8 @@ def load_sharded_checkpoint(
         "state": {names[i]: v for i, v in osd["state"].items()},
         "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]],
     }
+    if order is not None:
+        by_name = order.optimizer_to_tp_order(by_name)
     set_optimizer_state_dict(model, optimizer, by_name, options=_options())
     set_rng_state(state["rng"])
     return state

@@ -23,8 +23,12 @@ class ParallelConfig:
     dp_replicate: int = -1
     # Data-parallel shards: FSDP2 (fully_shard per block) over this many ranks; 1: no sharding.
     dp_shard: int = 1
-    # Tensor-parallel degree (not built yet: must be 1).
+    # Tensor-parallel degree: attention heads, MLP width and vocabulary split over this many ranks
+    # (it must divide model.n_head, n_kv_head, the MLP width and the vocabulary). Data parallelism
+    # on top of it shards (dp_shard, FSDP x TP); dp_replicate > 1 needs dp_shard > 1 then (HSDP x TP).
     tp: int = 1
+    # With tp > 1: norms and the residual stream sharded along the sequence over the TP ranks too.
+    sequence_parallel: bool = False
     # Pipeline-parallel stages (not built yet: must be 1).
     pp: int = 1
     # Context-parallel degree (not built yet: must be 1).
@@ -51,7 +55,8 @@ class ParallelConfig:
             check(v == -1 or v >= 1, f"parallel.{k}", f"must be >= 1 or -1 (the rest), got {v}")
         wild = [k for k, v in dims.items() if v == -1]
         check(len(wild) <= 1, "parallel", f"only one dimension may be -1, got {', '.join(wild)}")
-        for k in ("tp", "pp", "cp"):
+        check(self.tp >= 1, "parallel.tp", f"must be >= 1 (not -1), got {self.tp}")
+        for k in ("pp", "cp"):
             check(
                 getattr(self, k) == 1,
                 f"parallel.{k}",

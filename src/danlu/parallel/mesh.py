@@ -8,7 +8,7 @@ from danlu.errors import ConfigError
 from danlu.parallel.config import ParallelConfig
 
 # mesh dimension names, outermost first (torchtitan's order)
-DIMS = ("dp_replicate", "dp_shard")
+DIMS = ("dp_replicate", "dp_shard", "tp")
 
 
 class LayoutError(ConfigError):
@@ -22,6 +22,7 @@ class ParallelDims:
     dp_replicate: int
     dp_shard: int
     world_size: int
+    tp: int = 1
 
     @classmethod
     def resolve(cls, cfg: ParallelConfig, world_size: int) -> ParallelDims:
@@ -46,7 +47,7 @@ class ParallelDims:
                 f"tp={cfg.tp} x pp={cfg.pp} x cp={cfg.cp} = {product} processes, but {world_size} were "
                 f"launched; launch {product} (--nproc {product}) or change the parallel.* degrees"
             )
-        return cls(dims["dp_replicate"], dims["dp_shard"], world_size)
+        return cls(dims["dp_replicate"], dims["dp_shard"], world_size, cfg.tp)
 
     @property
     def dp(self) -> int:
@@ -55,16 +56,21 @@ class ParallelDims:
 
     @property
     def kind(self) -> str:
-        """single, ddp, fsdp or hsdp."""
+        """single, ddp, fsdp or hsdp, with "+tp" under tensor parallelism."""
         if self.world_size == 1:
             return "single"
+        if self.tp > 1:
+            return "tp" if self.dp == 1 else f"{'fsdp' if self.dp_replicate == 1 else 'hsdp'}+tp"
         if self.dp_shard == 1:
             return "ddp"
         return "fsdp" if self.dp_replicate == 1 else "hsdp"
 
 
 def build_mesh(dims: ParallelDims, device_type: str):  # -> DeviceMesh
-    """The named 2-D mesh (dp_replicate, dp_shard) over the initialized process group."""
+    """The named 3-D mesh (dp_replicate, dp_shard, tp) over the initialized process group, with the
+    data-parallel dimensions also flattened into one, `dp` (the group that sums losses and counts)."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    return init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard), mesh_dim_names=DIMS)
+    mesh = init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=DIMS)
+    mesh["dp_replicate", "dp_shard"]._flatten("dp")
+    return mesh

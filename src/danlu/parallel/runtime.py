@@ -31,6 +31,7 @@ from danlu.parallel.checkpoint import (
 )
 from danlu.parallel.config import ParallelConfig
 from danlu.parallel.mesh import ParallelDims, build_mesh
+from danlu.parallel.tensor import FusedOrder, apply_tp
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,11 @@ class Distributed:
         self.cfg, self.dims, self.mesh, self.device = cfg, dims, mesh, device
         self.rank, self._owns = dist.get_rank(), owns
         self.is_main = self.rank == 0
-        self.dp_rank, self.dp = self.rank, dims.dp  # tp = pp = 1: every rank is a data-parallel rank
-        self.sharded = dims.dp_shard > 1
+        self.dp_rank, self.dp = mesh["dp"].get_local_rank(), dims.dp  # the TP ranks of a group: one dp rank
+        self._dp_group = mesh["dp"].get_group()
+        self.fsdp, self.tp = dims.dp_shard > 1, dims.tp
+        self.sharded = self.fsdp or self.tp > 1  # the parameters are DTensors
+        self.order: FusedOrder | None = None  # the TP row order of the fused layers, once applied
         # DDP and FSDP average gradients over the dp ranks; the loss is divided by the step's global
         # target tokens, so multiplying by dp makes the reduced gradient that of the whole batch
         self.grad_scale = float(dims.dp)
@@ -56,13 +60,21 @@ class Distributed:
     # --- the model --------------------------------------------------------------------------------
 
     def shard(self, model: nn.Module) -> nn.Module:
-        """FSDP2 in place when dp_shard > 1 (before the optimizer is built); otherwise unchanged."""
-        if self.cfg.cpu_offload and (not self.sharded or self.device.type != "cuda"):
+        """Tensor parallelism when tp > 1, then FSDP2 when dp_shard > 1, in place (before the optimizer
+        is built); otherwise unchanged."""
+        if self.cfg.cpu_offload and (not self.fsdp or self.device.type != "cuda"):
             raise ConfigError(
                 "parallel.cpu_offload needs parallel.dp_shard > 1 on GPUs (FSDP2 offloads to pinned CPU "
                 "memory); on CPU the parameters are in CPU memory already: remove it"
             )
-        return apply_fsdp(model, self.mesh, self.dims, self.cfg) if self.sharded else model
+        if self.tp > 1:
+            if self.dims.dp_replicate > 1 and not self.fsdp:
+                raise ConfigError(
+                    f"parallel.tp={self.tp} with dp_replicate={self.dims.dp_replicate} and dp_shard=1: data "
+                    "parallelism over tensor-parallel weights shards; use parallel.dp_shard (FSDP x TP)"
+                )
+            self.order = apply_tp(model, self.mesh["tp"], self.cfg.sequence_parallel)
+        return apply_fsdp(model, self.mesh, self.dims, self.cfg) if self.fsdp else model
 
     def wrap_forward(self, model: nn.Module) -> nn.Module:
         """What the trainer calls forward on: a DDP wrapper for pure data parallelism, else the model."""
@@ -80,7 +92,7 @@ class Distributed:
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         """t summed over the data-parallel ranks (a new tensor)."""
         out = t.detach().clone()
-        dist.all_reduce(out)
+        dist.all_reduce(out, group=self._dp_group)
         return out
 
     def count(self, n: int) -> int:
@@ -89,7 +101,7 @@ class Distributed:
 
     def max(self, value: float) -> float:
         t = torch.tensor(value, dtype=torch.float64, device=self._comm_device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._dp_group)
         return float(t)
 
     @property
@@ -106,7 +118,7 @@ class Distributed:
         from danlu.train.checkpoint import checkpoint_dir, save_checkpoint
 
         if self.sharded:
-            path = save_sharded_checkpoint(self.rank, out_dir, step, model, *args)
+            path = save_sharded_checkpoint(self.rank, out_dir, step, model, *args, order=self.order)
         else:
             path = (
                 save_checkpoint(out_dir, step, model, *args)
@@ -120,8 +132,9 @@ class Distributed:
         """train.checkpoint.load_checkpoint's arguments, on every rank."""
         from danlu.train.checkpoint import load_checkpoint
 
-        load = load_sharded_checkpoint if self.sharded else load_checkpoint
-        return load(path, model, *args)
+        if self.sharded:
+            return load_sharded_checkpoint(path, model, *args, order=self.order)
+        return load_checkpoint(path, model, *args)
 
     def save_model_dir(
         self, path: Path, model: nn.Module, model_cfg: ModelConfig, tokenizer_dir: Path
@@ -130,7 +143,7 @@ class Distributed:
         from danlu.model_dir import save_model_dir
 
         if self.sharded:
-            export_sharded_model_dir(self.rank, path, model, model_cfg, tokenizer_dir)
+            export_sharded_model_dir(self.rank, path, model, model_cfg, tokenizer_dir, self.order)
         elif self.is_main:
             save_model_dir(path, model, model_cfg, tokenizer_dir)
         self.barrier()
