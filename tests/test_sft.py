@@ -108,6 +108,9 @@ def test_sft_lowers_the_assistant_loss_and_writes_a_chat_model_dir(root, tmp_pat
     assert not any("adapters" in n for n, _ in model.named_parameters())
     manifest = json.loads((tmp_path / "out" / "data" / "manifest.json").read_text())
     assert manifest["screen"]["skipped"] == {"no_assistant_turn": 1, "empty_turn": 1}
+    assert manifest["screen"]["examples"]["no_assistant_turn"] == [
+        "chats.jsonl:241: nothing to learn: no assistant message"
+    ]
     assert manifest["template"] == "danlu"
     n_train = manifest["parameters"]["trainable_params"]
     if method == "lora":  # r=4 on q, k, v, o, gate, up, down of 2 layers
@@ -177,3 +180,25 @@ def test_the_sft_verb_runs_from_a_recipe_and_bad_input_exits_2(root, tmp_path, c
     assert main(["sft", str(recipe), "--sft.data.sources=[nowhere.jsonl]"]) == 2
     assert "danlu: error: unknown SFT source 'nowhere.jsonl'" in capsys.readouterr().err
     assert main(["sft", str(recipe), "--sft.method=magic"]) == 2
+
+
+def test_conversations_longer_than_the_context_are_counted_with_examples_or_refused(root, tmp_path):
+    from danlu.errors import DataError
+    from danlu.finetune.sft import prepare_data
+
+    long = {
+        "messages": [{"role": "user", "content": " ".join(WORDS * 3)}, {"role": "assistant", "content": "ok"}]
+    }
+    (tmp_path / "long.jsonl").write_text(json.dumps(long) + "\n")
+    cfg = sft_config(root, "lora")
+    cfg.data.sources.append(str(tmp_path / "long.jsonl"))
+    _, tok, _ = load_model(root / "base")
+    _, manifest = prepare_data(cfg, tok, tmp_path / "skip")
+    context = manifest["context"]
+    split = "train" if context["train"]["too_long"] else "val"
+    assert context[split]["too_long"] == 1 and context[split]["policy"] == "skip"
+    (example,) = context[split]["examples"]["too_long"]
+    assert example.startswith("long.jsonl:1: ") and int(example.split()[1]) > 33
+    cfg.data.truncation = "refuse"
+    with pytest.raises(DataError, match=r"long\.jsonl:1: \d+ tokens, longer than the context of 32"):
+        prepare_data(cfg, tok, tmp_path / "refuse")

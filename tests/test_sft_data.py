@@ -171,8 +171,13 @@ def test_truncation_policy_counts_and_keeps_only_learnable_examples():
     fine = (list(range(5)), [0, 0, 1, 1, 1])
     skipped = fit_to_context([long, early, fine], 8, "skip")
     assert skipped.too_long == 2 and skipped.examples == [fine]
-    cut = fit_to_context([long, early, fine], 8, "truncate")
+    assert skipped.too_long_examples == ["example 0: 20 tokens", "example 1: 20 tokens"]
+    cut = fit_to_context([long, early, fine], 8, "truncate", names=["a.jsonl:1", "a.jsonl:2", "a.jsonl:3"])
     assert cut.too_long == 2 and cut.no_target == 1 and cut.examples == [early_cut(early), fine]
+    assert cut.no_target_examples == ["a.jsonl:1: no assistant token within 8 + 1 tokens"]
+    with pytest.raises(DataError, match=r"a\.jsonl:1: 20 tokens, longer than the context of 8"):
+        fit_to_context([long, fine], 8, "refuse", names=["a.jsonl:1", "a.jsonl:3"])
+    assert fit_to_context([fine], 8, "refuse").examples == [fine]
 
 
 def early_cut(ex):

@@ -24,7 +24,8 @@ class SFTDataConfig:
     template: str = "auto"
     # Pack several conversations per row (attention kept within each); false pads each to the batch.
     packing: bool = False
-    # A conversation longer than train.seq_len + 1 tokens: "skip" it (counted) or "truncate" it.
+    # A conversation longer than train.seq_len + 1 tokens: "skip" it (counted), "truncate" it, or
+    # "refuse" (stop with an error naming it).
     truncation: str = "skip"
     # A malformed conversation (unknown role, empty turn, no assistant turn): "skip" it or "refuse".
     on_bad: str = "skip"
@@ -44,7 +45,11 @@ class SFTDataConfig:
     def __post_init__(self) -> None:
         check(bool(self.sources), "sft.data.sources", "needs at least one source")
         check(self.per_source >= 0, "sft.data.per_source", "must be >= 0")
-        check(self.truncation in ("skip", "truncate"), "sft.data.truncation", "must be skip or truncate")
+        check(
+            self.truncation in ("skip", "truncate", "refuse"),
+            "sft.data.truncation",
+            "must be skip, truncate or refuse",
+        )
         check(self.on_bad in ("skip", "refuse"), "sft.data.on_bad", "must be skip or refuse")
         check(
             0 <= self.min_response_chars <= self.max_response_chars,

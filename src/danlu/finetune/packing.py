@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from danlu.errors import ConfigError
+from danlu.errors import ConfigError, DataError
 from danlu.train.losses import IGNORE_INDEX
 
 Example = tuple[list[int], list[int]]  # (ids, loss mask)
@@ -37,23 +37,44 @@ class Fitted:
     examples: list[Example]
     too_long: int  # skipped (truncation "skip") or cut (truncation "truncate")
     no_target: int  # skipped: nothing to learn left within the context
+    # a few "name: N tokens" of each, for the manifest
+    too_long_examples: list[str] = field(default_factory=list)
+    no_target_examples: list[str] = field(default_factory=list)
 
 
-def fit_to_context(examples: Sequence[Example], seq_len: int, truncation: str) -> Fitted:
-    """Examples of at most seq_len + 1 tokens (a row of seq_len inputs and targets)."""
+def fit_to_context(
+    examples: Sequence[Example],
+    seq_len: int,
+    truncation: str,
+    names: Sequence[str] | None = None,
+    max_examples: int = 3,
+) -> Fitted:
+    """Examples of at most seq_len + 1 tokens (a row of seq_len inputs and targets). A longer one is
+    skipped ("skip"), cut ("truncate") or refused with a DataError ("refuse"); names (one per
+    example) label the few kept as examples of each."""
     out: list[Example] = []
-    too_long = no_target = 0
-    for ids, mask in examples:
+    fitted = Fitted(out, 0, 0)
+    for k, (ids, mask) in enumerate(examples):
+        name = names[k] if names is not None else f"example {k}"
         if len(ids) > seq_len + 1:
-            too_long += 1
+            fitted.too_long += 1
+            if truncation == "refuse":
+                raise DataError(
+                    f"{name}: {len(ids)} tokens, longer than the context of {seq_len} + 1; "
+                    "set sft.data.truncation to skip or truncate, or raise sft.train.seq_len"
+                )
+            if len(fitted.too_long_examples) < max_examples:
+                fitted.too_long_examples.append(f"{name}: {len(ids)} tokens")
             if truncation == "skip":
                 continue
             ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
         if not any(mask[1:]):
-            no_target += 1
+            fitted.no_target += 1
+            if len(fitted.no_target_examples) < max_examples:
+                fitted.no_target_examples.append(f"{name}: no assistant token within {seq_len} + 1 tokens")
             continue
         out.append((list(ids), list(mask)))
-    return Fitted(out, too_long, no_target)
+    return fitted
 
 
 def xy(example: Example) -> tuple[list[int], list[int]]:

@@ -123,7 +123,7 @@ def prepare_data(cfg: SFTConfig, tok: Any, data_dir: Path) -> tuple[dict[str, li
     data settings, the tokenizer and the context length)."""
     template = templates.resolve(cfg.data.template, tok)
     key = sha256_json(
-        {"data": dataclasses.asdict(cfg.data), "tok": tok.fingerprint(), "seq_len": cfg.train.seq_len, "v": 1}
+        {"data": dataclasses.asdict(cfg.data), "tok": tok.fingerprint(), "seq_len": cfg.train.seq_len, "v": 2}
     )
     manifest_path = data_dir / "manifest.json"
     if manifest_path.is_file() and (data_dir / "examples.npz").is_file():
@@ -132,10 +132,14 @@ def prepare_data(cfg: SFTConfig, tok: Any, data_dir: Path) -> tuple[dict[str, li
             return _load_examples(data_dir / "examples.npz"), manifest
     convos, report = build_conversations(cfg.data)
     splits: dict[str, list[Example]] = {"train": [], "val": []}
+    names: dict[str, list[str]] = {"train": [], "val": []}
     for c in convos:
         split = "val" if _val_split(c["id"], cfg.data.seed, cfg.data.val_fraction) else "train"
         splits[split].append(templates.encode(tok, c["messages"], template))
-    fitted = {s: fit_to_context(exs, cfg.train.seq_len, cfg.data.truncation) for s, exs in splits.items()}
+        names[split].append(str(c["id"]))
+    fitted = {
+        s: fit_to_context(exs, cfg.train.seq_len, cfg.data.truncation, names[s]) for s, exs in splits.items()
+    }
     examples = {s: f.examples for s, f in fitted.items()}
     if not examples["val"] or not examples["train"]:
         raise ConfigError(
@@ -148,6 +152,7 @@ def prepare_data(cfg: SFTConfig, tok: Any, data_dir: Path) -> tuple[dict[str, li
             "no_target": f.no_target,
             "kept": len(f.examples),
             "policy": cfg.data.truncation,
+            "examples": {"too_long": f.too_long_examples, "no_target": f.no_target_examples},
         }
         for s, f in fitted.items()
     }
