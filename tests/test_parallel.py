@@ -169,6 +169,22 @@ def test_fsdp_checkpoint_resumes_under_ddp_and_one_process(tiny_packed, single, 
         assert abs(got[s] - want[s]) < TOL, (s, got[s], want[s])
 
 
+def test_tp_checkpoint_resumes_in_one_process(tiny_packed, single, tmp_path):
+    """Save under TP 2 + SP at step 6 (fused rows back in the model's order); one process resumes."""
+    tokens, tok = tiny_packed
+    _spawn(2, _recipe(steps=6, tp=2, sequence_parallel=True), tokens, tok, tmp_path)
+    run_pretrain(_recipe(steps=12), tokens, tok, tmp_path)
+    _assert_matches(tmp_path, single, range(1, 13))
+
+
+@pytest.mark.slow
+def test_fsdp4_checkpoint_resumes_under_fsdp2_x_tp2(tiny_packed, single, tmp_path):
+    tokens, tok = tiny_packed
+    _spawn(4, _recipe(steps=6, dp_shard=4), tokens, tok, tmp_path)
+    _spawn(4, _recipe(steps=12, dp_replicate=1, dp_shard=2, tp=2), tokens, tok, tmp_path)
+    _assert_matches(tmp_path, single, range(1, 13))
+
+
 def test_layout_checked_against_world_size():
     assert ParallelDims.resolve(ParallelConfig(), 4) == ParallelDims(4, 1, 4)
     assert ParallelDims.resolve(ParallelConfig(dp_replicate=2, dp_shard=-1), 4) == ParallelDims(2, 2, 4)
@@ -179,7 +195,7 @@ def test_layout_checked_against_world_size():
         check_layout(ParallelConfig(dp_shard=3), 4)
     with pytest.raises(ConfigError, match="only one dimension may be -1"):
         ParallelConfig(dp_shard=-1)
-    with pytest.raises(ConfigError, match=r"parallel.pp: pp > 1 is not implemented yet"):
+    with pytest.raises(ConfigError, match=r"parallel.pp: pp > 1 is not supported by danlu pretrain yet"):
         ParallelConfig(pp=2)
     assert ParallelDims.resolve(ParallelConfig(dp_replicate=1, dp_shard=-1, tp=2), 4) == ParallelDims(
         1, 2, 4, 2

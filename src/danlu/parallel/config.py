@@ -29,7 +29,8 @@ class ParallelConfig:
     tp: int = 1
     # With tp > 1: norms and the residual stream sharded along the sequence over the TP ranks too.
     sequence_parallel: bool = False
-    # Pipeline-parallel stages (not built yet: must be 1).
+    # Pipeline-parallel stages: must be 1 in danlu pretrain, whose Trainer runs micro-batches one by
+    # one (danlu.parallel.pipeline.PipelineRunner is the pipelined training step, tested on its own).
     pp: int = 1
     # Context-parallel degree (not built yet: must be 1).
     cp: int = 1
@@ -60,7 +61,8 @@ class ParallelConfig:
             check(
                 getattr(self, k) == 1,
                 f"parallel.{k}",
-                f"{k} > 1 is not implemented yet (issue 23); use dp_replicate/dp_shard, got {getattr(self, k)}",
+                f"{k} > 1 is not supported by danlu pretrain yet; use dp_replicate/dp_shard/tp, got "
+                f"{getattr(self, k)}",
             )
         for k in ("param_dtype", "reduce_dtype"):
             v = getattr(self, k)

@@ -1,0 +1,189 @@
+"""Pipeline parallelism with torch.distributed.pipelining: the blocks of a Transformer cut into
+stages over the ranks of a pipeline group, trained with a GPipe, 1F1B or interleaved-1F1B schedule
+over micro-batches.
+
+Stage 0 holds the embedding, the last stage the final norm and the head. With tied embeddings the
+first and the last stage each hold the shared matrix and sum its gradient before the step (as
+Megatron's embedding group does), so both copies stay equal. Rank r holds stages r, r + pp, ...
+(one per rank for GPipe/1F1B; `virtual` per rank for the interleaved schedule).
+
+`PipelineRunner.step(x, y)` runs one optimizer step's forward and backward: the loss of each
+micro-batch is its summed cross-entropy divided by the target tokens of the whole batch, so the
+accumulated gradient is that of the batch (as in the Trainer). Clipping takes the norm over all
+stages. The Trainer does not drive a schedule yet (its forward_backward runs micro-batches one by
+one); this runner is the pipeline's training step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from danlu.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
+IGNORE_INDEX = -100
+
+
+class Stage(nn.Module):
+    """Blocks [first, last) of a Transformer (named as in the whole model, so its state dict keys are
+    a subset of the model's), with the embedding when first == 0 and the norm and head when last is
+    the model's depth."""
+
+    def __init__(self, model: nn.Module, first: int, last: int):
+        super().__init__()
+        cfg = model.cfg
+        self.embed = model.embed if first == 0 else None
+        self.blocks = nn.ModuleDict({str(i): model.blocks[i] for i in range(first, last)})
+        end = last == cfg.n_layer
+        self.norm = model.norm if end else None
+        self.lm_head = model.lm_head if end else None
+        self.softcap = cfg.logit_softcap
+        if cfg.pos == "rope":
+            self.register_buffer("rope_cos", model.rope_cos, persistent=False)
+            self.register_buffer("rope_sin", model.rope_sin, persistent=False)
+        self.rope = cfg.pos == "rope"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embed is not None:
+            x = self.embed(x)
+        T = x.size(1)
+        rope = (self.rope_cos[:T].to(x.dtype), self.rope_sin[:T].to(x.dtype)) if self.rope else None
+        for i, block in self.blocks.items():
+            x, _ = block(x, int(i), rope, (None, T > 1), None)
+        if self.lm_head is None:
+            return x
+        logits = self.lm_head(self.norm(x)).float()
+        return self.softcap * torch.tanh(logits / self.softcap) if self.softcap > 0 else logits
+
+
+def check_pp(model_cfg: Any, pp: int, virtual: int) -> None:
+    problems = []
+    if model_cfg.n_layer % (pp * virtual):
+        problems.append(f"n_layer={model_cfg.n_layer} must divide into {pp * virtual} stages")
+    if model_cfg.n_experts > 0:
+        problems.append("MoE layers are not pipelined (use n_experts=0)")
+    if model_cfg.n_unique_layers:
+        problems.append("cross-layer sharing (n_unique_layers) is not pipelined")
+    if model_cfg.pos not in ("rope", "none") or model_cfg.sliding_window:
+        problems.append("only rope/none positions with plain causal attention are pipelined")
+    if problems:
+        raise ConfigError(f"parallel.pp={pp}: " + "; ".join(problems))
+
+
+def stage_bounds(n_layer: int, n_stages: int, stage: int) -> tuple[int, int]:
+    per = n_layer // n_stages
+    return stage * per, (stage + 1) * per
+
+
+class PipelineRunner:
+    """This rank's stages of `model` and the schedule that trains them (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        group: Any,
+        n_microbatches: int,
+        schedule: str = "1f1b",
+        virtual: int = 1,
+        device: torch.device | str = "cpu",
+    ):
+        from torch.distributed.pipelining import (
+            PipelineStage,
+            Schedule1F1B,
+            ScheduleGPipe,
+            ScheduleInterleaved1F1B,
+        )
+
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"parallel.pp_schedule: one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if schedule != "interleaved_1f1b" and virtual != 1:
+            raise ConfigError(f"parallel.pp_schedule={schedule} runs one stage per rank (virtual=1)")
+        self.group = group
+        self.pp, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        check_pp(model.cfg, self.pp, virtual)
+        if n_microbatches < self.pp:
+            raise ConfigError(f"pipeline: {n_microbatches} micro-batches cannot fill {self.pp} stages")
+        n_stages = self.pp * virtual
+        ids = [self.rank + self.pp * v for v in range(virtual)]
+        self.modules = [Stage(model, *stage_bounds(model.cfg.n_layer, n_stages, s)) for s in ids]
+        device = torch.device(device)
+        stages = [
+            PipelineStage(m, s, n_stages, device, group=group) for m, s in zip(self.modules, ids, strict=True)
+        ]
+        self.first, self.last = 0 in ids, n_stages - 1 in ids
+        self._tokens = 1  # the target tokens of the current step (set by step)
+        kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}.get(schedule)
+        loss = self._loss
+        if kind is None:
+            self.schedule = ScheduleInterleaved1F1B(stages, n_microbatches, loss_fn=loss, scale_grads=False)
+        else:
+            self.schedule = kind(stages[0], n_microbatches, loss_fn=loss, scale_grads=False)
+        # the tied embedding/head matrix lives on the first and the last stage's ranks
+        self.tied = model.embed.weight if model.embed.weight is model.lm_head.weight else None
+        self._tied_group = group if self.pp == 2 or self.tied is None else _pair_group(group, self.pp)
+        log.info(
+            "pipeline: %d stages over %d ranks (%s, %d micro-batches), this rank: stages %s",
+            n_stages, self.pp, schedule, n_microbatches, ids,
+        )  # fmt: skip
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        flat = logits.reshape(-1, logits.size(-1))
+        summed = nn.functional.cross_entropy(flat, y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+        return summed / self._tokens
+
+    def parameters(self) -> list[nn.Parameter]:
+        """This rank's distinct parameters (the tied matrix once)."""
+        seen: dict[int, nn.Parameter] = {}
+        for m in self.modules:
+            for p in m.parameters():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Forward and backward of one batch through the pipeline; the batch's mean loss per target
+        token, on every rank. Every rank passes the same batch (only the ends read it)."""
+        self._tokens = max(int((y != IGNORE_INDEX).sum()), 1)
+        losses: list[torch.Tensor] = []
+        kwargs: dict[str, Any] = {"target": y, "losses": losses} if self.last else {}
+        args = (x,) if self.first else ()
+        self.schedule.step(*args, **kwargs)
+        total = torch.stack(losses).sum().detach() if losses else torch.zeros(())
+        dist.all_reduce(total, group=self.group)  # only the last stage's ranks contribute
+        if self.tied is not None and self.tied.grad is not None and self._in_tied_group:
+            dist.all_reduce(self.tied.grad, group=self._tied_group)
+        return float(total)
+
+    @property
+    def _in_tied_group(self) -> bool:
+        return self.pp == 2 or self.first or self.last
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float) -> float:
+        """Scale every stage's gradients by max_norm / (global norm + 1e-6) when that is below 1
+        (torch's clip_grad_norm_ over the whole model); return the global norm."""
+        params = [p for p in self.parameters() if p.grad is not None]
+        if self.tied is not None and not self.first:  # the tied matrix counts once, on stage 0
+            params = [p for p in params if p is not self.tied]
+        sq = sum((p.grad.double().square().sum() for p in params), torch.zeros((), dtype=torch.float64))
+        dist.all_reduce(sq, group=self.group)
+        norm = math.sqrt(float(sq))
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1.0:
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(coef)
+        return norm
+
+
+def _pair_group(group: Any, pp: int) -> Any:
+    """The process group of the first and the last pipeline rank (every rank must create it)."""
+    ranks = dist.get_process_group_ranks(group)
+    return dist.new_group([ranks[0], ranks[pp - 1]])
