@@ -156,3 +156,11 @@ def test_import_guards_its_output_like_export(tiny_model, tmp_path, capsys):
     assert main(["import", str(hf), str(out), "--force"]) == 0
     assert {"config.json", "model.safetensors", "tokenizer"} <= set(_names(out))
     assert _names(tmp_path) == ["danlu", "foreign", "hf", "model.gguf"]
+
+
+def test_a_folder_with_no_model_is_named_as_such_not_called_corrupt(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert main(["chat", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no model" in err and "delete" not in err and "Traceback" not in err
+    assert (tmp_path / "notes.txt").read_text() == "not a model"

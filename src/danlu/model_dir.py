@@ -98,10 +98,19 @@ def load_adapter(model: nn.Module, path: Path, name: str, device: str | torch.de
         ) from None
 
 
-def require_files(path: Path, names: tuple[str, ...]) -> None:
+def require_files(path: Path, names: tuple[str, ...], empty_is_corrupt: bool = False) -> None:
+    """CheckpointCorrupt if some of `names` are missing; a folder with none of them is the wrong
+    folder (CheckpointError), unless it is named as a checkpoint (`empty_is_corrupt`)."""
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory; pass a model dir or a checkpoint dir")
     missing = [n for n in names if not (path / n).exists()]
+    if (
+        len(missing) == len(names) and not empty_is_corrupt
+    ):  # nothing of a model here: the wrong folder, not a damaged one
+        raise CheckpointError(
+            f"{path} holds no model (no {', '.join(names)}); pass a model dir, a checkpoint dir or "
+            "a run dir whose model/ is written"
+        )
     if missing:
         raise CheckpointCorrupt(
             f"{path} is incomplete or corrupt: missing {', '.join(missing)}; delete it (training then "

@@ -218,7 +218,7 @@ def check_compatible(path: Path, model_cfg: ModelConfig, fingerprint: str) -> di
     """Raise CheckpointError unless the checkpoint was made with this model config and tokenizer;
     return its trainer state."""
     path = Path(path)
-    require_files(path, CHECKPOINT_FILES)
+    require_files(path, CHECKPOINT_FILES, empty_is_corrupt=True)
     verify_checksums(path)
     state = read_json(path / STATE_FILE)
     diffs = config_differences(read_model_config(path), model_cfg)
