@@ -169,6 +169,7 @@ def test_fsdp_checkpoint_resumes_under_ddp_and_one_process(tiny_packed, single, 
         assert abs(got[s] - want[s]) < TOL, (s, got[s], want[s])
 
 
+@pytest.mark.slow
 def test_tp_checkpoint_resumes_in_one_process(tiny_packed, single, tmp_path):
     """Save under TP 2 + SP at step 6 (fused rows back in the model's order); one process resumes."""
     tokens, tok = tiny_packed
