@@ -132,7 +132,7 @@ def test_quantized_model_dir_round_trips_and_bad_ones_are_refused(tmp_path, tiny
     for qcfg in (QuantConfig(method="rtn", bits=8), QuantConfig(method="rtn", bits=4, group_size=64)):
         qmodel, _, _ = load_model(base)
         quantize_model(qmodel, qcfg)
-        out = save_quantized(tmp_path / f"q{qcfg.bits}", qmodel, {**cfg.__dict__}, tok_dir, "rtn")
+        out = save_quantized(tmp_path / f"q{qcfg.bits}", qmodel, {**cfg.__dict__}, tok_dir, {"method": "rtn"})
         loaded, _, _ = load_model(out)
         assert isinstance(loaded.blocks[0].mlp.down, Int8Linear if qcfg.bits == 8 else Int4Linear)
         with torch.no_grad():

@@ -12,6 +12,7 @@
     danlu plot RUN                               PNG plots of a run's metrics
     danlu import SRC OUT                         a model dir from GGUF, a HF Llama dir or a registry model
     danlu export MODEL OUT [--peft]              a Hugging Face Llama dir (or its LoRA adapter for PEFT)
+    danlu quantize MODEL OUT --method gptq       int8/int4/NF4 model dir (RTN, GPTQ), behind a perplexity gate
     danlu plan ACTION                            FLOPs, scaling laws, memory, cost, parallel layouts
     danlu serve MODEL [--port 8000]              an OpenAI-compatible HTTP server and a web chat page
 
@@ -273,6 +274,36 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"wrote {out}: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
 
 
+def cmd_quantize(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.quant.config import QuantConfig
+    from danlu.quant.stage import run_quantize
+
+    cfg = QuantConfig(
+        method=args.method,
+        bits=args.bits,
+        group_size=args.group_size,
+        symmetric=args.symmetric,
+        calib=args.calib,
+        calib_samples=args.calib_samples,
+        act_order=not args.no_act_order,
+        gate=not args.no_gate,
+        gate_ppl=args.gate_ppl,
+        gate_chars=args.gate_chars,
+        gate_tasks=tuple(t.strip() for t in args.gate_tasks.split(",") if t.strip()),
+        max_ppl_increase=args.max_ppl_increase,
+        **({"skip": tuple(args.skip)} if args.skip else {}),
+    )
+    result = run_quantize(_model_dir(args.model), args.out, cfg, force=args.force)
+    gate = result["gate"]
+    if gate is not None:
+        print(
+            f"gate passed: perplexity {gate['before']['perplexity']:.3f} -> {gate['after']['perplexity']:.3f}"
+            f" ({gate['ppl_increase']:+.2%})"
+        )
+    print(f"wrote {result['model_dir']} ({result['layers']} quantized layers)")
+    print(f"talk to it: danlu chat {result['model_dir']}")
+
+
 def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.serve.config import ServeConfig, require_extra
 
@@ -421,6 +452,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUT if it is a model dir")
     p.add_argument("--peft", action="store_true", help="write the model's LoRA adapter in PEFT's format")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser(
+        "quantize", help="write a quantized model dir (RTN, GPTQ, NF4) behind a perplexity gate"
+    )
+    p.add_argument("model", help="model dir (or run dir)")
+    p.add_argument("out", help="the model dir to write (missing or empty)")
+    p.add_argument("--method", default="gptq", help="rtn | gptq | nf4")
+    p.add_argument("--bits", type=int, default=4, help="8 (per channel), 4, 3 or 2 (per group)")
+    p.add_argument("--group-size", type=int, default=128, help="input columns per scale below 8 bits")
+    p.add_argument("--symmetric", action="store_true", help="symmetric grid below 8 bits (default min/max)")
+    p.add_argument("--calib", default=None, help="calibration text file (default: the Shakespeare corpus)")
+    p.add_argument("--calib-samples", type=int, default=32, help="calibration windows of 256 tokens")
+    p.add_argument("--no-act-order", action="store_true", help="GPTQ: columns in their stored order")
+    p.add_argument("--skip", action="append", default=[], metavar="PATTERN", help="Linears kept in fp32")
+    p.add_argument("--no-gate", action="store_true", help="write the model without the accuracy gate")
+    p.add_argument("--gate-ppl", default=None, help="held-out text of the gate (default: end of --calib)")
+    p.add_argument("--gate-chars", type=int, default=20_000, help="characters of held-out text it scores")
+    p.add_argument("--gate-tasks", default="", help="eval tasks the gate also checks, e.g. arc_easy")
+    p.add_argument(
+        "--max-ppl-increase", type=float, default=None, help="relative (default 0.02 int8, 0.05 below)"
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it is a model dir")
+    p.set_defaults(fn=cmd_quantize)
 
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API, with a web chat page")
     p.add_argument("model", help="model dir (or run dir)")

@@ -6,6 +6,7 @@
     linear.py      int8 and int4 weight-only Linear replacements (CPU kernels and a reference path)
     apply.py       quantize a loaded model in place (RTN, GPTQ block by block, NF4 via danlu.finetune.nf4)
     store.py       quantized model dirs (quant/quant_config.json), read by danlu.model_dir.load_model
+    stage.py       run_quantize: calibration data, quantize, the accuracy gate, the model dir out
     config.py      QuantConfig: the `quantize:` recipe section and the flags of `danlu quantize`
 
 This package's __init__ imports nothing: danlu.model_dir reads quant/ through danlu.quant.store.

@@ -28,7 +28,7 @@ class QuantConfig:
     seed: int = 0  # calibration window draw
     gate: bool = True  # measure the accuracy gate and refuse a model that fails it
     gate_ppl: str | None = None  # gate perplexity text (default: a held-out part of the calibration text)
-    gate_chars: int = 40_000  # characters of held-out text the gate scores
+    gate_chars: int = 20_000  # characters of held-out text the gate scores
     gate_tasks: tuple[str, ...] = ()  # eval tasks of the gate, e.g. ("hellaswag", "arc_easy")
     gate_limit: int = 100  # items per gate task
     max_ppl_increase: float | None = None  # relative; default 0.02 for 8 bits, 0.05 below

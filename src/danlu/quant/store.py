@@ -119,16 +119,17 @@ def save_quantized(
     model: nn.Module,
     metadata: dict[str, Any],
     tokenizer_dir: str | Path,
-    method: str,
+    quant: dict[str, Any],
     report: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a quantized model dir atomically (metadata: config.json's content; "quant" is added)."""
+    """Write a quantized model dir atomically (metadata: config.json's content; quant, at least
+    {"method": ...}, becomes its "quant")."""
     from danlu.io import atomic_dir
     from danlu.model_dir import write_model_files
 
-    layout = model_layout(model, method)
+    layout = model_layout(model, quant["method"])
     with atomic_dir(path) as tmp:
-        write_model_files(tmp, model, metadata | {"quant": {"method": method}}, Path(tokenizer_dir))
+        write_model_files(tmp, model, metadata | {"quant": quant}, Path(tokenizer_dir))
         (tmp / QUANT_DIR).mkdir()
         (tmp / QUANT_DIR / QUANT_CONFIG).write_text(json.dumps(layout, indent=2) + "\n", encoding="utf-8")
         (tmp / QUANT_DIR / REPORT).write_text(json.dumps(report or {}, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,139 @@
+"""danlu quantize: a quantized model dir that the other verbs load, the gate, refused outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from danlu.cli import main
+from danlu.model.config import ModelConfig
+from danlu.model.transformer import build_model
+from danlu.quant.config import QuantConfig
+from danlu.quant.stage import gate_verdict
+
+
+@pytest.fixture(scope="module")
+def base_and_calib(tmp_path_factory, tiny_packed, word_lines):
+    from danlu.model_dir import save_model_dir
+    from danlu.tokenizer import Tokenizer
+
+    _, tok_dir = tiny_packed
+    root = tmp_path_factory.mktemp("quant_stage")
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=Tokenizer.load(tok_dir).vocab_size,
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        n_kv_head=2,
+        max_seq_len=64,
+        ffn_hidden=128,
+    )
+    base = save_model_dir(root / "base", build_model(cfg).eval(), cfg, tok_dir)
+    calib = root / "calib.txt"
+    calib.write_text("\n".join(word_lines(1500, seed=3)), encoding="utf-8")
+    return base, calib
+
+
+def _quantize(base, calib, out, *flags):
+    return main(
+        [
+            "quantize",
+            str(base),
+            str(out),
+            "--calib",
+            str(calib),
+            "--calib-samples",
+            "4",
+            "--gate-chars",
+            "3000",
+            *flags,
+        ]
+    )
+
+
+def test_quantize_writes_a_model_dir_that_generate_and_eval_load(tmp_path, base_and_calib, capsys):
+    from danlu.model_dir import load_model
+    from danlu.quant.linear import Int4Linear
+
+    base, calib = base_and_calib
+    out = tmp_path / "q4"
+    assert (
+        _quantize(base, calib, out, "--method", "gptq", "--group-size", "32", "--max-ppl-increase", "1") == 0
+    )
+    printed = capsys.readouterr().out
+    assert "gate passed: perplexity" in printed and f"wrote {out} (8 quantized layers)" in printed
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["quant"] == {"method": "gptq", "bits": 4, "group_size": 32}
+    report = json.loads((out / "quant" / "report.json").read_text())
+    assert report["gate"]["passed"] and len(report["layers"]) == 8
+    model, _, _ = load_model(out)
+    assert isinstance(model.blocks[1].attn.qkv, Int4Linear) and isinstance(
+        model.blocks[0].mlp.down, Int4Linear
+    )
+    assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 8
+    assert main(["generate", str(out), "--prompt", "the", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    ppl = tmp_path / "ppl.txt"
+    ppl.write_text(calib.read_text()[:2000])
+    assert main(["eval", str(out), "--ppl", str(ppl)]) == 0
+
+
+def test_outputs_that_are_not_ours_are_refused(tmp_path, base_and_calib, capsys):
+    base, calib = base_and_calib
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    assert _quantize(base, calib, other, "--method", "rtn", "--bits", "8", "--no-gate") == 2
+    assert "not empty and not a model dir" in capsys.readouterr().err
+    assert (other / "keep.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
+    out = tmp_path / "q8"
+    assert _quantize(base, calib, out, "--method", "rtn", "--bits", "8", "--no-gate") == 0
+    assert _quantize(base, calib, out, "--method", "rtn", "--bits", "8", "--no-gate") == 2
+    assert "already holds a model" in capsys.readouterr().err
+    assert _quantize(out, calib, tmp_path / "again", "--method", "rtn", "--bits", "8") == 2
+    assert "already quantized" in capsys.readouterr().err
+    assert _quantize(base, calib, tmp_path / "bad", "--method", "awq-ish") == 2
+    assert "quantize.method" in capsys.readouterr().err
+
+
+def test_a_failed_gate_writes_nothing(tmp_path, base_and_calib, capsys):
+    base, calib = base_and_calib
+    out = tmp_path / "q2"
+    # 2-bit per-tensor-sized groups on a random model: its perplexity rises, and no rise is allowed
+    rc = _quantize(
+        base, calib, out, "--method", "rtn", "--bits", "2", "--group-size", "64", "--max-ppl-increase", "0"
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "fails the accuracy gate: perplexity +" in err and "nothing written" in err
+    assert not out.exists()
+
+
+def test_gate_verdict_thresholds():
+    cfg = QuantConfig(method="rtn", bits=8)
+    before = {"perplexity": 10.0, "tasks": {"arc_easy": 0.5}}
+    ok = gate_verdict(before, {"perplexity": 10.19, "tasks": {"arc_easy": 0.495}}, cfg)
+    assert ok["passed"] and ok["ppl_increase"] == pytest.approx(0.019)
+    bad = gate_verdict(before, {"perplexity": 10.3, "tasks": {"arc_easy": 0.45}}, cfg)
+    assert not bad["passed"] and len(bad["failures"]) == 2
+    assert gate_verdict(before, {"perplexity": 10.4, "tasks": {"arc_easy": 0.5}}, QuantConfig(bits=4))[
+        "passed"
+    ]
+
+
+def test_nf4_model_dir_loads_with_the_same_outputs(tmp_path, base_and_calib):
+    from danlu.finetune.nf4 import NF4Linear
+    from danlu.model_dir import load_model
+    from danlu.quant.apply import quantize_model
+
+    base, calib = base_and_calib
+    out = tmp_path / "nf4"
+    assert _quantize(base, calib, out, "--method", "nf4", "--no-gate") == 0
+    loaded, _, _ = load_model(out)
+    assert sum(isinstance(m, NF4Linear) for m in loaded.modules()) == 8
+    direct, _, _ = load_model(base)
+    quantize_model(direct, QuantConfig(method="nf4"))
+    ids = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), direct(ids))
