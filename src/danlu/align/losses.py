@@ -41,7 +41,7 @@ class PreferenceLoss:
     def metrics(self) -> dict[str, float]:
         """TRL's reported numbers: mean rewards, mean margin, fraction of pairs ranked right."""
         c, r = self.chosen_rewards, self.rejected_rewards
-        out = {"loss": float(self.losses.mean())}
+        out = {"loss": float(self.losses.detach().mean())}
         if c.numel():
             out["rewards/chosen"] = float(c.mean())
         if r.numel():
