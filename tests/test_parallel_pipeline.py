@@ -22,6 +22,7 @@ from danlu.train.losses import IGNORE_INDEX, summed_lm_loss
 
 TOL = 1e-4
 TIMEOUT_S = 240
+BATCH = 8
 
 
 def _model(n_layer: int) -> torch.nn.Module:
@@ -30,7 +31,7 @@ def _model(n_layer: int) -> torch.nn.Module:
 
 
 def _batches(tokens: Path, steps: int):
-    loader = TrainLoader(TokenDataset(tokens, "train"), 8, 32, seed=5)
+    loader = TrainLoader(TokenDataset(tokens, "train"), BATCH, 32, seed=5)
     return [loader.next_batch() for _ in range(steps)]
 
 
@@ -56,17 +57,21 @@ def _worker(rank: int, world: int, port: int, tokens: Path, out: Path, kw: dict)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
 
     from danlu.parallel.pipeline import PipelineRunner
 
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world)
-        steps = kw.pop("steps")
-        runner = PipelineRunner(_model(kw.pop("n_layer")), dist.group.WORLD, **kw)
+        steps, dp = kw.pop("steps"), kw.pop("dp", 1)
+        mesh = init_device_mesh("cpu", (dp, world // dp), mesh_dim_names=("dp", "pp"))
+        dp_group = mesh["dp"].get_group() if dp > 1 else None
+        runner = PipelineRunner(_model(kw.pop("n_layer")), mesh["pp"].get_group(), dp_group=dp_group, **kw)
         opt = _optimizer(runner.parameters())
         losses = []
+        rows = slice(None) if dp == 1 else _rows(mesh["dp"].get_local_rank(), dp)
         for x, y in _batches(tokens, steps):
-            losses.append(runner.step(x, y))
+            losses.append(runner.step(x[rows], y[rows]))
             runner.clip_grad_norm_(1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -75,6 +80,11 @@ def _worker(rank: int, world: int, port: int, tokens: Path, out: Path, kw: dict)
     except BaseException:
         (out / f"rank{rank}.err").write_text(traceback.format_exc())
         raise
+
+
+def _rows(dp_rank: int, dp: int) -> slice:
+    per = BATCH // dp
+    return slice(dp_rank * per, (dp_rank + 1) * per)
 
 
 def _spawn(world: int, tokens: Path, out: Path, **kw) -> list[list[float]]:
@@ -120,6 +130,19 @@ def test_pipeline_matches_single_process(tiny_packed, tmp_path, schedule, virtua
     for step, (g, w) in enumerate(zip(got[0], want, strict=True), 1):
         assert abs(g - w) < TOL, (step, g, w)
     assert want[-1] < want[0] - 0.2  # it trained
+
+
+@pytest.mark.slow
+def test_pipeline_2_x_data_parallel_2_matches_single_process(tiny_packed, tmp_path):
+    """PP 2 x DP 2: each pipeline replica trains its half of every batch (2 micro-batches of 2 rows)."""
+    tokens, _ = tiny_packed
+    torch.set_num_threads(1)
+    want = _single(tokens, 2, 20)
+    kw = {"n_layer": 2, "n_microbatches": 2, "schedule": "1f1b", "steps": 20, "dp": 2}
+    got = _spawn(4, tokens, tmp_path, **kw)
+    assert all(g == got[0] for g in got)
+    for step, (g, w) in enumerate(zip(got[0], want, strict=True), 1):
+        assert abs(g - w) < TOL, (step, g, w)
 
 
 def test_pipeline_checks_the_model():

@@ -94,6 +94,7 @@ class PipelineRunner:
         schedule: str = "1f1b",
         virtual: int = 1,
         device: torch.device | str = "cpu",
+        dp_group: Any = None,
     ):
         from torch.distributed.pipelining import (
             PipelineStage,
@@ -106,7 +107,7 @@ class PipelineRunner:
             raise ConfigError(f"parallel.pp_schedule: one of {', '.join(SCHEDULES)}, got {schedule!r}")
         if schedule != "interleaved_1f1b" and virtual != 1:
             raise ConfigError(f"parallel.pp_schedule={schedule} runs one stage per rank (virtual=1)")
-        self.group = group
+        self.group, self.dp_group = group, dp_group
         self.pp, self.rank = dist.get_world_size(group), dist.get_rank(group)
         check_pp(model.cfg, self.pp, virtual)
         if n_microbatches < self.pp:
@@ -149,14 +150,24 @@ class PipelineRunner:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Forward and backward of one batch through the pipeline; the batch's mean loss per target
-        token, on every rank. Every rank passes the same batch (only the ends read it)."""
-        self._tokens = max(int((y != IGNORE_INDEX).sum()), 1)
+        token, on every rank. The ranks of a pipeline pass the same batch (only the ends read it);
+        with a dp_group, each pipeline replica passes its own rows of the global batch and the
+        gradients are summed over the replicas (the losses are divided by the global token count)."""
+        tokens = torch.tensor(int((y != IGNORE_INDEX).sum()), dtype=torch.int64)
+        if self.dp_group is not None:
+            dist.all_reduce(tokens, group=self.dp_group)
+        self._tokens = max(int(tokens), 1)
         losses: list[torch.Tensor] = []
         kwargs: dict[str, Any] = {"target": y, "losses": losses} if self.last else {}
         args = (x,) if self.first else ()
         self.schedule.step(*args, **kwargs)
         total = torch.stack(losses).sum().detach() if losses else torch.zeros(())
         dist.all_reduce(total, group=self.group)  # only the last stage's ranks contribute
+        if self.dp_group is not None:
+            dist.all_reduce(total, group=self.dp_group)
+            for p in self.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, group=self.dp_group)
         if self.tied is not None and self.tied.grad is not None and self._in_tied_group:
             dist.all_reduce(self.tied.grad, group=self._tied_group)
         return float(total)
