@@ -43,6 +43,7 @@ OBJECTIVE_TOKENS = (
 )
 ALL_SPECIAL_TOKENS = SPECIAL_TOKENS + OBJECTIVE_TOKENS
 HF_FILE, META_FILE = "tokenizer.json", "danlu_tokenizer.json"
+TRAINERS = ("hf", "danlu")
 CHAT_TEMPLATE = "danlu-v1"
 
 
@@ -111,7 +112,13 @@ class Tokenizer:
     # --- training, saving, loading ------------------------------------------------------------------
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+    def train(
+        cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2, trainer: str = "hf"
+    ) -> Tokenizer:
+        """Train on texts with HF `tokenizers` (trainer "hf", fast) or danlu's own trainer ("danlu",
+        danlu.tokenizer.bpe_trainer: pure Python, the same merges and the same tokenizer.json)."""
+        if trainer not in TRAINERS:
+            raise TokenizerError(f"tokenizer.trainer must be one of {', '.join(TRAINERS)}, got {trainer!r}")
         floor = len(ALL_SPECIAL_TOKENS) + 256
         if vocab_size < floor:  # the trainer would silently keep all 256 bytes and the specials anyway
             raise TokenizerError(
@@ -120,8 +127,16 @@ class Tokenizer:
             )
         # a list goes to the trainer as is (its fast path); a stream is counted on the way through
         counted = _CountingIterator(texts) if not isinstance(texts, list | tuple) else None
-        hf = _new_hf_bpe()
-        hf.train_from_iterator(counted or texts, trainer=hf_trainer(vocab_size, min_frequency))
+        if trainer == "danlu":
+            from danlu.tokenizer.bpe_trainer import hf_bpe_from_merges, train_bpe, word_counts
+
+            vocab, merges = train_bpe(
+                word_counts(counted or texts), vocab_size, min_frequency, ALL_SPECIAL_TOKENS
+            )
+            hf = hf_bpe_from_merges(vocab, merges, ALL_SPECIAL_TOKENS)
+        else:
+            hf = _new_hf_bpe()
+            hf.train_from_iterator(counted or texts, trainer=hf_trainer(vocab_size, min_frequency))
         if counted is None:
             counted = _CountingIterator(())
             counted.docs, counted.chars = len(texts), sum(len(t) for t in texts)

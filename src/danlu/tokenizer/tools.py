@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, out_dir: str | Path) -> Tokenizer:
     """Train on texts (the run layer passes the documents' train split) and save to out_dir (atomically)."""
-    tok = Tokenizer.train(texts, cfg.vocab_size, cfg.min_frequency)
+    tok = Tokenizer.train(texts, cfg.vocab_size, cfg.min_frequency, cfg.trainer)
     tok.save(out_dir)
     log.info("tokenizer: %d tokens, saved to %s", tok.vocab_size, out_dir)
     return tok
