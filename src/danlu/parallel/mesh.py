@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from danlu.errors import ConfigError
 from danlu.parallel.config import ParallelConfig
@@ -66,11 +67,14 @@ class ParallelDims:
         return "fsdp" if self.dp_replicate == 1 else "hsdp"
 
 
-def build_mesh(dims: ParallelDims, device_type: str):  # -> DeviceMesh
-    """The named 3-D mesh (dp_replicate, dp_shard, tp) over the initialized process group, with the
-    data-parallel dimensions also flattened into one, `dp` (the group that sums losses and counts)."""
+def build_mesh(dims: ParallelDims, device_type: str) -> Any:  # a DeviceMesh
+    """The named 3-D mesh (dp_replicate, dp_shard, tp) over the initialized process group."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    mesh = init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=DIMS)
-    mesh["dp_replicate", "dp_shard"]._flatten("dp")
-    return mesh
+    return init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=DIMS)
+
+
+def data_parallel_mesh(mesh: Any) -> Any:
+    """The data-parallel dimensions flattened into one (the group that sums losses and counts; each
+    of its ranks trains its own rows of a batch, the TP ranks of one of them the same rows)."""
+    return mesh["dp_replicate", "dp_shard"]._flatten("dp")

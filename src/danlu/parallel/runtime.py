@@ -30,7 +30,7 @@ from danlu.parallel.checkpoint import (
     save_sharded_checkpoint,
 )
 from danlu.parallel.config import ParallelConfig
-from danlu.parallel.mesh import ParallelDims, build_mesh
+from danlu.parallel.mesh import ParallelDims, build_mesh, data_parallel_mesh
 from danlu.parallel.tensor import FusedOrder, apply_tp
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,9 @@ class Distributed:
         self.cfg, self.dims, self.mesh, self.device = cfg, dims, mesh, device
         self.rank, self._owns = dist.get_rank(), owns
         self.is_main = self.rank == 0
-        self.dp_rank, self.dp = mesh["dp"].get_local_rank(), dims.dp  # the TP ranks of a group: one dp rank
-        self._dp_group = mesh["dp"].get_group()
+        dp_mesh = data_parallel_mesh(mesh)
+        self.dp_rank, self.dp = dp_mesh.get_local_rank(), dims.dp
+        self._dp_group = dp_mesh.get_group()
         self.fsdp, self.tp = dims.dp_shard > 1, dims.tp
         self.sharded = self.fsdp or self.tp > 1  # the parameters are DTensors
         self.order: FusedOrder | None = None  # the TP row order of the fused layers, once applied
