@@ -146,3 +146,48 @@ def test_quantized_model_dir_round_trips_and_bad_ones_are_refused(tmp_path, tiny
     file.write_bytes(file.read_bytes()[:1000])
     with pytest.raises(CheckpointCorrupt):
         load_model(tmp_path / "q4")
+
+
+@pytest.mark.parametrize("n_kv_head", [2, 4])  # grouped-query (proj not scaled) and one value head per query
+def test_awq_scales_fold_without_changing_the_function(n_kv_head):
+    from danlu.quant.apply import _block_inputs
+    from danlu.quant.awq import awq_block
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=256, n_layer=1, n_embd=128, n_head=4, n_kv_head=n_kv_head, max_seq_len=128, ffn_hidden=256
+    )
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # trained norms are not all ones: fold into something non-trivial
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5)
+    ids = torch.randint(0, 256, (4, 32))
+    with torch.no_grad():
+        before = model(ids)
+        x, rest = _block_inputs(model, ids)
+        local = ["attn.qkv", "attn.proj", "mlp.gate_up", "mlp.down"]
+        clipped, alphas = awq_block(model.blocks[0], 0, x, rest, local, QuantSpec(4, False, "group", 32))
+        after = model(ids)
+    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
+    assert set(alphas) == (
+        {"attn.qkv", "mlp.gate_up", "mlp.down"} | ({"attn.proj"} if n_kv_head == 4 else set())
+    )
+    for name, w in clipped.items():  # clipping only ever shrinks a group's range
+        assert w.shape == model.blocks[0].get_submodule(name).weight.shape
+        assert w.abs().max() <= model.blocks[0].get_submodule(name).weight.abs().max() + 1e-6
+
+
+def test_awq_has_lower_output_error_than_rtn():
+    model, _ = _tiny()
+    with torch.no_grad():  # a few input channels with large activations, as in trained LLMs
+        for block in model.blocks:
+            block.attn_norm.weight[:4] = 20.0
+            block.mlp_norm.weight[:4] = 20.0
+    ids = torch.randint(0, 256, (8, 64))
+    rtn = quantize_model(copy.deepcopy(model), QuantConfig(method="rtn", bits=4, group_size=64), ids)
+    awq = quantize_model(copy.deepcopy(model), QuantConfig(method="awq", bits=4, group_size=64), ids)
+    assert set(awq) == set(rtn)
+    for name in ("blocks.0.attn.qkv", "blocks.1.mlp.gate_up"):
+        assert awq[name]["out_err"] < rtn[name]["out_err"]
+    assert sum(r["out_err"] for r in awq.values()) < 0.8 * sum(r["out_err"] for r in rtn.values())

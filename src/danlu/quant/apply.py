@@ -1,4 +1,4 @@
-"""Quantize a loaded model in place: RTN, GPTQ (block by block over calibration inputs) or NF4.
+"""Quantize a loaded model in place: RTN, GPTQ or AWQ (block by block over calibration inputs) or NF4.
 
 GPTQ runs the calibration sequences through the model one block at a time, as the paper does: the
 inputs of block l are the outputs of blocks 0..l-1 already quantized, so each block corrects for the
@@ -94,6 +94,13 @@ def quantize_model(
             calib,
             lambda W, H: gptq_quantize(W, H, spec, cfg.block_size, cfg.damp, cfg.act_order),
         )
+    if cfg.method == "awq":
+        from danlu.quant.awq import awq_block, check_supported
+
+        if calib is None:
+            raise ConfigError("AWQ needs calibration token ids")
+        check_supported(model)
+        return _blockwise(model, names, calib, lambda W, _H: quantize(W, spec), prepare=awq_block, spec=spec)
     if cfg.method == "rtn" and calib is not None:  # RTN with output errors on the calibration inputs
         return _blockwise(model, names, calib, lambda W, _H: quantize(W, spec))
     reports: dict[str, dict[str, float]] = {}
@@ -141,8 +148,12 @@ def _blockwise(
     names: list[str],
     calib: torch.Tensor,
     method: Callable[[torch.Tensor, torch.Tensor], QTensor],
+    prepare: Callable[..., tuple[dict[str, torch.Tensor], dict[str, float]]] | None = None,
+    spec: QuantSpec | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Quantize block by block with method(W, H) on each block's calibration inputs."""
+    """Quantize block by block with method(W, H) on each block's calibration inputs. `prepare`
+    (AWQ) may first rewrite the block's full-precision weights and gives the weight each Linear
+    quantizes (method(prepared W, H)); the reports then measure against the rewritten weights."""
     blocks = model.blocks
     if len(blocks) != model.cfg.n_layer:
         raise ConfigError("calibrated quantization goes block by block; cross-layer sharing is not supported")
@@ -154,6 +165,11 @@ def _blockwise(
         local = {
             n[len(prefix) :]: block.get_submodule(n[len(prefix) :]) for n in names if n.startswith(prefix)
         }
+        prepared: dict[str, torch.Tensor] = {}
+        if prepare is not None:
+            prepared, extra = prepare(block, layer, x, rest, list(local), spec)
+            for n, alpha in extra.items():
+                reports.setdefault(prefix + n, {})["alpha"] = alpha
         hessians = {n: Hessian(m.in_features, x.device) for n, m in local.items()}
         hooks = [
             m.register_forward_hook(lambda _m, a, _o, h=hessians[n]: h.add(a[0])) for n, m in local.items()
@@ -166,10 +182,10 @@ def _blockwise(
                 h.remove()
         for n, lin in local.items():
             H = hessians[n].H
-            q = method(lin.weight, H)
+            q = method(prepared.get(n, lin.weight), H)
             module = _module(q, lin.bias)
             use_reference(module)  # the next block's inputs in fp32, as the reference computes them
-            reports[prefix + n] = _report(lin.weight, q.dequantize(), H)
+            reports[prefix + n] = reports.get(prefix + n, {}) | _report(lin.weight, q.dequantize(), H)
             _replace(block, n, module)
         x = torch.cat([block(x[i : i + chunk], layer, *rest)[0] for i in range(0, x.shape[0], chunk)])
     use_reference(model, False)

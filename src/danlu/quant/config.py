@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from danlu.errors import check
 
-METHODS = ("rtn", "gptq", "nf4")
+METHODS = ("rtn", "gptq", "awq", "nf4")
 DEFAULT_SKIP = ("embed", "lm_head", "*norm*")
 
 
@@ -14,7 +14,7 @@ DEFAULT_SKIP = ("embed", "lm_head", "*norm*")
 class QuantConfig:
     """How to quantize a model and the accuracy gate it must pass."""
 
-    method: str = "gptq"  # rtn | gptq | nf4
+    method: str = "gptq"  # rtn | gptq | awq | nf4
     bits: int = 4  # 8 (int8 per channel, symmetric), 4, 3 or 2 (grouped); nf4 is always 4
     group_size: int = 128  # input columns per scale for 2-4 bits
     symmetric: bool = False  # 2-4 bits: symmetric grid (default: min/max grid with a float zero point)
@@ -43,9 +43,9 @@ class QuantConfig:
         )
         check(self.bits in (2, 3, 4, 8), "quantize.bits", f"must be 8, 4, 3 or 2, got {self.bits}")
         check(
-            self.method != "gptq" or self.bits < 8,
+            self.method not in ("gptq", "awq") or self.bits < 8,
             "quantize.bits",
-            "GPTQ here is for 2-4 bits; use --method rtn for int8",
+            f"{self.method} here is for 2-4 bits; use --method rtn for int8",
         )
         check(self.method != "nf4" or self.bits == 4, "quantize.bits", "nf4 is a 4-bit format")
         check(self.group_size >= 8, "quantize.group_size", f"must be at least 8, got {self.group_size}")
