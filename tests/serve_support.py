@@ -24,7 +24,7 @@ TEXT = "hello there, how are you today? fine thanks. the cat sat on the mat, and
 STARTUP_S = 90.0
 
 
-def tiny_chat_model(root: Path, max_seq_len: int = 512, n_embd: int = 32) -> Path:
+def tiny_chat_model(root: Path, max_seq_len: int = 512, n_embd: int = 32, chat: bool = True) -> Path:
     """A random tiny model with danlu's chat template whose special tokens never win: every reply runs
     to max_tokens in visible text, so streams last long enough to stop, cancel and time out."""
     tok = Tokenizer.train([TEXT * 5] * 40, 300, min_frequency=1)
@@ -48,7 +48,7 @@ def tiny_chat_model(root: Path, max_seq_len: int = 512, n_embd: int = 32) -> Pat
             text = tok.decode([i])
             if not (text.isascii() and text.isprintable()):
                 model.lm_head.weight[i] = 0
-    return save_model_dir(root / "model", model, cfg, root / "tok", {"chat": True})
+    return save_model_dir(root / "model", model, cfg, root / "tok", {"chat": chat})
 
 
 @dataclass

@@ -302,6 +302,24 @@ def test_a_model_without_a_chat_template_gets_a_400_naming_completions():
     assert (e.value.status, e.value.code) == (400, "no_chat_template")
 
 
+def test_a_base_model_is_chatted_with_in_its_transcript_form(tmp_path):
+    """Not chat-tuned (no `chat: true`): the chat endpoint prompts it as `danlu chat` does, one
+    labelled line per turn, and its reply is the model's own greedy continuation of that transcript."""
+    from danlu.transcript import transcript_ids
+
+    base_dir = tiny_chat_model(tmp_path, n_embd=64, chat=False)
+    model, tok, _ = load_model(base_dir)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat"}]
+    with running_server(base_dir) as s:
+        c = openai.OpenAI(base_url=s.v1, api_key="unused", max_retries=0, timeout=60)
+        r = c.chat.completions.create(model="model", messages=messages, max_tokens=8, temperature=0)
+        stop(s)
+    prompt = transcript_ids(tok, messages)
+    assert tok.decode(prompt).endswith("be brief\nA: the cat\nB:")
+    assert r.usage.prompt_tokens == len(prompt)
+    assert r.choices[0].message.content == tok.decode(greedy(model, prompt, 8))
+
+
 # ------------------------------------------------------------------------------------------ errors
 
 

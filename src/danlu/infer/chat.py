@@ -17,13 +17,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from danlu.data.sources import CHAT_LABELS
 from danlu.errors import ConfigError, OutputExistsError
 from danlu.infer.engine import Engine
 from danlu.infer.params import SamplingParams
 from danlu.io import atomic_write_text
-
-USER, BOT = CHAT_LABELS
+from danlu.transcript import TRANSCRIPT_STOP, transcript_ids
 
 
 @dataclass
@@ -48,7 +46,7 @@ class ChatSession:
         **sampling: Any,
     ) -> ChatSession:
         engine = Engine.from_dir(model_dir, max_batch=1)
-        chat = _config_says_chat(model_dir)
+        chat = is_chat_model(model_dir)
         params = SamplingParams(
             max_tokens=max_new_tokens,
             temperature=temperature,
@@ -79,9 +77,7 @@ class ChatSession:
         if self.mode == "chat":
             text = tok.apply_chat_template(self.messages(), add_generation_prompt=True)
             return tok.encode(text, allowed_special="all")
-        lines = [f"{USER if m['role'] == 'user' else BOT}: {m['content']}" for m in self.history]
-        head = f"{self.system}\n" if self.system else ""
-        return tok.encode(head + "\n".join(lines) + f"\n{BOT}:", bos=True)
+        return transcript_ids(tok, self.messages())
 
     def _fitting_prompt(self) -> list[int]:
         """The prompt, dropping the oldest turns (the system prompt stays) until the reply has room."""
@@ -103,7 +99,7 @@ class ChatSession:
         if params.seed is not None:  # a new draw each turn, reproducible from the session's seed
             params = replace(params, seed=params.seed + len(self.history))
         if self.mode == "transcript":  # the model's turn ends with its line
-            params = replace(params, stop=[*params.stop, "\n"])
+            params = replace(params, stop=[*params.stop, TRANSCRIPT_STOP])
         shown = ""
         cached = self.engine.counters["cached_prompt_tokens"]
         for event in self.engine.stream(self._fitting_prompt(), params):
@@ -127,6 +123,8 @@ class ChatSession:
         return path
 
 
-def _config_says_chat(model_dir: str | Path) -> bool:
+def is_chat_model(model_dir: str | Path) -> bool:
+    """Whether a model dir is chat-tuned (its config says `chat: true`): its chat template, not the
+    transcript, is how to prompt it."""
     config = json.loads((Path(model_dir) / "config.json").read_text())
     return bool(config.get("chat"))

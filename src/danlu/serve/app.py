@@ -42,6 +42,7 @@ from danlu.serve.responses import (
     sse,
     usage,
 )
+from danlu.transcript import TRANSCRIPT_STOP, transcript_ids
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ class ServerState:
     api_key: str | None
     timeout_s: float
     metrics: Metrics = field(default_factory=Metrics)
+    # a base model (config.json without `chat: true`) is prompted with the transcript of its pretraining
+    # conversations, one labelled line per turn, as `danlu chat` does; a chat model with its template
+    transcript: bool = False
     # set on SIGTERM/SIGINT: new requests get 503 while in-flight ones finish
     draining: bool = False
     live: set[Generations] = field(default_factory=set)
@@ -286,8 +290,13 @@ def create_app(state: ServerState) -> FastAPI:
     async def chat_completions(request: Request) -> Any:
         body = parse_body(ChatRequest, await request.body())
         check_model(body.model, state.model_name)
-        prompt_ids = chat_prompt_ids(tok, chat_messages(body), state.model_name)
-        req = chat_request(body, prompt_ids, tok, context)
+        messages = chat_messages(body)
+        if state.transcript:
+            prompt_ids = transcript_ids(tok, messages)
+            req = chat_request(body, prompt_ids, tok, context, extra_stop=TRANSCRIPT_STOP)
+        else:
+            prompt_ids = chat_prompt_ids(tok, messages, state.model_name)
+            req = chat_request(body, prompt_ids, tok, context)
         gens = start([req])
         rid, created = new_id("chatcmpl"), now()
         if body.stream:

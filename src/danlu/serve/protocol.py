@@ -8,6 +8,7 @@ are ignored with a warning (as vLLM does); fields it knows but cannot honour (`s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -366,8 +367,11 @@ def response_constraint(fmt: ResponseFormat | None) -> dict[str, Any] | None:
     return {"type": "json_schema", "schema": fmt.json_schema.schema_}
 
 
-def chat_request(body: ChatRequest, prompt_ids: list[int], tokenizer: Any, context: int) -> EngineRequest:
-    """The engine request of a /v1/chat/completions body whose messages rendered to prompt_ids."""
+def chat_request(
+    body: ChatRequest, prompt_ids: list[int], tokenizer: Any, context: int, extra_stop: str | None = None
+) -> EngineRequest:
+    """The engine request of a /v1/chat/completions body whose messages rendered to prompt_ids;
+    `extra_stop` ends the reply where the prompt's form ends a turn (a base model's transcript line)."""
     if body.max_tokens is not None and body.max_completion_tokens is not None:
         log.warning("both max_tokens and max_completion_tokens given; using max_completion_tokens")
     value = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -379,6 +383,8 @@ def chat_request(body: ChatRequest, prompt_ids: list[int], tokenizer: Any, conte
     params = _sampling_params(
         body, max_tokens, tokenizer.vocab_size, logprobs, constraint=response_constraint(body.response_format)
     )
+    if extra_stop is not None:
+        params = [dataclasses.replace(p, stop=[*p.stop, extra_stop]) for p in params]
     return EngineRequest(prompt_ids, params, "")
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 from danlu.errors import ConfigError
+from danlu.infer.chat import is_chat_model
 from danlu.infer.engine import Engine
 from danlu.serve.app import ServerState, create_app
 from danlu.serve.config import ServeConfig
@@ -89,7 +90,7 @@ def serve(model_dir: str | Path, cfg: ServeConfig) -> None:
         sock.close()
         raise
     name = cfg.served_model_name or engine.model_name
-    state = ServerState(engine, name, cfg.api_key, cfg.timeout_s)
+    state = ServerState(engine, name, cfg.api_key, cfg.timeout_s, transcript=not is_chat_model(model_dir))
     config = uvicorn.Config(
         create_app(state),
         log_level="warning",
