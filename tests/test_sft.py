@@ -202,3 +202,42 @@ def test_conversations_longer_than_the_context_are_counted_with_examples_or_refu
     cfg.data.truncation = "refuse"
     with pytest.raises(DataError, match=r"long\.jsonl:1: \d+ tokens, longer than the context of 32"):
         prepare_data(cfg, tok, tmp_path / "refuse")
+
+
+def _greedy_reply(model_dir, question: str, max_new_tokens: int = 24):
+    """The engine's greedy completion of one user turn, prompted as `danlu chat` prompts a chat model
+    (the chat template, also for the base model, whose own session would use the transcript form)."""
+    from danlu.infer.chat import ChatSession
+
+    session = ChatSession.from_dir(model_dir, temperature=0, max_new_tokens=max_new_tokens, seed=0)
+    session.mode = "chat"
+    session.history.append({"role": "user", "content": question})
+    return session.engine.generate([session.prompt_ids()], session.params)[0]
+
+
+def test_after_sft_the_model_answers_within_its_turn_and_ends_it(root, tmp_path, monkeypatch, capsys):
+    """Greedy on a fixed seed: the base model, given the chat template, writes on to the token limit
+    (it never learned to end a turn); after SFT it answers in the taught form and ends its turn, in
+    `danlu chat`. Full finetuning: this base is random, and LoRA cannot move its frozen random head
+    far enough from uniform (its logits stay within about +-1.3) to make any reply greedy."""
+    from danlu.cli import main
+
+    question = "king or queen?"
+    _, tok, _ = load_model(root / "base")
+    roles = {tok.special_tokens[t] for t in ("<|user|>", "<|system|>", "<|assistant|>")}
+    before = _greedy_reply(root / "base", question)
+    assert before.finish_reason == "length" and len(before.token_ids) == 24
+    cfg = sft_config(root, "full", steps=60)
+    cfg.train.lr = 5e-3
+    result = run_sft(cfg, root / "base", tmp_path / "out")
+    after = _greedy_reply(result["model_dir"], question)
+    assert after.finish_reason == "stop" and len(after.token_ids) < 24
+    assert not roles & set(after.token_ids)  # it never starts another speaker's turn
+    reply = after.text.strip()
+    assert ", not " in reply and reply.endswith(".")  # "b, not a.": the answer's form
+    lines = iter([question, ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    argv = ["chat", str(result["model_dir"]), "--temperature", "0", "--seed", "0", "--max-new-tokens", "24"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(chat mode)" in out and f"bot> {reply}\n" in out

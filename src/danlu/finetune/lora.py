@@ -123,15 +123,35 @@ class Adapter(nn.Module):
         ]
         return torch.block_diag(*blocks)
 
-    def lora_out(self, x: torch.Tensor) -> torch.Tensor:
-        """scale * B A dropout(x) over all the layer's output rows."""
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """scale * A_cat dropout(x): every part's r-wide input projection in one matmul, scaled while
+        it is r wide (cheaper than scaling the layer's full output)."""
         a = (
             torch.cat([self.lora_A[p] for p in self.targeted])
             if len(self.targeted) > 1
             else self.lora_A[self.targeted[0]]
         )
+        return F.linear(self.dropout(x), a) * self.spec.scale
+
+    def lora_out(self, x: torch.Tensor) -> torch.Tensor:
+        """scale * B A dropout(x) over all the layer's output rows."""
         b = self._b_blocks() if len(self.parts) > 1 else self.lora_B[self.targeted[0]]
-        return F.linear(F.linear(self.dropout(x), a), b) * self.spec.scale
+        return F.linear(self._hidden(x), b)
+
+    def add_lora_(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """y + scale * B A dropout(x), added into each targeted part's slice of y in place: one r-wide
+        matmul per part instead of a block-diagonal B of mostly zeros, and no full-size temporary.
+        y must be a fresh output that autograd does not keep (a Linear's output is not saved)."""
+        h = self._hidden(x)
+        if len(self.parts) == 1:
+            return y.add_(F.linear(h, self.lora_B[self.targeted[0]]))
+        r, j, start = self.spec.r, 0, 0
+        for p, rows in self.parts.items():
+            if p in self.targeted:
+                y[..., start : start + rows].add_(F.linear(h[..., j * r : (j + 1) * r], self.lora_B[p]))
+                j += 1
+            start += rows
+        return y
 
     def dora_factor(self, weight: torch.Tensor) -> torch.Tensor:
         """m / ||W + scale B A||_row over all rows (1 on untargeted parts), the norm detached."""
@@ -185,7 +205,7 @@ class LoRALinear(nn.Module):
             return y
         ad: Adapter = self.adapters[self.active]  # type: ignore[assignment]
         if not ad.spec.dora:
-            return y + ad.lora_out(x)
+            return ad.add_lora_(y, x)
         bias = getattr(self.base, "bias", None)
         plain = y if bias is None else y - bias
         factor = ad.dora_factor(self.base_weight())
