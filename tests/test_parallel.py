@@ -125,6 +125,7 @@ SLOW = pytest.mark.slow
         (2, 6, {"dp_shard": 2}),  # FSDP 2, ZeRO-3 behaviour
         (2, 6, {"dp_shard": 2, "reshard_after_forward": False}),  # FSDP 2, ZeRO-2 behaviour
         pytest.param(4, 6, {"dp_shard": 4}, marks=SLOW),  # FSDP 4
+        pytest.param(4, 6, {"dp_shard": 4, "reshard_after_forward": False}, marks=SLOW),  # ZeRO-2
         pytest.param(4, 6, {"dp_replicate": 2, "dp_shard": 2}, marks=SLOW),  # HSDP 2 x 2
         (2, 6, {"tp": 2, "sequence_parallel": True}),  # tensor + sequence parallel 2
         pytest.param(2, 20, {"tp": 2}, marks=SLOW),  # tensor parallel 2
@@ -216,8 +217,8 @@ def test_tensor_parallel_checks_the_model():
     cfg = ModelConfig(n_layer=2, n_embd=48, n_head=3, max_seq_len=32, vocab_size=320)
     with pytest.raises(ConfigError, match=r"parallel.tp=2: n_head=3 and n_kv_head=3 must divide by tp=2"):
         check_tp(cfg, 2)
-    with pytest.raises(ConfigError, match="qk_norm is not tensor-parallel"):
-        check_tp(dataclasses.replace(cfg, n_head=4, qk_norm=True), 2)
+    with pytest.raises(ConfigError, match="MoE layers are not tensor-parallel"):
+        check_tp(dataclasses.replace(cfg, n_head=4, n_experts=4), 2)
     # q (4 rows), k and v (2 rows each) in TP order: rank 0's slice of each part, then rank 1's
     assert tp_order([4, 2, 2], 2).tolist() == [0, 1, 4, 6, 2, 3, 5, 7]
 

@@ -7,7 +7,7 @@
   vocab-parallel head (each rank computes vocab/tp logits, gathered for the loss)
 - norms: replicated DTensors, or with sequence parallelism sharded along the sequence (each rank
   normalizes T/tp positions; the column-parallel layers all-gather them, the row-parallel ones
-  reduce-scatter instead of all-reduce)
+  reduce-scatter instead of all-reduce); QK-norms sharded along the heads
 
 The model fuses q/k/v and gate/up into one Linear each (rows: all q heads, then k, then v). A plain
 column split would give rank 0 the q heads and rank 1 the k/v heads, so the rows are first permuted
@@ -43,8 +43,6 @@ def check_tp(model_cfg: Any, tp: int) -> None:
         problems.append(f"the MLP width {hidden} must divide by tp={tp}")
     if model_cfg.n_experts > 0:
         problems.append("MoE layers are not tensor-parallel (use n_experts=0)")
-    if model_cfg.qk_norm:
-        problems.append("qk_norm is not tensor-parallel")
     if model_cfg.pos not in ("rope", "none"):
         problems.append(f"pos={model_cfg.pos!r} is not tensor-parallel (use rope or none)")
     if problems:
@@ -198,6 +196,9 @@ def apply_tp(model: nn.Module, tp_mesh: Any, sequence_parallel: bool = False) ->
         plan["mlp.gate_up" if hasattr(block.mlp, "gate_up") else "mlp.up"] = ColwiseParallel(
             input_layouts=act
         )
+        if block.attn.q_norm is not None:  # per-head norms of each rank's heads: sharded on the head dim
+            for norm in ("attn.q_norm", "attn.k_norm"):
+                plan[norm] = SequenceParallel(sequence_dim=2, use_local_output=True)
         parallelize_module(block, tp_mesh, plan)
         block.attn.n_head //= tp  # each rank's heads, for the attention's reshapes
         block.attn.n_kv_head //= tp
