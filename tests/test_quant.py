@@ -137,6 +137,12 @@ def test_quantized_model_dir_round_trips_and_bad_ones_are_refused(tmp_path, tiny
         assert isinstance(loaded.blocks[0].mlp.down, Int8Linear if qcfg.bits == 8 else Int4Linear)
         with torch.no_grad():
             assert torch.allclose(loaded(ids), qmodel(ids), atol=1e-4)
+    file = tmp_path / "q8" / MODEL_FILE
+    tensors = load_file(file)
+    tensors["blocks.1.attn.qkv.scale"][3] = float("nan")
+    save_file(tensors, file)
+    with pytest.raises(CheckpointCorrupt, match="scales of blocks.1.attn.qkv are not finite and positive"):
+        load_model(tmp_path / "q8")
     file = tmp_path / "q4" / MODEL_FILE
     tensors = load_file(file)
     tensors["blocks.0.mlp.down.scale"] = tensors["blocks.0.mlp.down.scale"][:, :1].contiguous()
