@@ -137,6 +137,7 @@ SLOW = pytest.mark.slow
         "fsdp2-zero3",
         "fsdp2-zero2",
         "fsdp4",
+        "fsdp4-zero2",
         "hsdp2x2",
         "tp2-sp-6",
         "tp2",
