@@ -201,3 +201,41 @@ def test_pairs_are_checked_deduplicated_and_split_by_prompt(tmp_path):
     assert (p4["chosen"], p4["margin"]) == ("x", 2.0)
     with pytest.raises(DataError, match="unknown preference source"):
         build_pairs(AlignDataConfig(sources=["nowhere.jsonl"]))
+
+
+def test_the_align_verb_runs_from_a_recipe_and_bad_input_exits_2(root, tmp_path, capsys):
+    from danlu.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: t\n"
+        f"run_dir: {tmp_path / 'run'}\n"
+        "align:\n"
+        f"  base: {root / 'base'}\n"
+        "  tune: full\n"
+        "  data: {sources: [" + str(root / "pairs.jsonl") + "], per_source: 0}\n"
+        "  train: {seq_len: 32, batch_size: 8, max_steps: 2, eval_every: 2, ckpt_every: 2, log_every: 1,"
+        " device: cpu, dtype: fp32, warmup_steps: 1, lr: 0.003}\n"
+    )
+    assert main(["align", str(recipe), "--method", "simpo"]) == 0
+    out = capsys.readouterr().out
+    assert f"aligned model: {tmp_path / 'run' / 'align' / 'model'}  held-out val_logp_accuracy" in out
+    assert read_metadata(tmp_path / "run" / "align" / "model")["align"]["method"] == "simpo"
+    assert main(["align", str(recipe), "--align.data.sources=[nowhere.jsonl]"]) == 2
+    assert "danlu: error: unknown preference source 'nowhere.jsonl'" in capsys.readouterr().err
+    assert main(["align", str(recipe), "--align.reference=adapters"]) == 2  # adapters need tune=lora
+    assert capsys.readouterr().err.startswith("danlu: error: align")
+    with pytest.raises(SystemExit) as e:
+        main(["align", str(recipe), "--method", "magic"])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("path", ["recipes/tiny-cpu-align.yaml"])
+def test_the_align_recipe_loads_and_chains_align_after_sft(path):
+    from danlu.recipe import load_recipe
+    from danlu.run import STAGES
+
+    cfg = load_recipe(path)
+    assert cfg.sft is not None and cfg.align is not None
+    names = [s.name for s in STAGES if s.enabled is None or s.enabled(cfg)]
+    assert names[-2:] == ["sft", "align"]

