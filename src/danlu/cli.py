@@ -7,6 +7,7 @@
     danlu pack [RECIPE]                          documents -> token shards
     danlu pretrain [RECIPE]                      train (resumes from the run's last checkpoint)
     danlu sft [RECIPE] [--sft.base=MODEL]        finetune on conversations (full, LoRA, QLoRA, DoRA)
+    danlu align [RECIPE] [--method dpo]          align on preference pairs (rm, dpo, ipo, cdpo, simpo, orpo, kto)
     danlu generate MODEL --prompt TEXT           sample a continuation
     danlu chat MODEL                             talk to a model in the terminal
     danlu plot RUN                               PNG plots of a run's metrics
@@ -83,6 +84,8 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
         print(
             f"sft validation loss:   {results['sft'].get('val_loss', float('nan')):.4f} nats/assistant token"
         )
+    if "align" in results:
+        print(f"aligned model:         {results['align']['model_dir']}")
     print(f"\ntalk to it:            danlu chat {results.get('chat_model_dir', results['model_dir'])}")
 
 
@@ -90,6 +93,8 @@ def cmd_stage(args: argparse.Namespace, overrides: list[str]) -> None:
     """One stage of a recipe (`danlu data`, `danlu pack`, `danlu pretrain`, ...), from the stage table."""
     from danlu.run import STAGE, RunLayout, run_stages
 
+    if getattr(args, "method", None):  # danlu align --method X is --align.method=X
+        overrides = [*overrides, f"--align.method={args.method}"]
     cfg = _recipe(args, overrides)
     result = run_stages(cfg, (args.verb,), force=(args.verb,))[args.verb]
     print(STAGE[args.verb].summary(result, RunLayout(cfg.run_path).path(args.verb)))
@@ -409,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
                 default=1,
                 help="train in N processes on this machine (torchrun; the layout is parallel.*)",
             )
+        if stage.name == "align":
+            from danlu.align.config import METHODS
+
+            p.add_argument("--method", choices=METHODS, default=None, help="the align.method to train")
         if stage.name == "data":
             p.add_argument(
                 "target", nargs="?", help="`danlu data report DIR`: summarize a run or documents dir"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from danlu.align.config import AlignConfig
 from danlu.config import from_dict, load_yaml, merge, parse_overrides
 from danlu.data.config import DataConfig
 from danlu.errors import check
@@ -36,6 +37,9 @@ class RecipeConfig:
     # Supervised finetuning after pretraining (danlu.finetune.config); absent: `danlu run` stops at
     # the base model. `danlu sft` uses these settings, or the defaults when the recipe has none.
     sft: SFTConfig | None = None
+    # Preference alignment after SFT (danlu.align.config): a reward model or a DPO-family method;
+    # absent: `danlu run` stops at the chat model. `danlu align` uses these settings, or the defaults.
+    align: AlignConfig | None = None
 
     def __post_init__(self) -> None:
         check(

@@ -244,6 +244,32 @@ def _sft_settings(cfg: RecipeConfig) -> dict[str, Any]:
     return {"sft": None if sft is None else to_dict(sft), "base": _local_input_fingerprint(base)}
 
 
+def align_base(cfg: RecipeConfig, layout: RunLayout) -> Path:
+    """The model the align stage starts from: align.base, or the run's SFT model."""
+    base = cfg.align.base if cfg.align is not None else ""
+    return Path(base).expanduser() if base else layout.path("sft") / "model"
+
+
+def run_align_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
+    from danlu.align.config import AlignConfig
+    from danlu.align.stage import run_align
+
+    result = run_align(cfg.align or AlignConfig(), align_base(cfg, layout), layout.path("align"))
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
+
+
+def _align_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    align = cfg.align
+    base = [align.base] if align is not None and align.base else []
+    return {"align": None if align is None else to_dict(align), "base": _local_input_fingerprint(base)}
+
+
+def _align_summary(r: dict[str, Any], out: Path) -> str:
+    acc = "val_accuracy" if "val_logp_accuracy" not in r else "val_logp_accuracy"
+    before = r.get("before", {}).get(acc, float("nan"))
+    return f"aligned model: {r['model_dir']}  held-out {acc} {before:.3f} -> {r[acc]:.3f}"
+
+
 def sample_texts(cfg: RecipeConfig, model_dir: Path) -> list[tuple[str, str]]:
     """Continue each of the recipe's prompts with the trained model."""
     from danlu.infer.sampling import complete
@@ -345,6 +371,17 @@ STAGES: tuple[Stage, ...] = (
         run_sft_stage,
         lambda r, out: f"chat model: {r['model_dir']}  val loss {r['val_loss']:.4f} (assistant tokens)",
         enabled=lambda cfg: cfg.sft is not None,
+    ),
+    Stage(
+        "align",
+        "align a chat model with preference pairs (rm, dpo, ipo, cdpo, simpo, orpo, kto)",
+        ("sft",),
+        "align",
+        "model/config.json",
+        _align_settings,
+        run_align_stage,
+        _align_summary,
+        enabled=lambda cfg: cfg.align is not None,
     ),
 )
 STAGE = {stage.name: stage for stage in STAGES}
