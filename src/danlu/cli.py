@@ -13,7 +13,7 @@
     danlu plot RUN                               PNG plots of a run's metrics
     danlu import SRC OUT                         a model dir from GGUF, a HF Llama dir or a registry model
     danlu export MODEL OUT [--peft]              a Hugging Face Llama dir (or its LoRA adapter for PEFT)
-    danlu quantize MODEL OUT --method gptq       int8/int4/NF4 model dir (RTN, GPTQ), behind a perplexity gate
+    danlu quantize MODEL OUT --method gptq       int8/int4/NF4 model dir (RTN, GPTQ, AWQ) behind a gate
     danlu plan ACTION                            FLOPs, scaling laws, memory, cost, parallel layouts
     danlu serve MODEL [--port 8000]              an OpenAI-compatible HTTP server and a web chat page
 
@@ -463,11 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser(
-        "quantize", help="write a quantized model dir (RTN, GPTQ, NF4) behind a perplexity gate"
+        "quantize", help="write a quantized model dir (RTN, GPTQ, AWQ, NF4) behind a perplexity gate"
     )
     p.add_argument("model", help="model dir (or run dir)")
     p.add_argument("out", help="the model dir to write (missing or empty)")
-    p.add_argument("--method", default="gptq", help="rtn | gptq | nf4")
+    p.add_argument("--method", default="gptq", help="rtn | gptq | awq | nf4")
     p.add_argument("--bits", type=int, default=4, help="8 (per channel), 4, 3 or 2 (per group)")
     p.add_argument("--group-size", type=int, default=128, help="input columns per scale below 8 bits")
     p.add_argument("--symmetric", action="store_true", help="symmetric grid below 8 bits (default min/max)")

@@ -53,10 +53,9 @@ def targets(model: nn.Module, cfg: QuantConfig) -> list[str]:
 
 
 def output_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
-    E = (W_hat - W).double()
-    Hd = H.double()
-    num = torch.einsum("ij,jk,ik->", E, Hd, E)
-    den = torch.einsum("ij,jk,ik->", W.double(), Hd, W.double())
+    E, W, H = (W_hat - W).float(), W.float(), H.float()
+    num = (E @ H).mul_(E).sum(dtype=torch.float64)
+    den = (W @ H).mul_(W).sum(dtype=torch.float64)
     return float(num / den.clamp(min=1e-300))
 
 

@@ -25,10 +25,10 @@ from torch import nn
 from danlu.errors import ConfigError
 from danlu.quant.quantizers import QuantSpec, _grouped, fake_quantize
 
-GRID = 20  # alpha values searched
+GRID = 10  # alpha values searched (0, 0.1, ..., 0.9)
 CLIP_STEPS = 10  # range ratios searched, from 1 down to clip_min
 CLIP_MIN = 0.5
-SCALE_ROWS = 512  # calibration tokens of the scale search (a seeded subset: its cost is GRID matmuls)
+SCALE_ROWS = 256  # calibration tokens of the scale search (a seeded subset: its cost is GRID matmuls)
 CLIP_ROWS = 256  # calibration tokens of the clipping search (its error tensor is rows x groups x tokens)
 
 
