@@ -59,7 +59,7 @@ def pairs(args) -> list[tuple[list[int], list[int], list[int]]]:
     out = []
     for _ in range(args.pairs):
         ids = torch.randint(2, args.vocab, (p + 2 * r,), generator=g).tolist()
-        out.append((ids[:p], ids[p : p + r] + [1], ids[p + r :] + [1]))
+        out.append((ids[:p], [*ids[p : p + r], 1], [*ids[p + r :], 1]))
     return out
 
 
