@@ -141,7 +141,9 @@ def test_quantized_model_dir_round_trips_and_bad_ones_are_refused(tmp_path, tiny
     tensors = load_file(file)
     tensors["blocks.1.attn.qkv.scale"][3] = float("nan")
     save_file(tensors, file)
-    with pytest.raises(CheckpointCorrupt, match="scales of blocks.1.attn.qkv are not finite and positive"):
+    with pytest.raises(
+        CheckpointCorrupt, match=r"scales of blocks\.1\.attn\.qkv are not finite and positive"
+    ):
         load_model(tmp_path / "q8")
     file = tmp_path / "q4" / MODEL_FILE
     tensors = load_file(file)
@@ -185,11 +187,7 @@ def test_awq_scales_fold_without_changing_the_function(n_kv_head):
 
 
 def test_awq_has_lower_output_error_than_rtn():
-    model, _ = _tiny()
-    with torch.no_grad():  # a few input channels with large activations, as in trained LLMs
-        for block in model.blocks:
-            block.attn_norm.weight[:4] = 20.0
-            block.mlp_norm.weight[:4] = 20.0
+    model = _with_outlier_channels(_tiny()[0])
     ids = torch.randint(0, 256, (8, 64))
     rtn = quantize_model(copy.deepcopy(model), QuantConfig(method="rtn", bits=4, group_size=64), ids)
     awq = quantize_model(copy.deepcopy(model), QuantConfig(method="awq", bits=4, group_size=64), ids)
@@ -197,3 +195,51 @@ def test_awq_has_lower_output_error_than_rtn():
     for name in ("blocks.0.attn.qkv", "blocks.1.mlp.gate_up"):
         assert awq[name]["out_err"] < rtn[name]["out_err"]
     assert sum(r["out_err"] for r in awq.values()) < 0.8 * sum(r["out_err"] for r in rtn.values())
+
+
+def _with_outlier_channels(model):
+    with torch.no_grad():  # a few input channels with large activations, as in trained LLMs
+        for block in model.blocks:
+            block.attn_norm.weight[:4] = 20.0
+            block.mlp_norm.weight[:4] = 20.0
+    return model
+
+
+@pytest.mark.parametrize("rows", [1, 24])
+def test_w8a8_kernel_equals_its_reference_and_fp32(rows):
+    from danlu.quant.linear import W8A8Linear
+
+    torch.manual_seed(0)
+    w, x = torch.randn(96, 200), torch.randn(rows, 200)
+    layer = W8A8Linear.from_qtensor(quantize(w, QuantSpec(8, True, "channel")))
+    with torch.no_grad():
+        fast = layer(x)
+        use_reference(layer)
+        ref = layer(x)
+    assert torch.allclose(fast, ref, rtol=1e-5, atol=1e-4)
+    assert (fast - x @ w.T).norm() / (x @ w.T).norm() < 2e-2
+
+
+def test_smoothquant_keeps_the_function_and_helps_w8a8_with_outliers():
+    from danlu.quant.apply import _block_inputs
+    from danlu.quant.linear import W8A8Linear
+    from danlu.quant.smoothquant import smooth_block
+
+    model, _ = _tiny()
+    model = _with_outlier_channels(model)
+    ids = torch.randint(0, 256, (8, 64))
+    with torch.no_grad():
+        ref = model(ids)
+        smoothed = copy.deepcopy(model)
+        x, rest = _block_inputs(smoothed, ids)
+        smooth_block(
+            smoothed.blocks[0], 0, x, rest, ["attn.qkv", "attn.proj", "mlp.gate_up", "mlp.down"], 0.5
+        )
+        assert torch.allclose(smoothed(ids), ref, atol=1e-4, rtol=1e-4)
+        errs = {}
+        for alpha in (0.0, 0.5):  # alpha 0: plain W8A8 without smoothing
+            q = copy.deepcopy(model)
+            quantize_model(q, QuantConfig(method="smoothquant", bits=8, smooth_alpha=alpha), ids)
+            assert isinstance(q.blocks[0].mlp.down, W8A8Linear)
+            errs[alpha] = (q(ids) - ref).square().mean().item()
+    assert errs[0.5] < 0.5 * errs[0.0]

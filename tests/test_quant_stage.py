@@ -10,6 +10,7 @@ import torch
 from danlu.cli import main
 from danlu.model.config import ModelConfig
 from danlu.model.transformer import build_model
+from danlu.quant.apply import quantize_model
 from danlu.quant.config import QuantConfig
 from danlu.quant.stage import gate_verdict
 
@@ -122,18 +123,24 @@ def test_gate_verdict_thresholds():
     ]
 
 
-def test_nf4_model_dir_loads_with_the_same_outputs(tmp_path, base_and_calib):
+@pytest.mark.parametrize("method", ["nf4", "smoothquant"])
+def test_nf4_and_w8a8_model_dirs_load_with_the_same_outputs(tmp_path, base_and_calib, method):
     from danlu.finetune.nf4 import NF4Linear
     from danlu.model_dir import load_model
-    from danlu.quant.apply import quantize_model
+    from danlu.quant.linear import W8A8Linear
+    from danlu.quant.stage import calibration_ids
 
     base, calib = base_and_calib
-    out = tmp_path / "nf4"
-    assert _quantize(base, calib, out, "--method", "nf4", "--no-gate") == 0
-    loaded, _, _ = load_model(out)
-    assert sum(isinstance(m, NF4Linear) for m in loaded.modules()) == 8
-    direct, _, _ = load_model(base)
-    quantize_model(direct, QuantConfig(method="nf4"))
-    ids = torch.randint(0, 100, (2, 16))
+    out = tmp_path / method
+    bits = "8" if method == "smoothquant" else "4"
+    assert _quantize(base, calib, out, "--method", method, "--bits", bits, "--no-gate") == 0
+    loaded, tok, _ = load_model(out)
+    kind = NF4Linear if method == "nf4" else W8A8Linear
+    assert sum(isinstance(m, kind) for m in loaded.modules()) == 8
+    direct, _, _ = load_model(base)  # the same quantization in memory, on the same calibration windows
+    cfg = QuantConfig(method=method, bits=int(bits), calib=str(calib), calib_samples=4, calib_seq_len=64)
+    ids = calibration_ids(tok, calib.read_text()[:-3000], cfg)
+    quantize_model(direct, cfg, ids)
+    probe = torch.randint(0, 100, (2, 16))
     with torch.no_grad():
-        assert torch.equal(loaded(ids), direct(ids))
+        assert torch.allclose(loaded(probe), direct(probe), atol=1e-5)

@@ -13,7 +13,7 @@
     danlu plot RUN                               PNG plots of a run's metrics
     danlu import SRC OUT                         a model dir from GGUF, a HF Llama dir or a registry model
     danlu export MODEL OUT [--peft]              a Hugging Face Llama dir (or its LoRA adapter for PEFT)
-    danlu quantize MODEL OUT --method gptq       int8/int4/NF4 model dir (RTN, GPTQ, AWQ) behind a gate
+    danlu quantize MODEL OUT --method gptq       int8/int4/NF4/W8A8 model dir (RTN, GPTQ, AWQ, ...)
     danlu plan ACTION                            FLOPs, scaling laws, memory, cost, parallel layouts
     danlu serve MODEL [--port 8000]              an OpenAI-compatible HTTP server and a web chat page
 
@@ -291,6 +291,7 @@ def cmd_quantize(args: argparse.Namespace, overrides: list[str]) -> None:
         calib=args.calib,
         calib_samples=args.calib_samples,
         act_order=not args.no_act_order,
+        smooth_alpha=args.smooth_alpha,
         gate=not args.no_gate,
         gate_ppl=args.gate_ppl,
         gate_chars=args.gate_chars,
@@ -463,17 +464,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser(
-        "quantize", help="write a quantized model dir (RTN, GPTQ, AWQ, NF4) behind a perplexity gate"
+        "quantize",
+        help="write a quantized model dir (RTN, GPTQ, AWQ, SmoothQuant, NF4) behind a perplexity gate",
     )
     p.add_argument("model", help="model dir (or run dir)")
     p.add_argument("out", help="the model dir to write (missing or empty)")
-    p.add_argument("--method", default="gptq", help="rtn | gptq | awq | nf4")
+    p.add_argument("--method", default="gptq", help="rtn | gptq | awq | smoothquant (W8A8, --bits 8) | nf4")
     p.add_argument("--bits", type=int, default=4, help="8 (per channel), 4, 3 or 2 (per group)")
     p.add_argument("--group-size", type=int, default=128, help="input columns per scale below 8 bits")
     p.add_argument("--symmetric", action="store_true", help="symmetric grid below 8 bits (default min/max)")
     p.add_argument("--calib", default=None, help="calibration text file (default: the Shakespeare corpus)")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration windows of 256 tokens")
     p.add_argument("--no-act-order", action="store_true", help="GPTQ: columns in their stored order")
+    p.add_argument("--smooth-alpha", type=float, default=0.5, help="SmoothQuant: migration strength")
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN", help="Linears kept in fp32")
     p.add_argument("--no-gate", action="store_true", help="write the model without the accuracy gate")
     p.add_argument("--gate-ppl", default=None, help="held-out text of the gate (default: end of --calib)")

@@ -1,4 +1,5 @@
-"""Quantize a loaded model in place: RTN, GPTQ or AWQ (block by block over calibration inputs) or NF4.
+"""Quantize a loaded model in place: RTN, GPTQ, AWQ or SmoothQuant W8A8 (block by block over
+calibration inputs) or NF4.
 
 GPTQ runs the calibration sequences through the model one block at a time, as the paper does: the
 inputs of block l are the outputs of blocks 0..l-1 already quantized, so each block corrects for the
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from danlu.errors import ConfigError
 from danlu.quant.config import QuantConfig
 from danlu.quant.gptq import Hessian, gptq_quantize
-from danlu.quant.linear import Int4Linear, Int8Linear, use_reference
+from danlu.quant.linear import Int4Linear, Int8Linear, W8A8Linear, use_reference
 from danlu.quant.quantizers import QTensor, QuantSpec, error_report, quantize
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,23 @@ def quantize_model(
             raise ConfigError("AWQ needs calibration token ids")
         check_supported(model)
         return _blockwise(model, names, calib, lambda W, _H: quantize(W, spec), prepare=awq_block, spec=spec)
+    if cfg.method == "smoothquant":
+        from danlu.quant.awq import check_supported
+        from danlu.quant.smoothquant import smooth_block
+
+        if calib is None:
+            raise ConfigError("SmoothQuant needs calibration token ids")
+        check_supported(model)
+        return _blockwise(
+            model,
+            names,
+            calib,
+            lambda W, _H: quantize(W, spec),
+            prepare=lambda block, layer, x, rest, local, _spec: smooth_block(
+                block, layer, x, rest, local, cfg.smooth_alpha
+            ),
+            module_for=W8A8Linear.from_qtensor,
+        )
     if cfg.method == "rtn" and calib is not None:  # RTN with output errors on the calibration inputs
         return _blockwise(model, names, calib, lambda W, _H: quantize(W, spec))
     reports: dict[str, dict[str, float]] = {}
@@ -149,6 +167,7 @@ def _blockwise(
     method: Callable[[torch.Tensor, torch.Tensor], QTensor],
     prepare: Callable[..., tuple[dict[str, torch.Tensor], dict[str, float]]] | None = None,
     spec: QuantSpec | None = None,
+    module_for: Callable[[QTensor, torch.Tensor | None], nn.Module] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Quantize block by block with method(W, H) on each block's calibration inputs. `prepare`
     (AWQ) may first rewrite the block's full-precision weights and gives the weight each Linear
@@ -182,7 +201,7 @@ def _blockwise(
         for n, lin in local.items():
             H = hessians[n].H
             q = method(prepared.get(n, lin.weight), H)
-            module = _module(q, lin.bias)
+            module = (module_for or _module)(q, lin.bias)
             use_reference(module)  # the next block's inputs in fp32, as the reference computes them
             reports[prefix + n] = reports.get(prefix + n, {}) | _report(lin.weight, q.dequantize(), H)
             _replace(block, n, module)
@@ -196,5 +215,5 @@ def _blockwise(
             H = torch.eye(lin.in_features, device=lin.weight.device)
             q = method(lin.weight, H)
             reports[name] = _report(lin.weight, q.dequantize(), None)
-            _replace(model, name, _module(q, lin.bias))
+            _replace(model, name, (module_for or _module)(q, lin.bias))
     return reports

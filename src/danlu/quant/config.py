@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from danlu.errors import check
 
-METHODS = ("rtn", "gptq", "awq", "nf4")
+METHODS = ("rtn", "gptq", "awq", "smoothquant", "nf4")
 DEFAULT_SKIP = ("embed", "lm_head", "*norm*")
 
 
@@ -14,7 +14,7 @@ DEFAULT_SKIP = ("embed", "lm_head", "*norm*")
 class QuantConfig:
     """How to quantize a model and the accuracy gate it must pass."""
 
-    method: str = "gptq"  # rtn | gptq | awq | nf4
+    method: str = "gptq"  # rtn | gptq | awq | smoothquant (W8A8) | nf4
     bits: int = 4  # 8 (int8 per channel, symmetric), 4, 3 or 2 (grouped); nf4 is always 4
     group_size: int = 128  # input columns per scale for 2-4 bits
     symmetric: bool = False  # 2-4 bits: symmetric grid (default: min/max grid with a float zero point)
@@ -25,6 +25,7 @@ class QuantConfig:
     damp: float = 0.01  # GPTQ: fraction of mean(diag H) added to the diagonal
     block_size: int = 128  # GPTQ: columns per lazy batch update
     act_order: bool = True  # GPTQ: visit columns in decreasing diag(H)
+    smooth_alpha: float = 0.5  # SmoothQuant: migration strength (0: none, 1: all onto the weights)
     seed: int = 0  # calibration window draw
     gate: bool = True  # measure the accuracy gate and refuse a model that fails it
     gate_ppl: str | None = None  # gate perplexity text (default: a held-out part of the calibration text)
@@ -48,6 +49,14 @@ class QuantConfig:
             f"{self.method} here is for 2-4 bits; use --method rtn for int8",
         )
         check(self.method != "nf4" or self.bits == 4, "quantize.bits", "nf4 is a 4-bit format")
+        check(
+            self.method != "smoothquant" or self.bits == 8, "quantize.bits", "smoothquant is W8A8: --bits 8"
+        )
+        check(
+            0 <= self.smooth_alpha <= 1,
+            "quantize.smooth_alpha",
+            f"must be in [0, 1], got {self.smooth_alpha}",
+        )
         check(self.group_size >= 8, "quantize.group_size", f"must be at least 8, got {self.group_size}")
         check(
             self.calib_samples >= 1 and self.calib_seq_len >= 8,

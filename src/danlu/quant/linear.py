@@ -3,6 +3,8 @@ reference path.
 
 - `Int8Linear`: int8 codes [out, in] and one fp32 scale per output channel (symmetric). Kernel:
   `torch._weight_int8pack_mm`.
+- `W8A8Linear`: SmoothQuant's int8 weights and dynamically quantized int8 activations (per token).
+  Kernel: `torch._int_mm` (int32 accumulation).
 - `Int4Linear`: codes of 2 to 4 bits packed two per byte [out, ceil(in/2)], scale and offset per group
   of `group_size` input columns (w = u * scale + offset). Kernel: `torch._weight_int4pack_mm_for_cpu`,
   which takes w = (u - 8) * s + z, so z = offset + 8 * scale; its layout is made once, on the first
@@ -177,6 +179,59 @@ class Int4Linear(QuantLinear):
 
     def layout(self) -> dict[str, object]:
         return super().layout() | {"group_size": self.group_size, "bits": self.bits}
+
+
+class W8A8Linear(QuantLinear):
+    """SmoothQuant's W8A8: int8 weights (symmetric per output channel) times int8 activations quantized
+    on the fly (symmetric per token), accumulated in int32 by `torch._int_mm`, rescaled to float. The
+    reference path computes the same quantized product in fp32 (exact for the int8 products; the fp32
+    sum rounds where the int32 sum does not)."""
+
+    kind = "w8a8"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__(in_features, out_features, bias, device)
+        self.register_buffer(
+            "qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device)
+        )
+        self.register_buffer("scale", torch.empty(out_features, device=device))
+
+    @classmethod
+    def from_qtensor(cls, q: QTensor, bias: torch.Tensor | None = None) -> W8A8Linear:
+        int8 = Int8Linear.from_qtensor(q, bias)  # the same weight layout
+        m = cls(q.codes.shape[1], q.codes.shape[0], bias is not None, q.codes.device)
+        m.qweight.copy_(int8.qweight)
+        m.scale.copy_(int8.scale)
+        if bias is not None:
+            m.bias.data.copy_(bias)
+        return m
+
+    def dequantize(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale[:, None]
+
+    @staticmethod
+    def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(int8 codes, fp32 scale per row) of x [rows, in], symmetric per row."""
+        a = x.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127
+        return (x.float() / a).round_().clamp_(-127, 127).to(torch.int8), a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        xq, a = self.quantize_tokens(x.reshape(-1, shape[-1]))
+        if self._use_kernel(x):
+            acc = torch._int_mm(xq, self.qweight.T).float()
+            y = acc * a * self.scale
+        else:
+            y = F.linear(xq.float() * a, self.dequantize())
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)
 
 
 def use_reference(model: nn.Module, reference: bool = True) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from danlu.errors import CheckpointCorrupt
-from danlu.quant.linear import Int4Linear, Int8Linear, QuantLinear
+from danlu.quant.linear import Int4Linear, Int8Linear, QuantLinear, W8A8Linear
 
 QUANT_DIR, QUANT_CONFIG, REPORT = "quant", "quant_config.json", "report.json"
 FORMAT = 1
@@ -46,6 +46,8 @@ def _empty_module(linear: nn.Linear, spec: dict[str, Any]) -> nn.Module:
     bias = linear.bias is not None
     if kind == "int8":
         return Int8Linear(linear.in_features, linear.out_features, bias, device="meta")
+    if kind == "w8a8":
+        return W8A8Linear(linear.in_features, linear.out_features, bias, device="meta")
     if kind == "int4":
         return Int4Linear(
             linear.in_features, linear.out_features, int(spec["group_size"]), int(spec["bits"]), bias, "meta"
