@@ -9,7 +9,7 @@
     apply.py       quantize a loaded model in place (RTN, GPTQ/AWQ/SmoothQuant block by block, NF4)
     store.py       quantized model dirs (quant/quant_config.json), read by danlu.model_dir.load_model
     stage.py       run_quantize: calibration data, quantize, the accuracy gate, the model dir out
-    config.py      QuantConfig: the `quantize:` recipe section and the flags of `danlu quantize`
+    config.py      QuantConfig: the settings of `danlu quantize`
 
 This package's __init__ imports nothing: danlu.model_dir reads quant/ through danlu.quant.store.
 """

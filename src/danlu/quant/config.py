@@ -1,4 +1,4 @@
-"""The quantize stage's settings: the `quantize:` section of a recipe and the flags of `danlu quantize`."""
+"""The quantize stage's settings: the flags of `danlu quantize` (one dataclass, ready for a recipe section)."""
 
 from __future__ import annotations
 
