@@ -29,6 +29,7 @@ ROWS: dict[str, dict[str, object] | None] = {
     "gptq-int4-g128": {"method": "gptq", "bits": 4, "group_size": 128},
     "awq-int4-g128": {"method": "awq", "bits": 4, "group_size": 128},
     "nf4": {"method": "nf4", "bits": 4},
+    "smoothquant-w8a8": {"method": "smoothquant", "bits": 8},
     "rtn-int3-g128": {"method": "rtn", "bits": 3, "group_size": 128},
     "gptq-int3-g128": {"method": "gptq", "bits": 3, "group_size": 128},
     "awq-int3-g128": {"method": "awq", "bits": 3, "group_size": 128},
