@@ -8,6 +8,7 @@
     lora.py        LoRA and DoRA layers wrapping the model's Linears from outside (fused qkv/gate_up
                    by part, so each part is one PEFT module), merge/unmerge, named adapters
     nf4.py         NF4 quantization with double quantization (QLoRA's frozen base)
+    prompts.py     prompt tuning, prefix tuning (a read-only KV cache) and bottleneck adapters
     config.py      the sft: recipe section
     sft.py         the SFT stage: each method's transform and trainable rule, a builder over the one
                    Trainer, a model dir out (merged, or base + adapters/<name>/)

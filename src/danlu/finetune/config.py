@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from danlu.errors import check
 from danlu.train.config import TrainConfig
 
-METHODS = ("full", "lora", "qlora", "dora")
+METHODS = ("full", "lora", "qlora", "dora", "prompt", "prefix", "bottleneck")
+# methods that train through the SFT Trainer but that a model dir cannot hold yet
+UNSAVED_METHODS = ("prompt", "prefix", "bottleneck")
 # HF/PEFT names of the Llama Linears; danlu fuses q/k/v into attn.qkv and gate/up into mlp.gate_up
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -88,7 +90,9 @@ class LoRAConfig:
 class SFTConfig:
     # The model dir to finetune; "" means the run's pretrained model (runs/<name>/model).
     base: str = ""
-    # full (every weight), lora, qlora (LoRA over an NF4 base) or dora (weight-decomposed LoRA).
+    # full (every weight), lora, qlora (LoRA over an NF4 base), dora (weight-decomposed LoRA), or
+    # prompt (soft prompt), prefix (per-layer key/value prefix), bottleneck (adapters after each
+    # sublayer): these three train and checkpoint, but do not write a model dir yet.
     method: str = "lora"
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -100,12 +104,17 @@ class SFTConfig:
     # NF4 block size and the block size of its double-quantized absmax constants (qlora).
     nf4_block: int = 64
     nf4_absmax_block: int = 256
+    # Virtual tokens of a soft prompt or prefix (prompt, prefix), and the bottleneck adapters' width.
+    virtual_tokens: int = 16
+    bottleneck_width: int = 16
 
     def __post_init__(self) -> None:
         check(
             self.method in METHODS, "sft.method", f"must be one of {', '.join(METHODS)}, got {self.method!r}"
         )
         check(self.nf4_block >= 2 and self.nf4_absmax_block >= 2, "sft.nf4_block", "block sizes must be >= 2")
+        check(self.virtual_tokens >= 1, "sft.virtual_tokens", "must be >= 1")
+        check(self.bottleneck_width >= 1, "sft.bottleneck_width", "must be >= 1")
 
     @property
     def lr(self) -> float:

@@ -10,7 +10,9 @@ A base model dir in (a danlu pretrain or an imported model), a chat model dir ou
 
 Each method is a model transform and a trainable rule (`method_hooks`): full trains every weight;
 lora wraps the targeted Linears (danlu.finetune.lora) and trains only the adapters; dora adds the
-magnitudes; qlora first stores the targeted base Linears in NF4 (danlu.finetune.nf4).
+magnitudes; qlora first stores the targeted base Linears in NF4 (danlu.finetune.nf4); prompt, prefix
+and bottleneck (danlu.finetune.prompts) train through the same Trainer, but run_sft refuses them
+until a model dir can hold them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import nn
 
 from danlu.errors import ConfigError
 from danlu.finetune import templates
-from danlu.finetune.config import SFTConfig
+from danlu.finetune.config import UNSAVED_METHODS, SFTConfig
 from danlu.finetune.lora import (
     ALL_TARGETS,
     FUSED_PARTS,
@@ -66,6 +68,12 @@ def method_hooks(
     """(model transform, trainable rule) of the configured method."""
     if cfg.method == "full":
         return None, None
+    if cfg.method in UNSAVED_METHODS:
+        from danlu.finetune.prompts import LightSpec, trainable_name
+
+        size = cfg.bottleneck_width if cfg.method == "bottleneck" else cfg.virtual_tokens
+        light = LightSpec(cfg.method, size)
+        return (lambda model: light.apply(model, cfg.train.seed)), (lambda name, p: trainable_name(name))
     spec = adapter_spec(cfg)
 
     def transform(model: nn.Module) -> nn.Module:
@@ -221,6 +229,11 @@ def build_sft_trainer(cfg: SFTConfig, base_dir: Path, out_dir: Path) -> tuple[Tr
         )
     if cfg.data.packing:
         check_packing(model_cfg)
+        if cfg.method in ("prompt", "prefix"):
+            raise ConfigError(
+                f"sft.method={cfg.method} needs sft.data.packing=false: a packed conversation's distance "
+                "to the prompt would depend on its place in the row"
+            )
     examples, manifest = prepare_data(cfg, tok, out_dir / "data")
     tcfg = dataclasses.replace(cfg.train, lr=cfg.lr)
     transform, trainable = method_hooks(cfg)
@@ -251,6 +264,11 @@ def run_sft(cfg: SFTConfig, base_dir: str | Path, out_dir: str | Path) -> dict[s
     """Finetune (or resume) base_dir on the configured conversations; write out_dir/model. Returns
     {model_dir, val_loss, val_loss_before, steps, tokens_per_s, ...}."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
+    if cfg.method in UNSAVED_METHODS:
+        raise ConfigError(
+            f"sft.method={cfg.method} trains (build_sft_trainer) but a model dir cannot hold a {cfg.method} "
+            "yet: model dirs load LoRA and DoRA adapters; use full, lora, dora or qlora"
+        )
     trainer, manifest = build_sft_trainer(cfg, base_dir, out_dir)
     result = trainer.fit()
     model = trainer.model.eval()
