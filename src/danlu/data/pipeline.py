@@ -342,6 +342,12 @@ def _perplexity(
     )
 
 
+def _semantic_dedup(threshold: float = 0.7, dim: int = 64, cluster_size: int = 500, seed: int = 0) -> Any:
+    from danlu.data.dedup.semantic import SemanticDedupBlock
+
+    return SemanticDedupBlock(threshold, dim, cluster_size, seed)
+
+
 def _decontam_signature() -> inspect.Signature:
     from danlu.data.decontam import Decontaminator
 
@@ -366,6 +372,7 @@ BLOCKS: dict[str, Callable[..., Any]] = {
     "minhash_dedup": MinHashDedupBlock,
     "simhash_dedup": SimHashDedupBlock,
     "substring_dedup": SubstringDedupBlock,
+    "semantic_dedup": _semantic_dedup,
 }
 # options a recipe may not set: Python objects, not data
 _HIDDEN = {"classifier", "identifier", "scrubber", "shingling", "model_scorer"}
