@@ -213,13 +213,19 @@ def test_layout_checked_against_world_size():
 
 
 def test_tensor_parallel_checks_the_model():
-    from danlu.parallel.tensor import check_tp, tp_order
+    from danlu.model.transformer import build_model
+    from danlu.parallel.tensor import check_linears, check_tp, tp_order
 
     cfg = ModelConfig(n_layer=2, n_embd=48, n_head=3, max_seq_len=32, vocab_size=320)
     with pytest.raises(ConfigError, match=r"parallel.tp=2: n_head=3 and n_kv_head=3 must divide by tp=2"):
         check_tp(cfg, 2)
     with pytest.raises(ConfigError, match="MoE layers are not tensor-parallel"):
         check_tp(dataclasses.replace(cfg, n_head=4, n_experts=4), 2)
+    model = build_model(dataclasses.replace(cfg, n_head=4))
+    check_linears(model)
+    model.blocks[1].mlp.down = torch.nn.Sequential(model.blocks[1].mlp.down)
+    with pytest.raises(ConfigError, match=r"blocks.1.mlp.down is a Sequential, not a Linear"):
+        check_linears(model)
     # q (4 rows), k and v (2 rows each) in TP order: rank 0's slice of each part, then rank 1's
     assert tp_order([4, 2, 2], 2).tolist() == [0, 1, 4, 6, 2, 3, 5, 7]
 

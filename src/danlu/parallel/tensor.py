@@ -150,6 +150,20 @@ class _Replicated:
         return Replicated()
 
 
+# the Linears that tensor parallelism splits, by the end of their names
+_SPLIT = (".qkv", ".proj", ".gate_up", ".up", ".down")
+
+
+def check_linears(model: nn.Module) -> None:
+    """The layers to split must be plain Linears (not an adapter or a quantized layer around one)."""
+    for name, m in model.named_modules():
+        if name.endswith(_SPLIT) and not isinstance(m, nn.Linear):
+            raise ConfigError(
+                f"parallel.tp: {name} is a {type(m).__name__}, not a Linear (adapters and quantized "
+                "layers are not tensor-parallel); use tp=1"
+            )
+
+
 def apply_tp(model: nn.Module, tp_mesh: Any, sequence_parallel: bool = False) -> FusedOrder:
     """Tensor-parallelize the model in place over tp_mesh; returns the fused-row permutation that its
     checkpoints need. The model must be materialized (every rank holds the same full weights)."""
@@ -165,6 +179,7 @@ def apply_tp(model: nn.Module, tp_mesh: Any, sequence_parallel: bool = False) ->
     if not all(hasattr(model, k) for k in ("cfg", "embed", "lm_head", "norm")):
         raise ConfigError(f"parallel.tp: {type(model).__name__} is not a danlu Transformer; use tp=1")
     check_tp(model.cfg, tp)
+    check_linears(model)
     order = FusedOrder(model, tp)
     with torch.no_grad():  # fused rows into TP order, before the weights are split
         for name, p in model.named_parameters():
