@@ -129,7 +129,8 @@ def _grid_fit(
     n: np.ndarray, d: np.ndarray, y: np.ndarray, alphas: np.ndarray, betas: np.ndarray
 ) -> tuple[float, float, float, float, float, float]:
     """(sse, E, A, B, alpha, beta) of the best linear least-squares fit over the exponent grid, with
-    A, B >= 0: the normal equations of every grid point solved at once."""
+    A, B >= 0: the normal equations of every grid point solved at once. With A = 0 (or B = 0) the
+    loss does not fall with N (or D) in these runs, and alpha (or beta) is not determined."""
     na = n[None, :] ** -alphas[:, None]  # [a, P]
     db = d[None, :] ** -betas[:, None]  # [b, P]
     ka, kb = len(alphas), len(betas)
@@ -148,6 +149,27 @@ def _grid_fit(
         coef = np.linalg.solve(gram + 1e-12 * np.eye(3), rhs[..., None])[..., 0]
         sse = y @ y - (coef * rhs).sum(-1)
     sse = np.where((coef[..., 1] >= 0) & (coef[..., 2] >= 0) & np.isfinite(sse), sse, np.inf)
+    # where the free solution has A < 0 or B < 0 the constrained optimum lies on a face of the box
+    # (the objective is convex): A = 0, B = 0, or both; solve each face and keep what is feasible
+    yy, total = y @ y, y.sum()
+    for k, basis, rhs_k in ((2, db, db @ y), (1, na, na @ y)):  # the face without A, then without B
+        s1, s2 = basis.sum(1), (basis * basis).sum(1)
+        with np.errstate(all="ignore"):
+            det = len(y) * s2 - s1 * s1
+            e_k = (s2 * total - s1 * rhs_k) / det
+            c_k = (len(y) * rhs_k - s1 * total) / det
+            sse_k = yy - e_k * total - c_k * rhs_k
+        sse_k = np.where((c_k >= 0) & np.isfinite(sse_k), sse_k, np.inf)
+        face = sse_k[None, :] if k == 2 else sse_k[:, None]
+        better = face < sse
+        sse = np.where(better, face, sse)
+        fill = np.zeros((ka, kb, 3))
+        fill[..., 0] = e_k[None, :] if k == 2 else e_k[:, None]
+        fill[..., k] = c_k[None, :] if k == 2 else c_k[:, None]
+        coef = np.where(better[..., None], fill, coef)
+    flat = yy - total * total / len(y)  # A = B = 0: the mean
+    if not np.isfinite(sse).any() or flat < sse.min():
+        return float(flat), float(total / len(y)), 0.0, 0.0, float(alphas[0]), float(betas[0])
     i, j = np.unravel_index(int(np.argmin(sse)), sse.shape)
     e, a, b = coef[i, j]
     return float(sse[i, j]), float(e), float(a), float(b), float(alphas[i]), float(betas[j])

@@ -23,8 +23,14 @@ and its reshaped copy (2 h hd), and the MLP's gate/up output, its activation and
 2 f for a plain MLP). A checkpointed block keeps only its input (d) and recomputes the rest, one block
 at a time, in backward. The loss keeps fp32 logits: at the start of backward the log-softmax output,
 its gradient and the logits' gradient (3 x 4 bytes per vocabulary entry and token) are alive at once.
-Gradients are allocated during backward as activations are freed; with one micro-batch per step and
-no data parallelism the peak holds the activations or the gradients, otherwise both.
+Gradients are allocated during backward as activations are freed, so the peak is the largest of the
+moments of a walk through backward: its start (every stored activation, the logits' three tensors and
+the gradients of the embedding / LM head and final norm), each block from the last to the first (the
+activations of the blocks before it, its own full activations, stored or recomputed, and the MLP
+backward's working tensors, beside the gradients of the blocks after it), and its end (every gradient). Without checkpointing the start
+is usually the peak; with it, the first block's recomputation beside nearly all gradients. Under
+gradient accumulation, data parallelism (gradients kept for the all-reduce) or LoRA every moment holds
+all gradients.
 These counts model the Llama default exactly; LayerNorm, plain MLPs and MoE are approximated
 (an MoE token's activations count its top_k experts).
 """
@@ -231,9 +237,21 @@ def training_memory(shape: ModelShape, setup: TrainSetup) -> TrainMemory:
     if s.zero >= 3:
         autocast /= s.dp
     activations = stored + head_inputs
-    busiest = activations + max(logits, recompute)
-    grads_and_acts = grads + busiest if (s.grad_accum > 1 or s.dp > 1 or lora) else max(busiest, grads)
-    peak = weights + master + optim + autocast + grads_and_acts
+    persistent = s.grad_accum > 1 or s.dp > 1 or lora
+    per_block = tokens * in_flight / s.tp
+    busiest = _backward_peak(
+        shape,
+        s,
+        block * per_block,
+        shape.n_embd * 4.0 * per_block,
+        tokens / s.tp,
+        act_bytes,
+        grads,
+        persistent,
+        head_inputs,
+        logits,
+    )
+    peak = weights + master + optim + autocast + busiest
     return TrainMemory(
         weights=weights,
         gradients=grads,
@@ -246,6 +264,55 @@ def training_memory(shape: ModelShape, setup: TrainSetup) -> TrainMemory:
         host=host,
         trainable_params=trainable,
     )
+
+
+def _block_params(shape: ModelShape) -> float:
+    """Weights of one transformer block: its Linears and two norm weights."""
+    d, hd, f = shape.n_embd, shape.head_dim, shape.ffn_hidden
+    mlp = (d * 2 * f if shape.gated_mlp else d * f) + f * d
+    experts = shape.n_experts or 1
+    return d * (shape.n_head + 2 * shape.n_kv_head) * hd + shape.n_head * hd * d + mlp * experts + 2 * d
+
+
+def _backward_peak(
+    shape: ModelShape,
+    s: TrainSetup,
+    block_full: float,
+    block_input: float,
+    tokens: float,
+    act_bytes: float,
+    grads: float,
+    persistent: bool,
+    head_inputs: float,
+    logits: float,
+) -> float:
+    """The most activation and gradient bytes alive at once during one backward pass (the walk the
+    module docstring describes). Per device: `block_full` is one block's saved activations,
+    `block_input` what a checkpointed block keeps (its input)."""
+    layers = max(1, round(shape.n_layer / s.pp))
+    block_frac = 1.0 if s.lora_rank else min(1.0, _block_params(shape) * shape.n_layer / shape.n_params)
+    grad_block = grads * block_frac / layers
+    grad_other = grads - grad_block * layers  # embedding / LM head and final norm: first in backward
+    every = s.checkpointing
+    kept = [block_input if every and j % every == 0 else block_full for j in range(layers)]
+
+    def grads_by(i: int) -> float:  # gradients allocated once block i's backward is done
+        return grads if persistent else grad_other + grad_block * (layers - i)
+
+    # inside a block's backward the MLP's moment is the largest: the product's saved copy (f) is freed
+    # and its incoming gradient (f), the gradient of gate/up (2 f) and one f-sized temporary are
+    # alive, 3 f more than the block's activations (a plain MLP: the incoming gradient and its
+    # input's, less the freed copy, f more); of the block's own gradients only `down`'s exists yet
+    f = shape.ffn_hidden * (shape.moe_top_k if shape.n_experts else 1)
+    mlp_work = (3 if shape.gated_mlp else 1) * f * act_bytes * tokens
+    own = grad_block * shape.ffn_hidden * shape.n_embd / max(_block_params(shape), 1.0)
+    moments = [sum(kept) + head_inputs + logits + (grads if persistent else grad_other)]
+    moments += [
+        sum(kept[:i]) + block_full + mlp_work + grads_by(i + 1) + (0.0 if persistent else own)
+        for i in range(layers - 1, -1, -1)
+    ]
+    moments.append(grads)
+    return max(moments)
 
 
 @dataclass(frozen=True)
