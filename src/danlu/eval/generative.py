@@ -28,13 +28,32 @@ def greedy_until(
     model: Any, tok: Any, prompt: str, until: Sequence[str], max_new_tokens: int
 ) -> tuple[str, int]:
     """Greedy continuation of prompt, cut before the first stop string; (text, tokens generated)."""
+    return sample_until(model, tok, prompt, until, max_new_tokens)
+
+
+def sample_until(
+    model: Any,
+    tok: Any,
+    prompt: str,
+    until: Sequence[str],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> tuple[str, int]:
+    """A continuation of prompt (greedy at temperature 0, else sampled with `seed`), cut before the first
+    stop string; (text, tokens generated)."""
     ids = tok.encode(prompt)
     out: list[int] = []
     stops = set(until)
     eos = getattr(tok, "eos_id", None)
     text = ""
     for token in generate(
-        model, ids, max_new_tokens, temperature=0.0, stop_ids=(eos,) if eos is not None else ()
+        model,
+        ids,
+        max_new_tokens,
+        temperature=temperature,
+        stop_ids=(eos,) if eos is not None else (),
+        seed=seed,
     ):
         if token == eos:
             break

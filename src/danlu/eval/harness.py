@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from danlu.errors import ConfigError
 from danlu.eval import tasks as task_lib
+from danlu.eval.code_task import CODE_TASKS, evaluate_code_task
 from danlu.eval.generative import greedy_until, score_generation
 from danlu.eval.perplexity import perplexity
 from danlu.eval.scoring import Scorer, mc_metrics, mean_stderr
@@ -40,6 +41,8 @@ class EvalConfig:
     max_new_tokens: int = 256
     ppl_files: tuple[str, ...] = ()  # text files to measure perplexity and bits per byte on
     ppl_stride: int | None = None  # sliding-window stride in tokens (None: disjoint windows)
+    samples: int = 1  # completions per problem of the code tasks (humaneval, mbpp): pass@k for k <= samples
+    temperature: float = 0.0  # their sampling temperature (0: greedy)
 
     def __post_init__(self) -> None:
         if not self.tasks and not self.ppl_files:
@@ -48,7 +51,12 @@ class EvalConfig:
             if not Path(path).is_file():
                 raise ConfigError(f"--ppl {path}: no such file; give a UTF-8 text file")
         for name in self.tasks:
-            task_lib.get_task(name)
+            if name not in CODE_TASKS:
+                task_lib.get_task(name)
+        if self.samples < 1 or self.temperature < 0:
+            raise ConfigError(
+                f"need --samples >= 1 and --temperature >= 0, got {self.samples}, {self.temperature}"
+            )
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
         if self.batch_size < 1 or self.num_fewshot < 0 or self.max_new_tokens < 1:
@@ -125,6 +133,16 @@ def evaluate(model: Any, tok: Any, cfg: EvalConfig, device: str | torch.device =
     total_tokens = 0
     total_seconds = 0.0
     for name in cfg.tasks:
+        if name in CODE_TASKS:
+            t0 = time.perf_counter()
+            res, chars = evaluate_code_task(
+                model, tok, name, cfg.limit, cfg.samples, cfg.temperature, cfg.max_new_tokens, cfg.seed
+            )
+            seconds = time.perf_counter() - t0
+            total_seconds += seconds
+            res.update(seconds=seconds, generated_chars=chars)
+            results[name] = res
+            continue
         spec = task_lib.get_task(name)
         docs = task_lib.build_docs(spec, cfg.limit, cfg.num_fewshot, cfg.seed)
         log.info("%s: %d items", name, len(docs))
@@ -164,6 +182,7 @@ def evaluate(model: Any, tok: Any, cfg: EvalConfig, device: str | torch.device =
         "config": {
             "tasks": list(cfg.tasks), "limit": cfg.limit, "batch_size": cfg.batch_size,
             "ppl_files": list(cfg.ppl_files), "ppl_stride": cfg.ppl_stride, "num_fewshot": cfg.num_fewshot, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
+            "samples": cfg.samples, "temperature": cfg.temperature,
         },
         "efficiency": {
             "seconds": total_seconds,

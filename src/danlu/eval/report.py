@@ -10,7 +10,7 @@ from danlu.io import atomic_write_json
 
 _METRICS = (
     "acc", "acc_norm", "acc_norm_tokens", "acc_subject_mean", "perplexity", "bits_per_byte",
-    "exact_match", "exact_match_strict", "f1",
+    "exact_match", "exact_match_strict", "f1", "pass@1", "pass@10", "pass@100",
 )  # fmt: skip
 
 
@@ -30,9 +30,10 @@ def format_table(out: dict[str, Any]) -> str:
                 continue
             se = res.get(f"{metric}_stderr")
             se_text = "-" if se is None or (isinstance(se, float) and math.isnan(se)) else _fmt(se, metric)
+            tps = res.get("tokens_per_second")  # the code tasks count characters, not tokens
             lines.append(
                 f"| {task} | {res['n']} | {metric} | {_fmt(res[metric], metric)} | {se_text} | "
-                f"{res['seconds']:.1f} | {res['tokens_per_second']:.0f} |"
+                f"{res['seconds']:.1f} | {'-' if tps is None else f'{tps:.0f}'} |"
             )
     eff = out["efficiency"]
     lines.append(

@@ -246,7 +246,9 @@ _FIXED_PROMPT = {"lambada", "gsm8k_cot"}
 
 def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        from danlu.eval.code_task import CODE_TASKS
+
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join([*TASKS, *CODE_TASKS])}")
     return TASKS[name]
 
 
