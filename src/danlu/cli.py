@@ -343,6 +343,8 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
         max_new_tokens=args.max_new_tokens,
         ppl_files=tuple(args.ppl),
         ppl_stride=args.stride,
+        samples=args.samples,
+        temperature=args.temperature,
     )
     out = evaluate_dir(_model_dir(args.model), cfg, device=args.device)
     print(format_table(out))
@@ -517,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--seed", type=int, default=1234, help="seed of the few-shot example draw")
     p.add_argument("--max-new-tokens", type=int, default=256, help="cap for generative tasks")
+    p.add_argument(
+        "--samples", type=int, default=1, help="completions per problem of humaneval/mbpp (pass@k)"
+    )
+    p.add_argument("--temperature", type=float, default=0.0, help="their sampling temperature (0: greedy)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(fn=cmd_eval)
