@@ -21,9 +21,24 @@ comes from the original weights so that a column keeps its place in the stored l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from danlu.quant.quantizers import QTensor, QuantSpec, encode, grid
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run tiny ops on one thread: the column loop's ops touch a few thousand values each, where a
+    thread pool's start and barrier cost more than the work (24x on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Hessian:
@@ -75,20 +90,21 @@ def gptq_quantize(
         W1 = W[:, i1:i2].clone()
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = int(perm[i1 + i])  # the column's place in the original layout
-            g = col // width
-            if not static and col % width == 0:
-                # the group's grid from its columns as updated so far (this block's part from W1)
-                cur = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, : min(width, cols - col)]
-                s, o = grid(cur, QuantSpec(spec.bits, spec.symmetric, "channel"))
-                scale[:, g], offset[:, g] = s[:, 0].to(W.dtype), o[:, 0].to(W.dtype)
-            w = W1[:, i]
-            q = encode(w, scale[:, g], offset[:, g], spec.bits)
-            Q[:, i1 + i] = q
-            err = (w - (q.to(W.dtype) * scale[:, g] + offset[:, g])) / Hinv1[i, i]
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-            Err1[:, i] = err
+        with one_thread():  # per-column ops on a few thousand values
+            for i in range(i2 - i1):
+                col = int(perm[i1 + i])  # the column's place in the original layout
+                g = col // width
+                if not static and col % width == 0:
+                    # the group's grid from its columns as updated so far (this block's part from W1)
+                    cur = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, : min(width, cols - col)]
+                    s, o = grid(cur, QuantSpec(spec.bits, spec.symmetric, "channel"))
+                    scale[:, g], offset[:, g] = s[:, 0].to(W.dtype), o[:, 0].to(W.dtype)
+                w = W1[:, i]
+                q = encode(w, scale[:, g], offset[:, g], spec.bits)
+                Q[:, i1 + i] = q
+                err = (w - (q.to(W.dtype) * scale[:, g] + offset[:, g])) / Hinv1[i, i]
+                W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+                Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     codes = torch.empty_like(Q)
     codes[:, perm] = Q
