@@ -45,6 +45,7 @@ from danlu.finetune.lora import (
 from danlu.finetune.packing import Example, SFTBatches, check_packing, eval_batches, fit_to_context
 from danlu.finetune.sources import build_conversations
 from danlu.io import atomic_path, atomic_write_json, sha256_json
+from danlu.model.transformer import Transformer
 from danlu.model_dir import load_model, save_model_dir
 from danlu.train.losses import IGNORE_INDEX, summed_lm_loss
 from danlu.train.optimizers import build_named_optimizer
@@ -91,10 +92,23 @@ def method_hooks(
 
 
 def sft_loss(model: nn.Module, batch: Any) -> LossOutput:
-    """Next-token loss over the assistant tokens of a micro-batch (inputs, targets[, packing mask])."""
+    """Next-token loss over the assistant tokens of a micro-batch (inputs, targets[, packing mask]).
+
+    On a plain Transformer the output head runs only on the positions that have a target: the prompt
+    and padding (often half the row or more) never pay for the vocabulary-wide matmul and softmax."""
     x, y, *rest = batch
-    logits = model(x) if not rest else model(x, attn_mask=rest[0])
-    return LossOutput(summed_lm_loss(logits, y), int((y != IGNORE_INDEX).sum()))
+    keep = y != IGNORE_INDEX
+    head = getattr(model, "lm_head", None) if isinstance(model, Transformer) else None
+    hook = None
+    if head is not None:
+        hook = head.register_forward_pre_hook(lambda mod, args: (args[0][keep],))
+        y = y[keep]
+    try:
+        logits = model(x) if not rest else model(x, attn_mask=rest[0])
+    finally:
+        if hook is not None:
+            hook.remove()
+    return LossOutput(summed_lm_loss(logits, y), int(keep.sum()))
 
 
 # --- data -----------------------------------------------------------------------------------------
