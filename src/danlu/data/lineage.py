@@ -25,7 +25,7 @@ from danlu.io import sha256_file, sha256_json
 log = logging.getLogger(__name__)
 
 # blocks whose output holds text that was not in the input (danlu.data.augment)
-AUGMENTING_BLOCKS = frozenset({"noise", "synonyms", "paraphrase"})
+AUGMENTING_BLOCKS = frozenset({"noise"})
 
 
 def _files(root: Path, files: Sequence[Path]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from danlu.data.augment import NoiseAugmenter
 from danlu.data.block import (
     DocBlock,
     DocFilter,
@@ -373,6 +374,7 @@ BLOCKS: dict[str, Callable[..., Any]] = {
     "simhash_dedup": SimHashDedupBlock,
     "substring_dedup": SubstringDedupBlock,
     "semantic_dedup": _semantic_dedup,
+    "noise": NoiseAugmenter,
 }
 # options a recipe may not set: Python objects, not data
 _HIDDEN = {"classifier", "identifier", "scrubber", "shingling", "model_scorer"}
