@@ -241,3 +241,31 @@ def test_after_sft_the_model_answers_within_its_turn_and_ends_it(root, tmp_path,
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "(chat mode)" in out and f"bot> {reply}\n" in out
+
+
+def test_the_sft_loss_runs_the_head_on_target_positions_only_with_the_full_heads_loss_and_grads(root):
+    from danlu.finetune.lora import AdapterSpec, apply_lora
+    from danlu.finetune.sft import sft_loss
+    from danlu.train.losses import IGNORE_INDEX, summed_lm_loss
+
+    model, _, cfg = load_model(root / "base")
+    apply_lora(model, AdapterSpec(r=2, targets=("q_proj", "down_proj")))
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randint(0, cfg.vocab_size, (3, 20), generator=gen)
+    y = torch.randint(0, cfg.vocab_size, (3, 20), generator=gen)
+    y[:, :9] = IGNORE_INDEX  # the prompt
+    y[2, 15:] = IGNORE_INDEX  # padding
+    rows = []
+    head = model.lm_head
+    head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[:-1]))
+    out = sft_loss(model, (x, y))
+    assert rows == [torch.Size([int((y != IGNORE_INDEX).sum())])] and out.n_tokens == 28
+    out.loss_sum.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    full = summed_lm_loss(model(x), y)
+    full.backward()
+    assert torch.allclose(out.loss_sum, full, rtol=1e-6)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, ours[n], atol=1e-6), n
