@@ -383,7 +383,11 @@ def plot_fit(report: FitReport, holdout: list[RunCurve], png: str | Path) -> Pat
         if math.isfinite(c.n_opt):
             ax2.axvline(c.n_opt, color=col, ls=":", lw=1)
     ax2.set(xscale="log", xlabel="parameters N", ylabel="validation loss (nats)", title="IsoFLOP slices")
-    ax2.legend(fontsize=7)
+    if report.isoflops:
+        ax2.legend(fontsize=7)
+    else:  # the runs' curves never overlap three at a time in compute
+        msg = "no compute level that three runs' curves pass through"
+        ax2.text(0.5, 0.5, msg, ha="center", va="center", transform=ax2.transAxes)
     fig.tight_layout()
     out = Path(png)
     out.parent.mkdir(parents=True, exist_ok=True)
