@@ -42,6 +42,7 @@ def test_the_reference_solutions_pass_through_the_task_wiring(monkeypatch):
             None, None, kind, 3, samples=2, temperature=0.8, max_new_tokens=8, seed=1
         )
         assert res["pass@1"] == 1.0 and res["pass@1_stderr"] == 0.0 and "pass@10" not in res
+        assert res["pass@1_ci95"] == [1.0, 1.0]
         assert res["statuses"] == {"passed": 6} and res["n"] == 3 and chars > 0
 
 
@@ -84,3 +85,29 @@ def test_bad_sampling_options_are_config_errors():
         EvalConfig(tasks=("humaneval",), samples=0)
     with pytest.raises(ConfigError, match="temperature"):
         EvalConfig(tasks=("mbpp",), temperature=-1.0)
+
+
+def test_every_aggregate_carries_its_bootstrap_interval():
+    from danlu.eval.harness import _summary
+    from danlu.eval.metrics import bootstrap_ci
+    from danlu.eval.report import format_table
+
+    per_item = [{"acc": float(i % 3 == 0), "f1": i / 10} for i in range(10)]
+    out = _summary(per_item)
+    for key in ("acc", "f1"):
+        values = [m[key] for m in per_item]
+        assert out[f"{key}_ci95"] == list(bootstrap_ci(values))
+        assert out[f"{key}_ci95"][0] <= out[key] <= out[f"{key}_ci95"][1]
+    res = {"results": {"t": {**out, "n": 10, "seconds": 1.0, "tokens_per_second": 5.0}}}
+    res["efficiency"] = {
+        "seconds": 1.0,
+        "tokens_per_second": 5.0,
+        "peak_memory_mb": 1.0,
+        "device": "cpu",
+        "threads": 1,
+    }
+    lo, hi = out["acc_ci95"]
+    assert (
+        f"| t | 10 | acc | {100 * out['acc']:.2f} | {100 * out['acc_stderr']:.2f} | {100 * lo:.2f} – {100 * hi:.2f} |"
+        in format_table(res)
+    )

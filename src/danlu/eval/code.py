@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from danlu.errors import ConfigError, DataError
-from danlu.eval.metrics import pass_at_k, stderr_of_mean
+from danlu.eval.metrics import bootstrap_ci, pass_at_k, stderr_of_mean
 from danlu.eval.sandbox import SandboxConfig, run_many
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def load_problems(kind: str, limit: int | None = None, root: Path | None = None)
 
 @dataclass
 class CodeEvalResult:
-    metrics: dict[str, float]  # pass@k and pass@k_stderr for each k <= n
+    metrics: dict[str, Any]  # pass@k, pass@k_stderr and pass@k_ci95 (bootstrap) for each k <= n
     per_problem: list[dict[str, Any]]
 
 
@@ -149,9 +149,10 @@ def evaluate_code(
             }
         )
         log.debug("%s: %d/%d passed", prob.task_id, c, n)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
     for k in ks:
         values = [p[f"pass@{k}"] for p in per_problem]
         metrics[f"pass@{k}"] = sum(values) / len(values)
         metrics[f"pass@{k}_stderr"] = stderr_of_mean(values)
+        metrics[f"pass@{k}_ci95"] = list(bootstrap_ci(values))
     return CodeEvalResult(metrics, per_problem)

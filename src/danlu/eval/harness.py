@@ -25,6 +25,7 @@ from danlu.errors import ConfigError
 from danlu.eval import tasks as task_lib
 from danlu.eval.code_task import CODE_TASKS, evaluate_code_task
 from danlu.eval.generative import greedy_until, score_generation
+from danlu.eval.metrics import bootstrap_ci
 from danlu.eval.perplexity import perplexity
 from danlu.eval.scoring import Scorer, mc_metrics, mean_stderr
 
@@ -69,6 +70,7 @@ def _summary(per_item: list[dict[str, float]]) -> dict[str, float]:
         values = [m[key] for m in per_item]
         out[key] = sum(values) / len(values)
         out[f"{key}_stderr"] = mean_stderr(values)
+        out[f"{key}_ci95"] = list(bootstrap_ci(values))  # percentile bootstrap, seeded
     return out
 
 
@@ -110,6 +112,7 @@ def evaluate_lambada(scorer: Scorer, docs: Sequence[task_lib.MCDoc]) -> dict[str
     return {
         "acc": sum(accs) / len(accs),
         "acc_stderr": mean_stderr(accs),
+        "acc_ci95": list(bootstrap_ci(accs)),
         "perplexity": math.exp(-sum(lls) / len(lls)),  # lm-eval's perplexity aggregation
     }
 

@@ -22,8 +22,11 @@ def _fmt(value: float, metric: str) -> str:
 
 def format_table(out: dict[str, Any]) -> str:
     """Markdown table: task, n, metric, value (percent; perplexity and bits per byte as they are),
-    standard error, seconds."""
-    lines = ["| task | n | metric | value | ± stderr | seconds | tokens/s |", "|---|---|---|---|---|---|---|"]
+    standard error, the 95% percentile-bootstrap interval of the mean over items, seconds."""
+    lines = [
+        "| task | n | metric | value | ± stderr | 95% CI (bootstrap) | seconds | tokens/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for task, res in out["results"].items():
         for metric in _METRICS:
             if metric not in res:
@@ -31,8 +34,10 @@ def format_table(out: dict[str, Any]) -> str:
             se = res.get(f"{metric}_stderr")
             se_text = "-" if se is None or (isinstance(se, float) and math.isnan(se)) else _fmt(se, metric)
             tps = res.get("tokens_per_second")  # the code tasks count characters, not tokens
+            ci = res.get(f"{metric}_ci95")
+            ci_text = "-" if ci is None else f"{_fmt(ci[0], metric)} – {_fmt(ci[1], metric)}"
             lines.append(
-                f"| {task} | {res['n']} | {metric} | {_fmt(res[metric], metric)} | {se_text} | "
+                f"| {task} | {res['n']} | {metric} | {_fmt(res[metric], metric)} | {se_text} | {ci_text} | "
                 f"{res['seconds']:.1f} | {'-' if tps is None else f'{tps:.0f}'} |"
             )
     eff = out["efficiency"]
