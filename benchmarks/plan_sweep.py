@@ -198,6 +198,16 @@ def main() -> None:
     )
     worst = max((abs(float(h["error"])) for h in report.holdout), default=math.nan)
     print(f"\nlargest held-out error: {100 * worst:.2f}% (goal: within 2%)")
+    # what a prediction without the law would score: the largest fitted size's final loss, and the
+    # fitted sizes' mean final loss
+    largest = max(fitted, key=lambda r: r.n_params).final_loss
+    mean = sum(r.final_loss for r in fitted) / len(fitted)
+    for name, guess in (
+        ("largest fitted size's final loss", largest),
+        ("fitted sizes' mean final loss", mean),
+    ):
+        errs = ", ".join(f"{100 * (guess / h.final_loss - 1):+.2f}%" for h in held)
+        print(f"baseline, {name} ({guess:.4f}): {errs}")
     print(f"plot: {plot_fit(report, held, args.plot)}")
     print(f"total wall time: {time.perf_counter() - start:.0f} s")
     print(machine_markdown())
