@@ -94,7 +94,7 @@ def _val_before(root, cfg, out) -> float:
     return evaluate(base, examples["val"], 8, tok.pad_id, torch.device("cpu"), "fp32")["val_loss"]
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", ["lora", "full", "qlora"])
 def test_sft_lowers_the_assistant_loss_and_writes_a_chat_model_dir(root, tmp_path, method):
     cfg = sft_config(root, method)
     before = _val_before(root, cfg, tmp_path / "probe")
@@ -113,7 +113,7 @@ def test_sft_lowers_the_assistant_loss_and_writes_a_chat_model_dir(root, tmp_pat
     ]
     assert manifest["template"] == "danlu"
     n_train = manifest["parameters"]["trainable_params"]
-    if method == "lora":  # r=4 on q, k, v, o, gate, up, down of 2 layers
+    if method in ("lora", "qlora"):  # r=4 on q, k, v, o, gate, up, down of 2 layers
         assert n_train == 2 * 4 * (
             (64 + 64) + (64 + 32) + (64 + 32) + (64 + 64) + 2 * (64 + 176) + (176 + 64)
         )
