@@ -241,6 +241,11 @@ def test_layout_for_llama_7b_on_one_node():
     cfg = b.parallel_config()
     assert set(cfg) >= {"dp_replicate", "dp_shard", "tp", "pp", "cp"}
     assert cfg["dp_replicate"] * cfg["dp_shard"] * cfg["tp"] * cfg["pp"] == 8
+    # the keys are the recipe's parallel section, so they can be pasted into a run
+    from danlu.parallel.config import ParallelConfig
+
+    assert ParallelConfig(**cfg).tp == b.tp
+    assert all(lay.zero != 1 for lay in plan.candidates)  # danlu has no ZeRO-1 layout
 
 
 def test_layout_uses_pipeline_only_when_memory_requires():

@@ -12,8 +12,10 @@ weights in forward and backward: 3 (dp - 1) / dp x weight bytes), and for TP fou
 activations per block per micro-batch (two forward, two backward: Megatron-LM). Among the layouts that
 fit, the fastest wins; ties keep the smaller ZeRO stage and the smaller TP.
 
-The layout is emitted as the `parallel.*` keys of the distributed issue (dp_replicate, dp_shard, tp,
-pp, cp): DDP (ZeRO 0) replicates over DP, ZeRO 1-3 shard over it; `parallel.zero` names the stage.
+The layout is emitted as the recipe's `parallel.*` keys (danlu.parallel's ParallelConfig): DDP (ZeRO 0)
+replicates over DP (dp_replicate); ZeRO-2 and ZeRO-3 are FSDP over it (dp_shard), ZeRO-2 keeping the
+weights gathered from forward to backward (reshard_after_forward false). danlu has no ZeRO-1 layout
+(optimizer state sharded, gradients whole), so the planner does not offer one.
 """
 
 from __future__ import annotations
@@ -46,16 +48,18 @@ class Layout:
     def step_s(self) -> float:
         return self.compute_s + self.comm_s
 
-    def parallel_config(self) -> dict[str, int]:
+    def parallel_config(self) -> dict[str, int | bool]:
         shard = self.zero > 0
-        return {
+        out: dict[str, int | bool] = {
             "dp_replicate": 1 if shard else self.dp,
             "dp_shard": self.dp if shard else 1,
             "tp": self.tp,
             "pp": self.pp,
             "cp": 1,
-            "zero": self.zero,
         }
+        if shard:
+            out["reshard_after_forward"] = self.zero == 3
+        return out
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def plan_layout(
                 continue
             micro = min(setup.micro_batch, global_batch // dp)
             accum = global_batch // (dp * micro)
-            for zero in (0, 1, 2, 3) if dp > 1 else (0,):
+            for zero in (0, 2, 3) if dp > 1 else (0,):
                 for ckpt in ckpt_options:
                     s = dataclasses.replace(
                         setup, dp=dp, tp=tp, pp=pp, zero=zero, checkpointing=ckpt, micro_batch=micro,

@@ -144,8 +144,8 @@ def layout_table(r: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         *r["explanation"],
         "",
-        "config (parallel.* keys of the distributed issue):",
-        *[f"  --parallel.{k}={v}" for k, v in p.items()],
+        "config (the recipe's parallel.* keys):",
+        *[f"  --parallel.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in p.items()],
     ]
     if r["rejected"]:
         lines += ["", "rejected:", *[f"  {x}" for x in r["rejected"][:8]]]
