@@ -117,7 +117,7 @@ def test_quantized_model_dir_round_trips_and_bad_ones_are_refused(tmp_path, tiny
     from safetensors.torch import load_file, save_file
 
     from danlu.model_dir import MODEL_FILE, load_model, save_model_dir
-    from danlu.quant.store import save_quantized
+    from danlu.quant.stage import save_quantized
     from danlu.tokenizer import Tokenizer
 
     _, tok_dir = tiny_packed

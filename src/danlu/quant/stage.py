@@ -6,13 +6,14 @@ calib     `calib_samples` windows of `calib_seq_len` tokens drawn (seeded) from 
 quantize  danlu.quant.apply.quantize_model
 gate      perplexity of the held-out text before and after (and task accuracy, if asked); a model
           whose relative increase exceeds the threshold is refused, nothing is written
-out       danlu.quant.store.save_quantized, atomically; an output that holds anything but a
+out       save_quantized, atomically; an output that holds anything but a
           model dir is refused before any work
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import time
@@ -136,7 +137,6 @@ def run_quantize(
     from danlu.io import check_replaceable_output
     from danlu.model_dir import TOKENIZER_DIR, load_model, read_metadata, require_files
     from danlu.quant.apply import quantize_model
-    from danlu.quant.store import save_quantized
 
     model_dir, out = Path(model_dir), Path(out)
     if out.resolve() == model_dir.resolve():
@@ -170,3 +170,26 @@ def run_quantize(
     save_quantized(out, model, meta, model_dir / TOKENIZER_DIR, quant, report)
     log.info("quantized %d layers (%s, %d bits) into %s", len(layers), cfg.method, cfg.bits, out)
     return {"model_dir": out, "layers": len(layers), "gate": gate, "seconds": seconds}
+
+
+def save_quantized(
+    path: str | Path,
+    model: nn.Module,
+    metadata: dict[str, Any],
+    tokenizer_dir: str | Path,
+    quant: dict[str, Any],
+    report: dict[str, Any] | None = None,
+) -> Path:
+    """Write a quantized model dir atomically (metadata: config.json's content; quant, at least
+    {"method": ...}, becomes its "quant")."""
+    from danlu.io import atomic_dir
+    from danlu.model_dir import write_model_files
+    from danlu.quant.store import QUANT_CONFIG, QUANT_DIR, REPORT, model_layout
+
+    layout = model_layout(model, quant["method"])
+    with atomic_dir(path) as tmp:
+        write_model_files(tmp, model, metadata | {"quant": quant}, Path(tokenizer_dir))
+        (tmp / QUANT_DIR).mkdir()
+        (tmp / QUANT_DIR / QUANT_CONFIG).write_text(json.dumps(layout, indent=2) + "\n", encoding="utf-8")
+        (tmp / QUANT_DIR / REPORT).write_text(json.dumps(report or {}, indent=2) + "\n", encoding="utf-8")
+    return Path(path)

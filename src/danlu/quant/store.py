@@ -114,25 +114,3 @@ def model_layout(model: nn.Module, method: str) -> dict[str, Any]:
         name: layer_layout(m) for name, m in model.named_modules() if isinstance(m, QuantLinear | NF4Linear)
     }
     return {"format": FORMAT, "method": method, "layers": layers}
-
-
-def save_quantized(
-    path: str | Path,
-    model: nn.Module,
-    metadata: dict[str, Any],
-    tokenizer_dir: str | Path,
-    quant: dict[str, Any],
-    report: dict[str, Any] | None = None,
-) -> Path:
-    """Write a quantized model dir atomically (metadata: config.json's content; quant, at least
-    {"method": ...}, becomes its "quant")."""
-    from danlu.io import atomic_dir
-    from danlu.model_dir import write_model_files
-
-    layout = model_layout(model, quant["method"])
-    with atomic_dir(path) as tmp:
-        write_model_files(tmp, model, metadata | {"quant": quant}, Path(tokenizer_dir))
-        (tmp / QUANT_DIR).mkdir()
-        (tmp / QUANT_DIR / QUANT_CONFIG).write_text(json.dumps(layout, indent=2) + "\n", encoding="utf-8")
-        (tmp / QUANT_DIR / REPORT).write_text(json.dumps(report or {}, indent=2) + "\n", encoding="utf-8")
-    return Path(path)
