@@ -162,7 +162,19 @@ def accuracy_report(run: Path) -> None:
     manifest = json.loads((run / "data" / "manifest.json").read_text())
     print(f"held-out pairs: {manifest['encoded']['val']} (train {manifest['encoded']['train']})")
     print(markdown_table(["step", *keys], rows))
+    n = manifest["encoded"]["val"]
+    for name, rec in (("start", before), (f"step {evals[-1]['step']}", evals[-1])):
+        lo, hi = wilson(rec["val_logp_accuracy"], n)
+        print(
+            f"val_logp_accuracy at {name}: {rec['val_logp_accuracy']:.3f}, Wilson 95% interval [{lo:.3f}, {hi:.3f}]"
+        )
     print(machine_markdown())
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def main() -> None:
