@@ -159,11 +159,12 @@ def run_quantize(
     seconds = time.perf_counter() - t0
     gate = gate_verdict(before, _measure(model, tok, held, cfg), cfg) if before is not None else None
     if gate is not None and not gate["passed"]:
+        hint = "" if cfg.method in ("gptq", "awq") else "--method gptq or awq, "
         raise QuantGateFailed(
             f"{cfg.method} {cfg.bits}-bit fails the accuracy gate: {'; '.join(gate['failures'])} on "
             f"{len(held)} held-out characters (perplexity {gate['before']['perplexity']:.3f} -> "
-            f"{gate['after']['perplexity']:.3f}); nothing written. Try --method gptq, more bits, a smaller "
-            "--group-size, or --max-ppl-increase / --no-gate to accept it"
+            f"{gate['after']['perplexity']:.3f}); nothing written. Try {hint}more bits, a smaller "
+            "--group-size, more --calib-samples, or --max-ppl-increase / --no-gate to accept it"
         )
     quant = {"method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size}
     report = {"config": to_dict(cfg), "seconds": seconds, "gate": gate, "layers": layers}
