@@ -163,11 +163,10 @@ def accuracy_report(run: Path) -> None:
     print(f"held-out pairs: {manifest['encoded']['val']} (train {manifest['encoded']['train']})")
     print(markdown_table(["step", *keys], rows))
     n = manifest["encoded"]["val"]
+    key = "val_logp_accuracy" if "val_logp_accuracy" in before else "val_accuracy"  # a reward model's
     for name, rec in (("start", before), (f"step {evals[-1]['step']}", evals[-1])):
-        lo, hi = wilson(rec["val_logp_accuracy"], n)
-        print(
-            f"val_logp_accuracy at {name}: {rec['val_logp_accuracy']:.3f}, Wilson 95% interval [{lo:.3f}, {hi:.3f}]"
-        )
+        lo, hi = wilson(rec[key], n)
+        print(f"{key} at {name}: {rec[key]:.3f}, Wilson 95% interval [{lo:.3f}, {hi:.3f}]")
     print(machine_markdown())
 
 
