@@ -61,7 +61,8 @@ def test_the_block_marks_documents_and_lineage(tmp_path):
     src.write_text(
         "".join(json.dumps({"text": f"document {i} with a few words to edit here"}) + "\n" for i in range(10))
     )
-    spec = {"block": "noise", "char_swap": 0.5, "word_swap": 0.0, "word_delete": 0.0}
+    # every word of two or more characters gets one swap: edits > 0 whatever ids the documents get
+    spec = {"block": "noise", "char_swap": 1.0, "word_swap": 0.0, "word_delete": 0.0}
     m = run_data(DataConfig(sources=[str(src)], pipeline=[spec], val_fraction=0.2), tmp_path / "out")
     assert m["lineage"]["blocks"][0]["augments"] is True and m["blocks"]["noise"]["documents_out"] == 10
     docs = [d for s in ("train", "val") for d in read_documents(tmp_path / "out", s)]
