@@ -74,6 +74,9 @@ def test_unknown_key_suggests_the_close_one(tmp_path):
         ("--tokenizer.vocab_size=100", r"tokenizer\.vocab_size"),
         ("--train=3", r"train: expected a mapping"),
         ("--sample.top_p=0", r"sample\.top_p"),
+        # optional sections: the section's own message, not "expected SFTConfig | None"
+        ("--sft.lora.r=abc", r"sft\.lora\.r: expected int"),
+        ("--align.beta=abc", r"align\.beta: expected float"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -42,6 +42,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(e)
+        if len(errors) == 1 and isinstance(value, dict):  # an optional section: its own message
+            raise errors[0]  # names the bad key inside it, not "expected SFTConfig | None"
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
