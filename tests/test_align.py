@@ -18,6 +18,7 @@ import random
 import pytest
 import torch
 
+from chat_words import WORDS
 from danlu.align.config import AlignConfig, AlignDataConfig
 from danlu.align.logps import sequence_logps
 from danlu.align.pairs import build_pairs
@@ -28,25 +29,6 @@ from danlu.model.config import ModelConfig
 from danlu.model.transformer import build_model
 from danlu.model_dir import load_model, read_metadata, save_model_dir
 from danlu.train.config import TrainConfig
-
-WORDS = [
-    "king",
-    "queen",
-    "lord",
-    "lady",
-    "night",
-    "day",
-    "love",
-    "death",
-    "sword",
-    "crown",
-    "river",
-    "town",
-    "friend",
-    "foe",
-    "heart",
-    "blood",
-]
 
 
 @pytest.fixture(scope="module")

@@ -16,31 +16,13 @@ import random
 import pytest
 import torch
 
+from chat_words import WORDS
 from danlu.finetune.config import LoRAConfig, SFTConfig, SFTDataConfig
 from danlu.finetune.sft import build_sft_trainer, evaluate, run_sft
 from danlu.model.config import ModelConfig
 from danlu.model.transformer import build_model
 from danlu.model_dir import MODEL_FILE, load_model, read_metadata, save_model_dir
 from danlu.train.config import TrainConfig
-
-WORDS = [
-    "king",
-    "queen",
-    "lord",
-    "lady",
-    "night",
-    "day",
-    "love",
-    "death",
-    "sword",
-    "crown",
-    "river",
-    "town",
-    "friend",
-    "foe",
-    "heart",
-    "blood",
-]
 
 
 @pytest.fixture(scope="module")
