@@ -181,39 +181,13 @@ class Int4Linear(QuantLinear):
         return super().layout() | {"group_size": self.group_size, "bits": self.bits}
 
 
-class W8A8Linear(QuantLinear):
+class W8A8Linear(Int8Linear):
     """SmoothQuant's W8A8: int8 weights (symmetric per output channel) times int8 activations quantized
     on the fly (symmetric per token), accumulated in int32 by `torch._int_mm`, rescaled to float. The
     reference path computes the same quantized product in fp32 (exact for the int8 products; the fp32
-    sum rounds where the int32 sum does not)."""
+    sum rounds where the int32 sum does not). Its weights are Int8Linear's, only the product differs."""
 
     kind = "w8a8"
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = False,
-        device: torch.device | str | None = None,
-    ):
-        super().__init__(in_features, out_features, bias, device)
-        self.register_buffer(
-            "qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device)
-        )
-        self.register_buffer("scale", torch.empty(out_features, device=device))
-
-    @classmethod
-    def from_qtensor(cls, q: QTensor, bias: torch.Tensor | None = None) -> W8A8Linear:
-        int8 = Int8Linear.from_qtensor(q, bias)  # the same weight layout
-        m = cls(q.codes.shape[1], q.codes.shape[0], bias is not None, q.codes.device)
-        m.qweight.copy_(int8.qweight)
-        m.scale.copy_(int8.scale)
-        if bias is not None:
-            m.bias.data.copy_(bias)
-        return m
-
-    def dequantize(self) -> torch.Tensor:
-        return self.qweight.float() * self.scale[:, None]
 
     @staticmethod
     def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
