@@ -82,7 +82,7 @@ def quantize_model(
 ) -> dict[str, dict[str, float]]:
     """Replace the targeted Linears of model by quantized modules; per-layer error reports by name.
 
-    calib: token ids [n, T] (GPTQ needs them; RTN and NF4 ignore them)."""
+    calib: token ids [n, T] (GPTQ, AWQ and SmoothQuant need them; NF4 and BitNet ignore them)."""
     names = targets(model, cfg)
     spec = spec_of(cfg)
     if cfg.method == "gptq":
@@ -128,6 +128,11 @@ def quantize_model(
             from danlu.finetune.nf4 import NF4Linear
 
             module: nn.Module = NF4Linear(lin)
+            W_hat = module.dequantize()
+        elif cfg.method == "bitnet":
+            from danlu.quant.bitnet import deployed
+
+            module = deployed(W, lin.bias)
             W_hat = module.dequantize()
         else:
             q = quantize(W, spec_of(cfg))

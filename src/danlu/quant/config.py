@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from danlu.errors import check
 
-METHODS = ("rtn", "gptq", "awq", "smoothquant", "nf4")
+METHODS = ("rtn", "gptq", "awq", "smoothquant", "nf4", "bitnet")
 DEFAULT_SKIP = ("embed", "lm_head", "*norm*")
 
 
@@ -14,7 +14,7 @@ DEFAULT_SKIP = ("embed", "lm_head", "*norm*")
 class QuantConfig:
     """How to quantize a model and the accuracy gate it must pass."""
 
-    method: str = "gptq"  # rtn | gptq | awq | smoothquant (W8A8) | nf4
+    method: str = "gptq"  # rtn | gptq | awq | smoothquant (W8A8) | nf4 | bitnet (ternary W, int8 A)
     bits: int = 4  # 8 (int8 per channel, symmetric), 4, 3 or 2 (grouped); nf4 is always 4
     group_size: int = 128  # input columns per scale for 2-4 bits
     symmetric: bool = False  # 2-4 bits: symmetric grid (default: min/max grid with a float zero point)
@@ -49,6 +49,7 @@ class QuantConfig:
             f"{self.method} here is for 2-4 bits; use --method rtn for int8",
         )
         check(self.method != "nf4" or self.bits == 4, "quantize.bits", "nf4 is a 4-bit format")
+        check(self.method != "bitnet" or self.bits == 2, "quantize.bits", "bitnet is ternary: --bits 2")
         check(
             self.method != "smoothquant" or self.bits == 8, "quantize.bits", "smoothquant is W8A8: --bits 8"
         )
@@ -84,3 +85,37 @@ class QuantConfig:
         if self.max_task_drop is not None:
             return self.max_task_drop
         return 0.02 if self.bits == 8 else 0.05
+
+
+QAT_METHODS = ("int", "bitnet")
+
+
+@dataclass
+class QATConfig:
+    """Quantization-aware training (danlu.quant.qat): the Linears train through fake quantization."""
+
+    method: str = "int"  # int: the RTN grid of `danlu quantize --method rtn`; bitnet: b1.58 ternary
+    bits: int = 4  # int: 8 (per channel, symmetric), 4, 3 or 2 (grouped); bitnet: ignored
+    group_size: int = 128  # int, 2-4 bits: input columns per scale
+    symmetric: bool = False  # int, 2-4 bits: symmetric grid (default min/max, as quantize's default)
+    act_bits: int = 0  # int: 8 fake-quantizes each Linear's input per token (absmax), 0 leaves it; bitnet: 8
+    skip: tuple[str, ...] = DEFAULT_SKIP  # module-name patterns kept in full precision
+
+    def __post_init__(self) -> None:
+        self.skip = tuple(self.skip)
+        check(
+            self.method in QAT_METHODS,
+            "qat.method",
+            f"must be one of {', '.join(QAT_METHODS)}, got {self.method!r}",
+        )
+        check(self.bits in (2, 3, 4, 8), "qat.bits", f"must be 8, 4, 3 or 2, got {self.bits}")
+        check(self.group_size >= 8, "qat.group_size", f"must be at least 8, got {self.group_size}")
+        check(self.act_bits in (0, 8), "qat.act_bits", f"must be 0 (off) or 8, got {self.act_bits}")
+
+    def deployment(self) -> QuantConfig:
+        """The quantize settings whose quantized model computes what this training saw."""
+        if self.method == "bitnet":
+            return QuantConfig(method="bitnet", bits=2, skip=self.skip)
+        return QuantConfig(
+            method="rtn", bits=self.bits, group_size=self.group_size, symmetric=self.symmetric, skip=self.skip
+        )

@@ -130,6 +130,24 @@ def _measure(model: nn.Module, tok: Any, held: str, cfg: QuantConfig) -> dict[st
     return {"perplexity": gate_perplexity(model, tok, held), "tasks": task_accuracy(model, tok, cfg)}
 
 
+def _check_qat(model_dir: Path, entry: Any, cfg: QuantConfig) -> dict[str, Any]:
+    """A model trained through fake quantization must be quantized the way it trained; returns what
+    the quantized dir's "quant" records of that training."""
+    if not entry:
+        return {}
+    from danlu.quant.qat import deployed_matches, qat_config
+
+    why = deployed_matches(qat_config(entry, str(model_dir)), cfg)
+    if why is not None:
+        log.warning(
+            "%s trained through fake quantization, and these settings quantize it otherwise (%s): "
+            "the quantized model is not the trained one",
+            model_dir,
+            why,
+        )
+    return {"qat": entry, "qat_matched": why is None}
+
+
 def run_quantize(
     model_dir: str | Path, out: str | Path, cfg: QuantConfig, force: bool = False
 ) -> dict[str, Any]:
@@ -148,6 +166,7 @@ def run_quantize(
         raise ConfigError(f"{model_dir} is already quantized ({meta['quant']}); quantize its fp32 source")
     if meta.get("adapter"):
         raise ConfigError(f"{model_dir} holds unmerged adapters; quantize a merged model dir")
+    trained = _check_qat(model_dir, meta.pop("qat", None), cfg)
     model, tok, mcfg = load_model(model_dir)
     if cfg.calib_seq_len > mcfg.max_seq_len:
         cfg = dataclasses.replace(cfg, calib_seq_len=mcfg.max_seq_len)
@@ -166,7 +185,7 @@ def run_quantize(
             f"{gate['after']['perplexity']:.3f}); nothing written. Try {hint}more bits, a smaller "
             "--group-size, more --calib-samples, or --max-ppl-increase / --no-gate to accept it"
         )
-    quant = {"method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size}
+    quant = {"method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size} | trained
     report = {"config": to_dict(cfg), "seconds": seconds, "gate": gate, "layers": layers}
     save_quantized(out, model, meta, model_dir / TOKENIZER_DIR, quant, report)
     log.info("quantized %d layers (%s, %d bits) into %s", len(layers), cfg.method, cfg.bits, out)
