@@ -14,6 +14,8 @@
     danlu import SRC OUT                         a model dir from GGUF, a HF Llama dir or a registry model
     danlu export MODEL OUT [--peft]              a Hugging Face Llama dir (or its LoRA adapter for PEFT)
     danlu quantize MODEL OUT --method gptq       int8/int4/NF4/W8A8 model dir (RTN, GPTQ, AWQ, ...)
+    danlu distill --teacher MODEL --student S    a student trained on a teacher's logits or generations
+    danlu prune MODEL OUT --method 2:4           magnitude or 2:4 sparsity, optional recovery finetune
     danlu plan ACTION                            FLOPs, scaling laws, memory, cost, parallel layouts
     danlu serve MODEL [--port 8000]              an OpenAI-compatible HTTP server and a web chat page
 
@@ -86,6 +88,10 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
         )
     if "align" in results:
         print(f"aligned model:         {results['align']['model_dir']}")
+    if "quantize" in results:
+        from danlu.run import STAGE
+
+        print(STAGE["quantize"].summary(results["quantize"], Path(results["quantized_model_dir"])))
     print(f"\ntalk to it:            danlu chat {results.get('chat_model_dir', results['model_dir'])}")
 
 
@@ -402,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"rerun STAGE ({', '.join(s.name for s in STAGES)}) even if up to date",
     )
     for stage in STAGES:  # one verb per stage of the table; data and tokenizer have subcommands too
+        if stage.name == "quantize":  # its verb takes MODEL OUT, not a recipe (below)
+            continue
         if stage.name == "tokenizer":
             tp = sub.add_parser("tokenizer", help="train a tokenizer, encode text, compression stats")
             tp.set_defaults(fn=cmd_tokenizer)
@@ -526,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(fn=cmd_eval)
+
+    from danlu.compress.commands import add_compress_parsers
+
+    add_compress_parsers(sub)
 
     from danlu.plan.commands import add_plan_parser
 

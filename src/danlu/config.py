@@ -52,6 +52,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple and typing.get_args(tp)[1:] == (Ellipsis,):  # tuple[X, ...]: a list, kept as a tuple
+        return tuple(_coerce(value, list[typing.get_args(tp)[0]], key))
     if origin is dict:  # free-form settings (e.g. a pipeline block's options), checked by their consumer
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"{key}: expected a mapping with string keys, got {value!r}")

@@ -9,7 +9,9 @@ everything here reads a checkpoint too. Reserved beside the base for what later 
 `adapters/<name>/` (finetuned adapters over these weights: adapter_config.json and
 adapter_model.safetensors; config.json's "adapter" names the one load_model applies) and `quant/`
 (quantized weights: config.json's "quant" marks the dir, quant/quant_config.json lists the Linears that
-are quantized modules, whose codes and scales model.safetensors holds; danlu.quant.store).
+are quantized modules, whose codes and scales model.safetensors holds; danlu.quant.store). A model
+trained through fake quantization records its settings as config.json's "qat" (danlu.quant.qat), and
+loads with the same fake quantization applied.
 
 Loading follows build -> transform -> materialize: the model is built on the meta device, a caller's
 transform (an adapter, a parallel layout) may reshape it there, and only then are its tensors made on
@@ -68,8 +70,11 @@ def save_model_dir(
     """Write a model directory atomically: config.json (the model config plus `extra` metadata such
     as "chat": true), model.safetensors, tokenizer/. `adapter` (name, config, tensors) adds
     adapters/<name>/ beside the base weights and makes it the one load_model applies."""
+    from danlu.quant.qat import qat_metadata
+
     with atomic_dir(path) as tmp:
-        meta = to_dict(model_cfg) | (extra or {}) | ({"adapter": adapter[0]} if adapter else {})
+        meta = to_dict(model_cfg) | qat_metadata(model) | (extra or {})
+        meta |= {"adapter": adapter[0]} if adapter else {}
         write_model_files(tmp, model, meta, Path(tokenizer_dir))
         if adapter is not None:
             from safetensors.torch import save_file
@@ -190,6 +195,11 @@ def load_model(
         from danlu.quant.store import apply_layout
 
         apply_layout(model, path)
+    qat = read_metadata(path).get("qat")
+    if qat:  # trained through fake quantization: the same quantization again (danlu.quant.qat)
+        from danlu.quant.qat import apply_qat, qat_config
+
+        apply_qat(model, qat_config(qat, str(path)))
     if transform is not None:
         model = transform(model) or model
     materialize(model, device, init=False)

@@ -16,6 +16,7 @@ from danlu.finetune.config import SFTConfig
 from danlu.infer.config import SampleConfig
 from danlu.model.config import ModelConfig
 from danlu.parallel.config import ParallelConfig
+from danlu.quant.config import QATConfig, QuantConfig
 from danlu.tokenizer.config import TokenizerConfig
 from danlu.train.config import TrainConfig
 
@@ -40,6 +41,14 @@ class RecipeConfig:
     # Preference alignment after SFT (danlu.align.config): a reward model or a DPO-family method;
     # absent: `danlu run` stops at the chat model. `danlu align` uses these settings, or the defaults.
     align: AlignConfig | None = None
+    # Quantization-aware training (danlu.quant.config.QATConfig): pretraining trains through fake
+    # quantization (int grids, or BitNet b1.58 ternary weights), and the quantize stage then writes
+    # the quantized model with the same quantizer. Absent: plain full-precision training.
+    qat: QATConfig | None = None
+    # Quantization after the last training stage (pretrain, sft or align) into quantized/, behind the
+    # accuracy gate (danlu.quant.config.QuantConfig); absent: none, unless qat is set, which implies
+    # quantizing the way it trained.
+    quantize: QuantConfig | None = None
 
     def __post_init__(self) -> None:
         check(
@@ -47,6 +56,21 @@ class RecipeConfig:
             "name",
             f"must be a non-empty name without '/', got {self.name!r}",
         )
+        if self.qat is not None and self.quantize is not None:
+            from danlu.quant.qat import deployed_matches
+
+            why = deployed_matches(self.qat, self.quantize)
+            check(
+                why is None,
+                "quantize",
+                f"would not quantize the model the way qat trained it ({why}); make them agree or drop one",
+            )
+
+    def quantize_config(self) -> QuantConfig | None:
+        """What the quantize stage runs: the quantize section, or the deployment that qat implies."""
+        if self.quantize is not None:
+            return self.quantize
+        return self.qat.deployment() if self.qat is not None else None
 
     @property
     def run_path(self) -> Path:

@@ -217,6 +217,11 @@ def _warn_if_schedule_misfits(cfg: RecipeConfig, index: dict[str, Any]) -> None:
     )
 
 
+def _qat_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    # only a recipe with qat adds the key, so the keys of every earlier run stay as they were
+    return {"qat": to_dict(cfg.qat)} if cfg.qat is not None else {}
+
+
 def run_pretrain_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
     from danlu.train.pretrain import run_pretrain
 
@@ -268,6 +273,59 @@ def _align_summary(r: dict[str, Any], out: Path) -> str:
     acc = "val_accuracy" if "val_logp_accuracy" not in r else "val_logp_accuracy"
     before = r.get("before", {}).get(acc, float("nan"))
     return f"aligned model: {r['model_dir']}  held-out {acc} {before:.3f} -> {r[acc]:.3f}"
+
+
+def last_trained_model(cfg: RecipeConfig, layout: RunLayout) -> Path:
+    """The model of the recipe's last training stage: align's, sft's, or the pretrained one."""
+    if cfg.align is not None:
+        return layout.path("align") / "model"
+    if cfg.sft is not None:
+        return layout.path("sft") / "model"
+    return layout.model
+
+
+def run_quantize_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
+    """Quantize the last trained model into quantized/, calibrating on the run's training documents
+    and gating on its validation documents unless quantize.calib names a text."""
+    from danlu.data.documents import document_texts
+    from danlu.io import atomic_write_text
+    from danlu.quant.config import QuantConfig
+    from danlu.quant.stage import run_quantize
+
+    qcfg = cfg.quantize_config() or QuantConfig()
+    if qcfg.calib is None:
+        texts = layout.root / "quant_calib"
+        atomic_write_text(texts / "calib.txt", "\n\n".join(document_texts(layout.docs, "train")))
+        gate = "\n\n".join(document_texts(layout.docs, "val"))
+        if gate.strip():
+            atomic_write_text(texts / "gate.txt", gate)
+        calib = {"calib": str(texts / "calib.txt")}
+        qcfg = dataclasses.replace(
+            qcfg, **calib, **({"gate_ppl": str(texts / "gate.txt")} if gate.strip() else {})
+        )
+    result = run_quantize(last_trained_model(cfg, layout), layout.path("quantize"), qcfg, force=True)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
+
+
+def _quantize_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    qcfg = cfg.quantize_config()
+    calib = [p for p in (qcfg.calib, qcfg.gate_ppl) if p] if qcfg is not None else []
+    return {
+        "quantize": None if qcfg is None else to_dict(qcfg),
+        "last": "align" if cfg.align is not None else "sft" if cfg.sft is not None else "pretrain",
+        "calib": _local_input_fingerprint(calib),
+    }
+
+
+def _quantize_summary(r: dict[str, Any], out: Path) -> str:
+    gate = r.get("gate")
+    if not gate:
+        return f"quantized model: {r['model_dir']} ({r['layers']} layers, no gate)"
+    before, after = gate["before"]["perplexity"], gate["after"]["perplexity"]
+    return (
+        f"quantized model: {r['model_dir']} ({r['layers']} layers)  gate passed: perplexity "
+        f"{before:.3f} -> {after:.3f} ({gate['ppl_increase']:+.2%})"
+    )
 
 
 def sample_texts(cfg: RecipeConfig, model_dir: Path) -> list[tuple[str, str]]:
@@ -357,7 +415,7 @@ STAGES: tuple[Stage, ...] = (
         ("pack",),
         "model",
         "model.safetensors",
-        lambda cfg: {"model": to_dict(cfg.model), "train": to_dict(cfg.train)},
+        lambda cfg: {"model": to_dict(cfg.model), "train": to_dict(cfg.train)} | _qat_settings(cfg),
         run_pretrain_stage,
         lambda r, out: f"model: {out}  val loss {r['val_loss']:.4f}  val bpb {r['val_bpb']:.4f}",
     ),
@@ -382,6 +440,18 @@ STAGES: tuple[Stage, ...] = (
         run_align_stage,
         _align_summary,
         enabled=lambda cfg: cfg.align is not None,
+    ),
+    # its verb is `danlu quantize MODEL OUT` (danlu.cli), not a recipe verb; `danlu run` runs it
+    Stage(
+        "quantize",
+        "quantize the last trained model behind the accuracy gate",
+        ("pretrain", "sft", "align"),
+        "quantized",
+        "quant/quant_config.json",
+        _quantize_settings,
+        run_quantize_stage,
+        _quantize_summary,
+        enabled=lambda cfg: cfg.quantize_config() is not None,
     ),
 )
 STAGE = {stage.name: stage for stage in STAGES}
@@ -434,4 +504,6 @@ def run_recipe(cfg: RecipeConfig, force: tuple[str, ...] = ()) -> dict[str, Any]
     results["model_dir"] = str(layout.model)
     if "sft" in results:
         results["chat_model_dir"] = results["sft"]["model_dir"]
+    if "quantize" in results:
+        results["quantized_model_dir"] = results["quantize"]["model_dir"]
     return results

@@ -177,6 +177,7 @@ def build_pretrainer(cfg: RecipeConfig, tokens_dir: Path, tokenizer_dir: Path, o
         evaluate=lambda m: evaluate(m, val_ds, tcfg, token_bytes, device, dtype, objective),
         step_metrics=moe_stats if model.moe_layers else None,
         init_from=tcfg.init_from,
+        transform=qat_transform(cfg),
     )
     return Trainer(
         model,
@@ -191,6 +192,16 @@ def build_pretrainer(cfg: RecipeConfig, tokens_dir: Path, tokenizer_dir: Path, o
         flops_per_token=float(model.flops_per_token(tcfg.seq_len)),
         parallel=parallel,
     )
+
+
+def qat_transform(cfg: RecipeConfig) -> Any:
+    """The recipe's quantization-aware training (qat:) as the Trainer's model transform, or None."""
+    if cfg.qat is None:
+        return None
+    from danlu.quant.qat import apply_qat
+
+    qat = cfg.qat
+    return lambda model: apply_qat(model, qat)
 
 
 def _dp_slice(parallel: Any) -> tuple[int, int]:
