@@ -323,6 +323,14 @@ def _quality_classifier(
     )
 
 
+def _edu_score(
+    model: str, threshold: float | None = None, keep_top: float | None = None, annotate_only: bool = False
+) -> Any:
+    from danlu.data.edu import edu_score_block
+
+    return edu_score_block(model, threshold=threshold, keep_top=keep_top, annotate_only=annotate_only)
+
+
 def _perplexity(
     model: str,
     max_perplexity: float | None = None,
@@ -368,6 +376,7 @@ BLOCKS: dict[str, Callable[..., Any]] = {
     "pii": _pii,
     "decontaminate": _decontaminate,
     "quality_classifier": _quality_classifier,
+    "edu_score": _edu_score,
     "perplexity": _perplexity,
     "exact_dedup": ExactDedupBlock,
     "minhash_dedup": MinHashDedupBlock,
