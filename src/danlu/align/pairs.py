@@ -11,8 +11,8 @@
                       whose last message is the assistant's (TRL's conversational layout)
 
 `build_pairs` reads every source, screens bad records (counted by reason), samples per_source, drops
-exact repeats and pairs whose chosen equals rejected, optionally decontaminates against the eval
-sets, and splits by prompt (every pair of one prompt lands on one side) into train and val.
+exact repeats and pairs whose chosen equals rejected, optionally MinHash near-duplicates and pairs
+contaminated by the eval sets, and splits by prompt (every pair of one prompt lands on one side) into train and val.
 """
 
 from __future__ import annotations
@@ -140,6 +140,18 @@ def is_val(pair: Pair, seed: int, fraction: float) -> bool:
     return int.from_bytes(h[:8], "big") / 2**64 < fraction
 
 
+def near_duplicates_dropped(pairs: list[Pair], threshold: float, drop: Any) -> list[Pair]:
+    """The first pair of each MinHash near-duplicate cluster of prompt + chosen texts (danlu.data's
+    MinHash-LSH, as the SFT data's dedup); the later ones go to drop()."""
+    from danlu.data.dedup.minhash import minhash_near_duplicates
+
+    texts = ["\n".join([*(m["content"] for m in p["prompt"]), p["chosen"]]) for p in pairs]
+    later = {int(max(i, j)) for i, j in minhash_near_duplicates(texts, threshold).pairs}
+    for k in sorted(later):
+        drop("near_duplicate", pairs[k]["id"])
+    return [p for k, p in enumerate(pairs) if k not in later]
+
+
 def build_pairs(cfg: AlignDataConfig) -> tuple[dict[str, list[Pair]], dict[str, Any]]:
     """({"train": pairs, "val": pairs}, report of counts and drops by reason)."""
     rng = random.Random(cfg.seed)
@@ -174,6 +186,8 @@ def build_pairs(cfg: AlignDataConfig) -> tuple[dict[str, list[Pair]], dict[str, 
         else:
             seen.add(key)
             kept.append(p)
+    if cfg.near_dup_threshold > 0 and len(kept) > 1:
+        kept = near_duplicates_dropped(kept, cfg.near_dup_threshold, drop)
     if cfg.decontaminate:
         from danlu.data.decontam import Decontaminator
 

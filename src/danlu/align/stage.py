@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from torch import nn
 
 from danlu.align import losses as L
 from danlu.align.batches import (
+    Completion,
     Encoded,
     IndexStream,
     batch_sizes,
@@ -43,6 +44,7 @@ from danlu.align.config import WITH_REFERENCE, AlignConfig
 from danlu.align.logps import precompute, sequence_logps
 from danlu.align.pairs import build_pairs
 from danlu.align.reward import RewardModel, save_reward_model
+from danlu.align.unpaired import prepare_unpaired
 from danlu.errors import ConfigError
 from danlu.finetune import templates
 from danlu.finetune.lora import ALL_TARGETS, AdapterSpec, adapters_disabled, apply_lora, unwrap
@@ -172,11 +174,13 @@ def evaluate(
     pad_id: int,
     device: torch.device,
     dtype: str,
+    extra_val: Sequence[Completion] = (),
 ) -> dict[str, float]:
     """Held-out numbers over every val pair, in order: val_loss (the method's mean loss; KTO's over
     the pairs' completions), val_accuracy and val_margin (the method's rewards: a reward model's
     scores), and the policy's own ranking: val_logp_accuracy (summed log-prob of chosen above
-    rejected) and val_logp_norm_accuracy (per token)."""
+    rejected) and val_logp_norm_accuracy (per token). extra_val: KTO's held-out unpaired completions,
+    in its loss beside the pairs' completions."""
     bs, beta = cfg.train.batch_size, cfg.loss_beta
     got: dict[str, list[torch.Tensor]] = {k: [] for k in ("loss", "c", "r", "pc", "pr", "lc", "lr")}
     for idx in in_order(len(val), bs):
@@ -200,7 +204,7 @@ def evaluate(
         got["c"].append(out.chosen_rewards.float().cpu())
         got["r"].append(out.rejected_rewards.float().cpu())
     if cfg.method == "kto":
-        items = unpaired(val)
+        items = [*unpaired(val), *extra_val]
         got["loss"] = []
         for idx in in_order(len(items), bs):
             pref = refs["val_kto"][idx] if "val_kto" in refs else None
@@ -230,9 +234,11 @@ def reference_logps(
     path: Path,
     device,
     dtype,
+    extra: dict[str, list[Completion]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The base model's log-probs of every row the method compares with it, computed once and kept
-    in path (keyed by the base model's files and the encoded data)."""
+    in path (keyed by the base model's files and the encoded data). extra: KTO's unpaired
+    completions, after the pairs' own."""
     if cfg.method not in WITH_REFERENCE or cfg.reference != "precompute":
         return {}
     key = sha256_json(
@@ -240,6 +246,11 @@ def reference_logps(
             "base": _model_hash(base_dir),
             "method": cfg.method == "kto",
             "pairs": [[dataclasses.astuple(e) for e in encoded[s]] for s in ("train", "val")],
+            **(
+                {"unpaired": {s: [dataclasses.astuple(c) for c in v] for s, v in extra.items()}}
+                if extra
+                else {}
+            ),
         }
     )
     if path.is_file():
@@ -253,8 +264,13 @@ def reference_logps(
     kto_keys = (("ids", "mask"), ("kl_ids", "kl_mask"))
     out = {"val": precompute(model, encoded["val"], pairs, (("ids", "mask"),), bs, device, dtype)}
     if cfg.method == "kto":
-        out["train"] = precompute(model, unpaired(encoded["train"]), kto, kto_keys, bs, device, dtype)
-        out["val_kto"] = precompute(model, unpaired(encoded["val"]), kto, kto_keys, bs, device, dtype)
+        extra = extra or {"train": [], "val": []}
+        train_items, val_items = (
+            [*unpaired(encoded["train"]), *extra["train"]],
+            [*unpaired(encoded["val"]), *extra["val"]],
+        )
+        out["train"] = precompute(model, train_items, kto, kto_keys, bs, device, dtype)
+        out["val_kto"] = precompute(model, val_items, kto, kto_keys, bs, device, dtype)
     else:
         out["train"] = precompute(model, encoded["train"], pairs, (("ids", "mask"),), bs, device, dtype)
     with atomic_path(path) as tmp:
@@ -301,12 +317,17 @@ def build_align_trainer(cfg: AlignConfig, base_dir: Path, out_dir: Path) -> tupl
             f"align.train.seq_len={cfg.train.seq_len} exceeds the base model's context {model_cfg.max_seq_len}"
         )
     encoded, manifest = prepare_pairs(cfg, tok, out_dir / "data")
+    extra, manifest["unpaired"] = prepare_unpaired(
+        cfg.data, tok, manifest["template"], cfg.train.seq_len + 1, out_dir / "data"
+    )
     pad = tok.pad_id
-    refs = reference_logps(cfg, base_dir, encoded, pad, out_dir / "data" / "reference.pt", device, dtype)
+    refs = reference_logps(
+        cfg, base_dir, encoded, pad, out_dir / "data" / "reference.pt", device, dtype, extra
+    )
     tcfg = dataclasses.replace(cfg.train, lr=cfg.lr)
     train = encoded["train"]
     if cfg.method == "kto":
-        items = unpaired(train)
+        items = [*unpaired(train), *extra["train"]]
         collate = lambda idx: kto_batch([items[i] for i in idx], pad, refs["train"][idx] if refs else None)  # noqa: E731
         n_items = len(items)
     else:
@@ -318,7 +339,7 @@ def build_align_trainer(cfg: AlignConfig, base_dir: Path, out_dir: Path) -> tupl
         transform=transform,
         trainable=trainable,
         sizes=batch_sizes,
-        evaluate=lambda m: evaluate(cfg, m, encoded["val"], refs, pad, device, dtype),
+        evaluate=lambda m: evaluate(cfg, m, encoded["val"], refs, pad, device, dtype, extra["val"]),
     )
     run = RunInfo(
         out_dir, model_cfg, base_dir / "tokenizer", tok.fingerprint(), cfg, name=f"align-{cfg.method}"
