@@ -16,7 +16,7 @@ from danlu.train.config import TrainConfig
 DISTILL_METHODS = ("logit", "sequence", "both", "ce")
 
 
-def _short_train() -> TrainConfig:
+def default_train() -> TrainConfig:
     return TrainConfig(seq_len=128, batch_size=4, max_steps=200, lr=1e-3, warmup_steps=20, eval_every=50,
                        ckpt_every=100, log_every=10, eval_batches=8)  # fmt: skip
 
@@ -35,7 +35,7 @@ class DistillConfig:
     gen_tokens: int = 96
     gen_temperature: float = 1.0
     gen_seed: int = 0
-    train: TrainConfig = field(default_factory=_short_train)
+    train: TrainConfig = field(default_factory=default_train)
 
     def __post_init__(self) -> None:
         self.data = tuple(self.data)
@@ -50,7 +50,7 @@ class DistillConfig:
             check(getattr(self, key) >= 1, f"distill.{key}", f"must be >= 1, got {getattr(self, key)}")
         check(self.gen_temperature >= 0, "distill.gen_temperature", "must be >= 0")
         check(
-            self.gen_prompt_len + self.gen_tokens <= self.train.seq_len + 1,
+            self.method in ("logit", "ce") or self.gen_prompt_len + self.gen_tokens <= self.train.seq_len + 1,
             "distill.gen_tokens",
             f"a prompt ({self.gen_prompt_len}) and its continuation ({self.gen_tokens}) must fit in "
             f"train.seq_len + 1 = {self.train.seq_len + 1} tokens",
@@ -66,7 +66,7 @@ class PruneConfig:
     recover_steps: int = 0  # finetune steps with the masks kept (0: none)
     data: tuple[str, ...] = ()  # UTF-8 text for the recovery and the held-out loss before and after
     val_fraction: float = 0.05
-    train: TrainConfig = field(default_factory=_short_train)
+    train: TrainConfig = field(default_factory=default_train)
 
     def __post_init__(self) -> None:
         self.data, self.skip = tuple(self.data), tuple(self.skip)
