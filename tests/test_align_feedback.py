@@ -247,3 +247,31 @@ def test_kto_trains_on_unpaired_records_beside_the_pairs(root, tmp_path):
     result = run_align(cfg, root / "model", tmp_path / "out")
     assert result["val_loss"] < result["before"]["val_loss"]
     assert result["val_accuracy"] >= 0.9
+
+
+def test_the_prefs_verb_writes_what_align_and_sft_read_and_bad_input_exits_2(root, tmp_path, capsys):
+    from danlu.cli import main
+
+    model, prompts = str(root / "model"), str(root / "sft.jsonl")
+    small = ["--limit", "4", "--max-tokens", "8"]
+    assert (
+        main(["prefs", "samples", model, "--prompts", prompts, *small, "--out", str(tmp_path / "s.jsonl")])
+        == 0
+    )
+    report = json.loads((tmp_path / "s.report.json").read_text())
+    assert report["prompts"] == 4 and report["pairs"] == len((tmp_path / "s.jsonl").read_text().splitlines())
+    args = ["prefs", "rlaif", "--judge", model, "--policy", model, "--prompts", prompts, *small]
+    assert main([*args, "--out", str(tmp_path / "r.jsonl")]) == 0
+    assert json.loads((tmp_path / "r.report.json").read_text())["prompts"] == 4
+    out = ["--sft-out", str(tmp_path / "c.jsonl"), "--pairs-out", str(tmp_path / "cp.jsonl")]
+    assert main(["prefs", "constitute", model, "--prompts", prompts, *small, *out]) == 0
+    sft = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert len(sft) == 4 and all(check(to_messages(r)) for r in sft)
+    capsys.readouterr()
+    # an existing output is kept; both candidate sources at once, a bad rubric: one error line each
+    assert main(["prefs", "samples", model, "--prompts", prompts, "--out", str(tmp_path / "s.jsonl")]) == 2
+    assert main([*args, "--candidates", prompts, "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert main([*args, "--rubric", str(tmp_path / "none.txt"), "--out", str(tmp_path / "y.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("danlu: error: ") for line in err)
+    assert "exists" in err[0] and "exactly one" in err[1] and "not found" in err[2]
