@@ -8,6 +8,7 @@
     danlu pretrain [RECIPE]                      train (resumes from the run's last checkpoint)
     danlu sft [RECIPE] [--sft.base=MODEL]        finetune on conversations (full, LoRA, QLoRA, DoRA)
     danlu align [RECIPE] [--method dpo]          align on preference pairs (rm, dpo, ipo, cdpo, simpo, orpo, kto)
+    danlu prefs samples|rlaif|constitute ...     preference / SFT data: own samples, RLAIF, constitutional AI
     danlu generate MODEL --prompt TEXT           sample a continuation
     danlu chat MODEL                             talk to a model in the terminal
     danlu plot RUN                               PNG plots of a run's metrics
@@ -538,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     from danlu.compress.commands import add_compress_parsers
 
     add_compress_parsers(sub)
+
+    from danlu.align.commands import add_prefs_parser
+
+    add_prefs_parser(sub)
 
     from danlu.plan.commands import add_plan_parser
 
