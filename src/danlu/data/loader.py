@@ -10,7 +10,7 @@ trained one after the other rather than blended; a window belongs to the phase i
 (its last few tokens may come from the next phase). The schedule plays out once per pass over the
 split: a run that trains on about data.mix.tokens tokens sees it exactly, a shorter one stops in an
 earlier phase, a longer one starts over at phase 1. With one phase (or none recorded) the order is the
-unphased one.
+unphased one. A curriculum (data.mix.order) is read as laid out: each phase's windows in stream order.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class TokenDataset:
         self.vocab_size = int(index["vocab_size"])
         self.tokens = np.memmap(path, dtype=dtype, mode="r")
         self.phase_starts = _phase_starts(info, split, len(self.tokens), index_path)
+        # a curriculum (data.mix.order) laid each phase out in score order: read it in that order
+        self.ordered = bool((info.get("mix") or {}).get("order"))
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -124,7 +126,8 @@ class TrainLoader:
     def _epoch_order(self) -> np.ndarray:
         if self._order is None:
             rng = np.random.default_rng([self.seed, self.epoch])
-            self._order = np.concatenate([lo + rng.permutation(hi - lo) for lo, hi in pairwise(self._bounds)])
+            walk = np.arange if self.dataset.ordered else rng.permutation
+            self._order = np.concatenate([lo + walk(hi - lo) for lo, hi in pairwise(self._bounds)])
         return self._order
 
     def next_batch(self) -> Batch:
@@ -153,12 +156,14 @@ class TrainLoader:
             "seq_len": self.seq_len,
             "n_tokens": len(self.dataset),
             "phase_starts": list(self.dataset.phase_starts),
+            "ordered": self.dataset.ordered,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mine = self.state_dict()
-        state = {"phase_starts": [], **state}  # checkpoints from before phased mixes have none
-        for key in ("seed", "batch_size", "seq_len", "n_tokens", "phase_starts"):
+        # checkpoints from before phased mixes and curricula have neither
+        state = {"phase_starts": [], "ordered": False, **state}
+        for key in ("seed", "batch_size", "seq_len", "n_tokens", "phase_starts", "ordered"):
             if state.get(key) != mine[key]:
                 raise DataError(
                     f"cannot resume the data loader: {key} was {state.get(key)}, now {mine[key]}; "

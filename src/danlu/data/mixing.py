@@ -9,7 +9,8 @@ whenever the cap allows it. Phase schedules split the budget by fraction of toke
 90-100%) with a weight set per phase; the epoch cap holds over all phases together.
 Selection is deterministic for a seed: whole shuffled passes over a source for each full epoch, then a
 seeded random subset for the fractional part. `parse_mix` checks a recipe's `data.mix` against its
-sources and turns it into the `MixSpec` the pack stage lays the train split out by.
+sources and turns it into the `MixSpec` the pack stage lays the train split out by; its `order` sorts
+each phase's documents by a score (a curriculum, danlu.data.curriculum) instead of shuffling them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from danlu.data.curriculum import Curriculum, parse_order
 from danlu.errors import ConfigError
 
 
@@ -181,7 +183,7 @@ def sample_mix(
 # The recipe's data.mix, checked before any work
 
 
-MIX_KEYS = ("weights", "alpha", "max_epochs", "tokens", "phases", "seed")
+MIX_KEYS = ("weights", "alpha", "max_epochs", "tokens", "phases", "seed", "order")
 _PHASE_KEYS = ("until", "weights")
 
 
@@ -197,6 +199,7 @@ class MixSpec:
         None  # None: the train split's token count (a phased mix in a run: the training budget)
     )
     phases: list[Phase] = field(default_factory=list)
+    order: Curriculum | None = None  # documents of each phase sorted by a score (danlu.data.curriculum)
 
 
 def _number(value: Any, key: str) -> float:
@@ -277,4 +280,5 @@ def parse_mix(raw: Mapping[str, Any], sources: Sequence[str], default_seed: int)
         max_epochs=max_epochs,
         tokens=_integer(get["tokens"], "data.mix.tokens", 1) if "tokens" in get else None,
         phases=_phases(get["phases"], sources) if "phases" in get else [],
+        order=parse_order(get["order"]) if "order" in get else None,
     )

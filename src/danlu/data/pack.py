@@ -3,8 +3,9 @@
 Without a data mix each split keeps corpus order. With one (`data.mix`, see danlu.data.mixing) the
 train split is laid out in mix order: it is tokenized once in corpus order (to learn the tokens per
 document and per source, the sizes the weights apply to), then the documents `sample_mix` picks for
-each phase, repeats included, are copied out phase after phase, shuffled within their phase. The
-validation split is never mixed, so validation losses stay comparable across mixes.
+each phase, repeats included, are copied out phase after phase, shuffled within their phase (or, with
+the mix's `order`, sorted by a score: a curriculum, danlu.data.curriculum). The validation split is
+never mixed, so validation losses stay comparable across mixes.
 
 Output directory (one atomic rename):
   <split>.bin        the stream, uint16 when the vocab fits in 16 bits, else uint32 (native little-endian)
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from danlu.data.curriculum import meta_value, order_phase
 from danlu.data.documents import SPLITS, read_documents
 from danlu.data.mixing import MixSpec, plan_mix, sample_mix
 from danlu.errors import DataError
@@ -51,14 +53,18 @@ class _Stream:
     doc_bytes: np.ndarray  # int64
     doc_source: np.ndarray  # int32, an index into `sources`
     sources: list[str]
+    doc_score: np.ndarray | None = None  # float64, the curriculum's meta score (NaN where missing)
 
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.starts, append=self.n_tokens)
 
 
-def _tokenize_split(docs_dir: Path, split: str, tok: Any, bin_path: Path, dtype: np.dtype) -> _Stream:
+def _tokenize_split(
+    docs_dir: Path, split: str, tok: Any, bin_path: Path, dtype: np.dtype, score_key: str | None = None
+) -> _Stream:
     starts: list[int] = []
+    scores: list[float] = []
     doc_bytes: list[int] = []
     doc_source: list[int] = []
     codes: dict[str, int] = {}
@@ -73,6 +79,8 @@ def _tokenize_split(docs_dir: Path, split: str, tok: Any, bin_path: Path, dtype:
             n_tokens += len(row)
             doc_bytes.append(len(doc["text"].encode("utf-8")))
             doc_source.append(codes.setdefault(doc["source"], len(codes)))
+            if score_key is not None:
+                scores.append(meta_value(doc.get("meta") or {}, score_key))
 
     with open(bin_path, "wb") as f:
         docs: list[dict[str, Any]] = []
@@ -97,6 +105,7 @@ def _tokenize_split(docs_dir: Path, split: str, tok: Any, bin_path: Path, dtype:
         np.asarray(doc_bytes, dtype=np.int64),
         np.asarray(doc_source, dtype=np.int32),
         list(codes),
+        np.asarray(scores, dtype=np.float64) if score_key is not None else None,
     )
 
 
@@ -134,10 +143,23 @@ def _choose(stream: _Stream, mix: MixSpec, total: int) -> list[np.ndarray]:
             planned,
             total,
         )
-    return [
+    phases = [
         np.asarray([members[src][i] for src, i in phase], dtype=np.int64)
         for phase in sample_mix(doc_sizes, plan, mix.seed)
     ]
+    if mix.order is None:
+        return phases
+    keys = stream.doc_score if mix.order.from_meta() else lengths
+    assert keys is not None  # _pack_mixed_train reads the scores when the order needs them
+    missing = int(np.isnan(keys).sum())
+    if missing:
+        log.warning(
+            "data.mix.order: %d of %d train documents have no meta %r; they go last in their phase",
+            missing,
+            len(keys),
+            mix.order.by,
+        )
+    return [order_phase(ids, keys, mix.order.descending) for ids in phases]
 
 
 def _copy_documents(natural: np.ndarray, stream: _Stream, order: np.ndarray, bin_path: Path) -> None:
@@ -179,6 +201,7 @@ def _realized_mix(stream: _Stream, phases: list[np.ndarray], mix: MixSpec, total
         "weights": mix.weights,
         "alpha": None if mix.weights is not None else mix.alpha,
         "max_epochs": None if math.isinf(mix.max_epochs) else mix.max_epochs,
+        "order": None if mix.order is None else {"by": mix.order.by, "descending": mix.order.descending},
         "sources": {
             name: {
                 "available_tokens": available[name],
@@ -194,7 +217,8 @@ def _realized_mix(stream: _Stream, phases: list[np.ndarray], mix: MixSpec, total
 def _pack_mixed_train(docs_dir: Path, tok: Any, out: Path, dtype: np.dtype, mix: MixSpec) -> dict[str, Any]:
     """The train split in mix order; the corpus-order stream is a temporary file inside `out`."""
     natural_path = out / "train.natural.bin"
-    stream = _tokenize_split(docs_dir, "train", tok, natural_path, dtype)
+    score_key = mix.order.by if mix.order is not None and mix.order.from_meta() else None
+    stream = _tokenize_split(docs_dir, "train", tok, natural_path, dtype, score_key)
     total = mix.tokens if mix.tokens is not None else stream.n_tokens
     phases = _choose(stream, mix, total)
     order = np.concatenate(phases)
