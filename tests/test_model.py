@@ -12,7 +12,7 @@ from torch import nn
 from danlu.errors import ConfigError
 from danlu.model import KVCache, build_model, resolve_model_config
 from danlu.model.config import ModelConfig
-from danlu.model.transformer import RMSNorm, _RMSNormFn, _SwiGLU, apply_rope
+from danlu.model.transformer import RMSNorm, _RMSNormFn, _SwiGLU, apply_rope, decode_attention
 
 
 def _cfg(**kw) -> ModelConfig:
@@ -114,6 +114,20 @@ def test_kv_cache_decoding_matches_full_forward(kv):
     assert cache.pos == 20
     assert full.dtype == torch.float32
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("H, H_kv", [(4, 4), (6, 2)])
+def test_decode_attention_equals_sdpa(H, H_kv):
+    """The one-query path equals SDPA with grouped keys, with and without a per-row key mask."""
+    torch.manual_seed(0)
+    B, S, hd = 3, 7, 16
+    q = torch.randn(B, H, 1, hd)
+    k, v = torch.randn(B, H_kv, S, hd), torch.randn(B, H_kv, S, hd)
+    lengths = torch.tensor([7, 3, 1])
+    mask = (torch.arange(S) < lengths[:, None])[:, None, None, :]  # [B, 1, 1, S]
+    for m in (None, mask):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=H_kv != H)
+        torch.testing.assert_close(decode_attention(q, k, v, m), want, atol=1e-6, rtol=1e-5)
 
 
 def test_too_long_input_is_refused():

@@ -81,6 +81,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return _Rope.apply(x, cos, sin)
 
 
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Attention of one query per row, q [B, H, 1, hd], over its keys k, v [B, H_kv, S, hd]; mask (bool,
+    True = may attend) broadcasts to [B, 1, 1, S]. Three small batched matmuls: at one query SDPA's CPU
+    flash kernel spends more on its blocking than on the product (about half of a SmolLM2 decode step).
+    Query heads are grouped by the key/value head they share, so GQA needs no repeated keys."""
+    B, H, _, hd = q.shape
+    H_kv = k.size(1)
+    scores = (q.reshape(B, H_kv, H // H_kv, hd) @ k.transpose(-1, -2)) * hd**-0.5  # [B, H_kv, g, S]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1) @ v).reshape(B, H, 1, hd)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -119,10 +134,13 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         mask, causal = bias
-        drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=drop, enable_gqa=nkv != nq
-        )
+        if T == 1 and not self.training and (mask is None or mask.dtype == torch.bool):
+            y = decode_attention(q, k, v, mask)
+        else:
+            drop = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, dropout_p=drop, enable_gqa=nkv != nq
+            )
         return self.proj(y.transpose(1, 2).reshape(B, T, nq * hd))
 
 
