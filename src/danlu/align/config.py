@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from danlu.align.rl_config import RLConfig
 from danlu.errors import check
 from danlu.finetune.config import LoRAConfig
 from danlu.train.config import TrainConfig
 
-METHODS = ("rm", "dpo", "ipo", "cdpo", "simpo", "orpo", "kto")
+METHODS = ("rm", "dpo", "ipo", "cdpo", "simpo", "orpo", "kto", "ppo", "grpo")
+# methods that sample rollouts from the policy (danlu.align.rl_stage; settings in align.rl)
+RL_METHODS = ("ppo", "grpo")
 # methods that compare the policy with a frozen reference model
 WITH_REFERENCE = ("dpo", "ipo", "cdpo", "kto")
 # beta when align.beta is unset: TRL's defaults (SimPO's paper uses 2.0 to 2.5)
-DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "cdpo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1, "rm": 0.0}
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "cdpo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1, "rm": 0.0,
+                "ppo": 0.0, "grpo": 0.0}  # fmt: skip
 
 
 @dataclass
@@ -46,7 +50,11 @@ class AlignDataConfig:
     def __post_init__(self) -> None:
         check(bool(self.sources), "align.data.sources", "needs at least one source")
         check(self.per_source >= 0, "align.data.per_source", "must be >= 0")
-        check(self.distractor in ("listed", "other"), "align.data.distractor", "must be listed or other")
+        check(
+            self.distractor in ("listed", "other", "task"),
+            "align.data.distractor",
+            "must be listed, other or task",
+        )
         check(0 < self.val_fraction < 1, "align.data.val_fraction", "must be in (0, 1)")
         check(0 <= self.near_dup_threshold <= 1, "align.data.near_dup_threshold", "must be in [0, 1]")
 
@@ -55,7 +63,8 @@ class AlignDataConfig:
 class AlignConfig:
     # The model dir to align; "" means the run's SFT model (runs/<name>/sft/model).
     base: str = ""
-    # rm (a reward model), dpo, ipo, cdpo (conservative DPO), simpo, orpo or kto.
+    # rm (a reward model), dpo, ipo, cdpo (conservative DPO), simpo, orpo, kto, or the RL methods
+    # ppo (with a reward model) and grpo (verifiable rewards), set up in `rl`.
     method: str = "dpo"
     # Train LoRA adapters (merged into the saved model) or every weight ("full").
     tune: str = "lora"
@@ -75,6 +84,7 @@ class AlignConfig:
     reference: str = "precompute"
     data: AlignDataConfig = field(default_factory=AlignDataConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     # Training settings; train.seq_len is the longest prompt + response in tokens, train.batch_size
     # counts pairs (KTO: completions), and train.lr None means 1e-3 for adapters, 5e-5 for full.
     train: TrainConfig = field(default_factory=TrainConfig)

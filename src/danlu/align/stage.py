@@ -40,7 +40,7 @@ from danlu.align.batches import (
     paired_batch,
     unpaired,
 )
-from danlu.align.config import WITH_REFERENCE, AlignConfig
+from danlu.align.config import RL_METHODS, WITH_REFERENCE, AlignConfig
 from danlu.align.logps import precompute, sequence_logps
 from danlu.align.pairs import build_pairs
 from danlu.align.reward import RewardModel, save_reward_model
@@ -362,6 +362,10 @@ def run_align(cfg: AlignConfig, base_dir: str | Path, out_dir: str | Path) -> di
     """Align (or resume aligning) base_dir on the configured preference pairs; write out_dir/model.
     Returns the last held-out evaluation, the one before training (`before`), steps, tokens_per_s."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
+    if cfg.method in RL_METHODS:
+        from danlu.align.rl_stage import run_rl
+
+        return run_rl(cfg, base_dir, out_dir)
     trainer, _ = build_align_trainer(cfg, base_dir, out_dir)
     before_path = out_dir / "data" / "before.json"
     if before_path.is_file():

@@ -1,0 +1,83 @@
+"""Verifiable rewards: arithmetic problems made on the fly from a seed, GSM8K answers, the reply's format.
+
+A problem is `a op b` with operands of `digits` digits and op from `ops` (+, -, *); its answer is the
+exact integer. A reply is correct when the last number in it equals the answer (lm-eval's "flexible"
+GSM8K filter, danlu.eval.generative.extract_number) and well-formatted when it is the number and
+nothing else. GSM8K records ({question, answer}: the answer's "#### N" line, or N alone) score the same
+way, after lm-eval's GSM8K normalization (commas, "$", a trailing ".").
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from danlu.errors import DataError
+from danlu.eval.generative import GSM8K_IGNORE, extract_number, lm_eval_exact_match
+
+INSTRUCTION = "Reply with only the number."
+_ONLY_NUMBER = re.compile(r"\s*-?[0-9][0-9,]*(\.[0-9]+)?\s*\.?\s*")
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str  # the user message
+    answer: str  # the exact answer, as digits
+
+
+def arithmetic_problem(rng: random.Random, digits: int, ops: str) -> Problem:
+    lo, hi = 10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1
+    a, b, op = rng.randint(lo, hi), rng.randint(lo, hi), rng.choice(ops)
+    value = a + b if op == "+" else a - b if op == "-" else a * b
+    return Problem(f"What is {a} {op} {b}? {INSTRUCTION}", str(value))
+
+
+def arithmetic_problems(seed: int, n: int, digits: int, ops: str, exclude: frozenset[str] = frozenset()):
+    """n problems drawn with seed, none of whose questions is in exclude (the held-out set)."""
+    rng, out = random.Random(seed), []
+    while len(out) < n:
+        p = arithmetic_problem(rng, digits, ops)
+        if p.question not in exclude:
+            out.append(p)
+    return out
+
+
+def read_gsm8k(path: str | Path) -> list[Problem]:
+    """GSM8K-style records {question, answer} from a JSONL file; the answer's "#### N" is kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"GSM8K file {path} does not exist")
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            answer = str(rec["answer"]).split("####")[-1].strip()
+            out.append(Problem(f"{rec['question'].strip()}\n{INSTRUCTION}", answer))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise DataError(f"{path}:{i}: expected a JSON object with question and answer") from None
+    if not out:
+        raise DataError(f"{path} holds no GSM8K records")
+    return out
+
+
+def correct(reply: str, answer: str) -> float:
+    """1.0 when the last number of the reply equals the answer (GSM8K's normalization), else 0.0."""
+    return lm_eval_exact_match(extract_number(reply, None), answer, GSM8K_IGNORE)
+
+
+def well_formatted(reply: str) -> float:
+    """1.0 when the reply is one number and nothing else."""
+    return float(_ONLY_NUMBER.fullmatch(reply) is not None)
+
+
+def rewards(replies: Sequence[str], answers: Sequence[str], format_weight: float) -> dict[str, list[float]]:
+    """Per-reply {"correct", "format", "reward" = correct + format_weight * format}."""
+    c = [correct(r, a) for r, a in zip(replies, answers, strict=True)]
+    f = [well_formatted(r) for r in replies]
+    return {"correct": c, "format": f, "reward": [x + format_weight * y for x, y in zip(c, f, strict=True)]}
