@@ -80,6 +80,22 @@ def annotate_main(args: argparse.Namespace) -> None:
     print(f"annotated {len(rows)} of {len(docs)} chunks with {args.judge} in {took:.0f} s -> {args.out}")
 
 
+def agreement_main(args: argparse.Namespace) -> None:
+    """Spearman of the hashed n-gram ridge regressor against the judge on held-out annotations."""
+    from _machine import machine_markdown
+    from danlu.data.edu import read_annotations, spearman, train_edu_regressor
+
+    for path in args.annotations:
+        rows = read_annotations(path)
+        cut = int(len(rows) * args.train_fraction)
+        train, test = rows[:cut], rows[cut:]
+        for l2 in (1.0, 10.0):
+            reg = train_edu_regressor(train, l2=l2)
+            rho = spearman(reg.predict([r["text"] for r in test]), [r["score"] for r in test])
+            print(f"{path}: train {len(train)}, held out {len(test)}, l2 {l2:g}: Spearman {rho:.3f}")
+    print(machine_markdown())
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,9 +110,14 @@ def main() -> None:
     for p in (a,):
         p.add_argument("--chunk-chars", type=int, default=1000)
         p.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser("agreement")
+    g.add_argument("annotations", nargs="+", type=Path)
+    g.add_argument("--train-fraction", type=float, default=0.75)
     args = ap.parse_args()
     if args.cmd == "annotate":
         annotate_main(args)
+    else:
+        agreement_main(args)
 
 
 if __name__ == "__main__":

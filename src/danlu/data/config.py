@@ -34,7 +34,9 @@ class DataConfig:
     # {weights: {shakespeare: 0.7, chitchat: 0.3}} or {alpha: 0.5} (p_i ~ tokens_i^alpha), and optional
     # max_epochs (repeats allowed per source), tokens (budget; default: the train split's own size),
     # phases [{until: 0.7, weights: {...}}, ..., {until: 1.0, weights: {...}}] (fractions of the
-    # budget, trained in order) and seed (default: data.seed). The validation split is never mixed.
+    # budget, trained in order), order {by: length | META_KEY, descending: false} (a curriculum: each
+    # phase's documents sorted by a score, e.g. edu_score; danlu.data.curriculum) and seed (default:
+    # data.seed). The validation split is never mixed. danlu.data.doremi derives weights from losses.
     mix: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
