@@ -24,10 +24,12 @@ from tqdm.auto import tqdm
 from danlu.errors import ConfigError
 from danlu.eval import tasks as task_lib
 from danlu.eval.code_task import CODE_TASKS, evaluate_code_task
+from danlu.eval.extra_tasks import EXTRA_TASKS
 from danlu.eval.generative import greedy_until, score_generation
 from danlu.eval.metrics import bootstrap_ci
 from danlu.eval.perplexity import perplexity
 from danlu.eval.scoring import Scorer, mc_metrics, mean_stderr
+from danlu.eval.task_context import TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class EvalConfig:
     ppl_stride: int | None = None  # sliding-window stride in tokens (None: disjoint windows)
     samples: int = 1  # completions per problem of the code tasks (humaneval, mbpp): pass@k for k <= samples
     temperature: float = 0.0  # their sampling temperature (0: greedy)
+    train_data: str | None = None  # memorization: the training documents dir or text file
+    toxicity_model: str | None = None  # toxicity: a classifier .npz (danlu.data.toxicity_model)
 
     def __post_init__(self) -> None:
         if not self.tasks and not self.ppl_files:
@@ -52,8 +56,12 @@ class EvalConfig:
             if not Path(path).is_file():
                 raise ConfigError(f"--ppl {path}: no such file; give a UTF-8 text file")
         for name in self.tasks:
-            if name not in CODE_TASKS:
+            if name not in CODE_TASKS and name not in EXTRA_TASKS:
                 task_lib.get_task(name)
+        if self.toxicity_model is not None and not Path(self.toxicity_model).is_file():
+            raise ConfigError(f"--toxicity-model {self.toxicity_model}: no such file")
+        if self.train_data is not None and not Path(self.train_data).exists():
+            raise ConfigError(f"--train-data {self.train_data}: no such file or directory")
         if self.samples < 1 or self.temperature < 0:
             raise ConfigError(
                 f"need --samples >= 1 and --temperature >= 0, got {self.samples}, {self.temperature}"
@@ -129,8 +137,15 @@ def evaluate_gen(
     return _summary(per_item), generated
 
 
-def evaluate(model: Any, tok: Any, cfg: EvalConfig, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Scores of every task in cfg, with efficiency figures; a JSON-ready dict."""
+def evaluate(
+    model: Any,
+    tok: Any,
+    cfg: EvalConfig,
+    device: str | torch.device = "cpu",
+    model_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Scores of every task in cfg, with efficiency figures; a JSON-ready dict. model_dir tells the
+    diagnostic and safety tasks whether the model is a chat model and where its training data is."""
     device = torch.device(device)
     results: dict[str, Any] = {}
     total_tokens = 0
@@ -144,6 +159,14 @@ def evaluate(model: Any, tok: Any, cfg: EvalConfig, device: str | torch.device =
             seconds = time.perf_counter() - t0
             total_seconds += seconds
             res.update(seconds=seconds, generated_chars=chars)
+            results[name] = res
+            continue
+        if name in EXTRA_TASKS:
+            t0 = time.perf_counter()
+            ctx = TaskContext(model, tok, cfg, Path(model_dir) if model_dir else None, device)
+            res = EXTRA_TASKS[name](ctx)
+            res["seconds"] = time.perf_counter() - t0
+            total_seconds += res["seconds"]
             results[name] = res
             continue
         spec = task_lib.get_task(name)
@@ -186,6 +209,7 @@ def evaluate(model: Any, tok: Any, cfg: EvalConfig, device: str | torch.device =
             "tasks": list(cfg.tasks), "limit": cfg.limit, "batch_size": cfg.batch_size,
             "ppl_files": list(cfg.ppl_files), "ppl_stride": cfg.ppl_stride, "num_fewshot": cfg.num_fewshot, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
             "samples": cfg.samples, "temperature": cfg.temperature,
+            "train_data": cfg.train_data, "toxicity_model": cfg.toxicity_model,
         },
         "efficiency": {
             "seconds": total_seconds,
@@ -201,6 +225,6 @@ def evaluate_dir(model_dir: str | Path, cfg: EvalConfig, device: str = "cpu") ->
     from danlu.model_dir import load_model
 
     model, tok, _ = load_model(model_dir, device=device)
-    out = evaluate(model, tok, cfg, device)
+    out = evaluate(model, tok, cfg, device, model_dir)
     out["model"] = str(model_dir)
     return out

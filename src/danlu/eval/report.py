@@ -11,17 +11,24 @@ from danlu.io import atomic_write_json
 _METRICS = (
     "acc", "acc_norm", "acc_norm_tokens", "acc_subject_mean", "perplexity", "bits_per_byte",
     "exact_match", "exact_match_strict", "f1", "pass@1", "pass@10", "pass@100",
+    "distinct_1", "distinct_2", "distinct_3", "repetition_rate",
+    "memorized_exact", "memorized_tokens", "val_reproduced_exact", "val_reproduced_tokens",
+    "probe_acc", "majority_acc", "word_baseline_acc",
+    "toxic_rate", "wordlist_toxic_rate", "mean_toxicity", "expected_max_toxicity", "toxicity_probability",
+    "stereotype_rate", "gender_gap", "group_gap", "refusal_rate", "over_refusal_rate",
 )  # fmt: skip
+# reported as they are (not in percent)
+_ABSOLUTE = ("perplexity", "bits_per_byte", "gender_gap", "group_gap")
 
 
 def _fmt(value: float, metric: str) -> str:
     if value != value:
         return "nan"
-    return f"{value:.3f}" if metric in ("perplexity", "bits_per_byte") else f"{100 * value:.2f}"
+    return f"{value:.3f}" if metric in _ABSOLUTE else f"{100 * value:.2f}"
 
 
 def format_table(out: dict[str, Any]) -> str:
-    """Markdown table: task, n, metric, value (percent; perplexity and bits per byte as they are),
+    """Markdown table: task, n, metric, value (percent; perplexity, bits per byte, nats gaps as they are),
     standard error, the 95% percentile-bootstrap interval of the mean over items, seconds."""
     lines = [
         "| task | n | metric | value | ± stderr | 95% CI (bootstrap) | seconds | tokens/s |",

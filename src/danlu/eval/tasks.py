@@ -247,8 +247,10 @@ _FIXED_PROMPT = {"lambada", "gsm8k_cot"}
 def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
         from danlu.eval.code_task import CODE_TASKS
+        from danlu.eval.extra_tasks import EXTRA_TASKS
 
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join([*TASKS, *CODE_TASKS])}")
+        known = ", ".join([*TASKS, *CODE_TASKS, *EXTRA_TASKS])
+        raise ConfigError(f"unknown task {name!r}; known tasks: {known}")
     return TASKS[name]
 
 
