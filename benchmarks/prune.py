@@ -29,11 +29,11 @@ from danlu.data.corpora import read_corpus
 from danlu.model_dir import load_model
 
 VARIANTS = {
-    "magnitude 50%, per layer": ("magnitude", 0.5, "layer", 0),
-    "magnitude 50%, global": ("magnitude", 0.5, "global", 0),
-    "magnitude 70%, per layer": ("magnitude", 0.7, "layer", 0),
+    "magnitude 50% per layer": ("magnitude", 0.5, "layer", 0),
+    "magnitude 50% global": ("magnitude", 0.5, "global", 0),
+    "magnitude 70% per layer": ("magnitude", 0.7, "layer", 0),
     "2:4": ("2:4", 0.5, "layer", 0),
-    "magnitude 50%, per layer + recovery": ("magnitude", 0.5, "layer", -1),
+    "magnitude 50% per layer + recovery": ("magnitude", 0.5, "layer", -1),
     "2:4 + recovery": ("2:4", 0.5, "layer", -1),
 }
 
