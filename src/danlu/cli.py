@@ -352,6 +352,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
         ppl_stride=args.stride,
         samples=args.samples,
         temperature=args.temperature,
+        train_data=args.train_data,
     )
     out = evaluate_dir(_model_dir(args.model), cfg, device=args.device)
     print(format_table(out))
@@ -363,6 +364,16 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
 
                 png = Path(args.out).with_name(f"loss_by_position_{name[4:]}.png")
                 print(f"plot written to {plot_loss_by_position(res['loss_by_position'], png, name)}")
+
+
+def cmd_diagnose(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.eval.diagnose import diagnose
+    from danlu.model_dir import load_model
+
+    model, tok, _ = load_model(_model_dir(args.model))
+    report = diagnose(model, tok, args.prompt, args.out, top_k=args.top_k)
+    print(report["table"])
+    print(f"attention maps and logit_lens.json written to {args.out}")
 
 
 def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -534,7 +545,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="their sampling temperature (0: greedy)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--train-data", default=None, help="memorization: training documents dir or text file")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("diagnose", help="attention maps (PNG) and the logit lens of a prompt")
+    p.add_argument("model", help="model dir (or run dir)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="directory for the PNGs and logit_lens.json")
+    p.add_argument("--top-k", type=int, default=5)
+    p.set_defaults(fn=cmd_diagnose)
 
     from danlu.compress.commands import add_compress_parsers
 
