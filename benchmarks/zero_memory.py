@@ -11,9 +11,9 @@ moments) in N spawned processes, and every rank counts the bytes of the tensors 
 - grads: the local gradient storage after backward
 - optimizer: the local optimizer-state tensors after the step (AdamW's exp_avg and exp_avg_sq)
 
-Modes: DDP (danlu.parallel: parallel.dp_shard=1); ZeRO-1: DDP with torch's ZeroRedundancyOptimizer
-(optimizer state sharded; not a danlu layout yet, measured for the formula's row); ZeRO-2 and ZeRO-3:
-danlu.parallel FSDP2 (parallel.dp_shard=N, reshard_after_forward False / True).
+Modes, each a danlu layout (danlu.parallel): DDP (parallel.dp_shard=1); ZeRO-1 (parallel.zero=1: DDP
+with the optimizer wrapped by Distributed.wrap_optimizer, torch's ZeroRedundancyOptimizer); ZeRO-2
+and ZeRO-3 (parallel.zero=2 / 3 with dp_shard=N: FSDP2, reshard_after_forward False / True).
 Formula (Psi parameters, 4 bytes each, N ranks): params 4Psi (ZeRO-3: 4Psi/N), grads 4Psi (ZeRO-2/3:
 4Psi/N), optimizer 8Psi (ZeRO-1/2/3: 8Psi/N). FSDP2 pads each parameter's first dimension to a
 multiple of N, and its root module (embedding, final norm, head) stays gathered after forward.
@@ -83,18 +83,13 @@ def _worker(rank: int, world: int, port: int, mode: str, shape: dict, out: str) 
 
     cfg = ModelConfig(max_seq_len=64, **shape)
     sharded = mode in ("zero2", "zero3")
-    layout = ParallelConfig(dp_shard=world if sharded else 1, reshard_after_forward=mode == "zero3")
+    layout = ParallelConfig(dp_shard=world if sharded else 1, zero=0 if mode == "ddp" else int(mode[-1]))
     dist = init_parallel(layout, torch.device("cpu"))
     assert dist is not None
     model = dist.shard(build_model(cfg))
     forward = dist.wrap_forward(model)
     params = [p for p in model.parameters()]
-    if mode == "zero1":
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
-        opt = ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, lr=1e-3)
-    else:
-        opt = torch.optim.AdamW(params, lr=1e-3)
+    opt = dist.wrap_optimizer(torch.optim.AdamW(params, lr=1e-3))
     n_params = sum(p.numel() for p in build_model(cfg).parameters())  # distinct (tied head once)
     held: dict[str, int] = {}
 

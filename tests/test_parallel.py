@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing as mp
-import os
 import shutil
-import socket
-import traceback
 from pathlib import Path
 
 import pytest
@@ -22,100 +18,25 @@ from danlu.model.config import ModelConfig
 from danlu.parallel.config import ParallelConfig
 from danlu.parallel.launch import check_layout, without_nproc
 from danlu.parallel.mesh import LayoutError, ParallelDims
-from danlu.recipe import RecipeConfig
-from danlu.train.config import TrainConfig
 from danlu.train.pretrain import run_pretrain
+from parallel_support import (
+    TOL,
+    assert_matches,
+    assert_same_optimizer_state,
+    losses,
+    run_single,
+    spawn,
+    spawn_expect_error,
+    tiny_recipe,
+    weights,
+)
 
-TOL = 1e-4  # per-step train loss, fp32 on CPU (observed differences are about 1e-6)
-TIMEOUT_S = 240
-
-
-def _recipe(steps: int = 6, **parallel) -> RecipeConfig:
-    return RecipeConfig(
-        model=ModelConfig(n_layer=2, n_embd=32, n_head=2, max_seq_len=32),
-        train=TrainConfig(
-            seq_len=32, batch_size=4, max_steps=steps, lr=3e-3, warmup_steps=2, schedule="constant",
-            eval_every=3, eval_batches=2, ckpt_every=3, keep_last=10, log_every=1, device="cpu", seed=7,
-        ),
-        parallel=ParallelConfig(**parallel),
-    )  # fmt: skip
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, args: tuple) -> None:
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    try:
-        run_pretrain(*args)
-    except BaseException:
-        Path(args[3], f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-
-
-def _spawn(world: int, cfg: RecipeConfig, tokens: Path, tok: Path, out: Path) -> None:
-    """run_pretrain in `world` gloo processes; every process is ended and joined, whatever happens."""
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = mp.get_context("spawn")
-    port = _port()
-    procs = [
-        ctx.Process(target=_worker, args=(r, world, port, (cfg, tokens, tok, out))) for r in range(world)
-    ]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(TIMEOUT_S)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    errors = "".join(f.read_text() for f in sorted(out.glob("rank*.err")))
-    assert all(p.exitcode == 0 for p in procs), errors[-3000:] or [p.exitcode for p in procs]
-
-
-def _spawn_expect_error(world: int, cfg: RecipeConfig, tokens: Path, tok: Path, out: Path, text: str) -> None:
-    with pytest.raises(AssertionError) as e:
-        _spawn(world, cfg, tokens, tok, out)
-    assert "ConfigError" in str(e.value) and text in str(e.value)
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in recs if "loss" in r}
-
-
-def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(model_dir / "model.safetensors"))
+SLOW = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def single(tiny_packed, tmp_path_factory) -> Path:
-    tokens, tok = tiny_packed
-    out = tmp_path_factory.mktemp("single")
-    torch.set_num_threads(1)
-    run_pretrain(_recipe(steps=20), tokens, tok, out)
-    return out
-
-
-def _assert_matches(run: Path, ref: Path, steps: range, tol: float = TOL) -> None:
-    got, want = _losses(run), _losses(ref)
-    assert sorted(got) == list(steps)
-    for s in steps:
-        assert abs(got[s] - want[s]) < tol, (s, got[s], want[s])
-
-
-SLOW = pytest.mark.slow
+    return run_single(tiny_packed, tmp_path_factory)
 
 
 @pytest.mark.parametrize(
@@ -131,6 +52,11 @@ SLOW = pytest.mark.slow
         pytest.param(2, 20, {"tp": 2}, marks=SLOW),  # tensor parallel 2
         pytest.param(2, 20, {"tp": 2, "sequence_parallel": True}, marks=SLOW),
         pytest.param(4, 20, {"dp_shard": 2, "tp": 2}, marks=SLOW),  # FSDP 2 x TP 2 on a 2-D mesh
+        (2, 6, {"zero": 1}),  # DDP 2 with the optimizer state sharded (ZeRO-1)
+        (2, 6, {"pp": 2}),  # pipeline 2, 1F1B, driven by the Trainer
+        pytest.param(2, 20, {"pp": 2}, marks=SLOW),
+        pytest.param(2, 20, {"pp": 2, "pp_schedule": "gpipe", "pp_microbatches": 4}, marks=SLOW),
+        pytest.param(4, 20, {"pp": 2}, marks=SLOW),  # PP 2 x DP 2
     ],
     ids=[
         "ddp2",
@@ -143,49 +69,86 @@ SLOW = pytest.mark.slow
         "tp2",
         "tp2-sp",
         "fsdp2xtp2",
+        "ddp2-zero1",
+        "pp2-1f1b-6",
+        "pp2-1f1b",
+        "pp2-gpipe",
+        "pp2xdp2",
     ],
 )
 def test_layout_matches_single_process(tiny_packed, single, tmp_path, world, steps, layout):
     tokens, tok = tiny_packed
-    _spawn(world, _recipe(steps=steps, **layout), tokens, tok, tmp_path)
-    _assert_matches(tmp_path, single, range(1, steps + 1))
+    spawn(world, tiny_recipe(steps=steps, **layout), tokens, tok, tmp_path)
+    assert_matches(tmp_path, single, range(1, steps + 1))
     # the model dir exported by rank 0 holds full (unsharded) weights in the single-process format
-    ref = _weights(single / "checkpoints" / f"step-{steps:06d}")
-    got = _weights(tmp_path / "model")
+    ref = weights(single / "checkpoints" / f"step-{steps:06d}")
+    got = weights(tmp_path / "model")
     assert got.keys() == ref.keys()
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-4)
+    # every rank's peak memory and own tokens/s (each over its own clock, so they need not add up)
+    for rec in (json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()):
+        if "loss" in rec:
+            assert len(rec["mem_gib_by_rank"]) == world and min(rec["mem_gib_by_rank"]) > 0
+            assert len(rec["tokens_per_s_by_rank"]) == world and min(rec["tokens_per_s_by_rank"]) > 0
+    if layout.get("pp", 1) > 1 or layout.get("zero") == 1:  # merged/consolidated: one-process form
+        assert_same_optimizer_state(tmp_path, single, steps)
 
 
 def test_fsdp_checkpoint_resumes_under_ddp_and_one_process(tiny_packed, single, tmp_path):
     """Save under FSDP 2 at step 6; resume to 12 under DDP 2, and again from 6 in one process."""
     tokens, tok = tiny_packed
-    _spawn(2, _recipe(steps=6, dp_shard=2), tokens, tok, tmp_path / "a")
+    spawn(2, tiny_recipe(steps=6, dp_shard=2), tokens, tok, tmp_path / "a")
     step6 = Path("checkpoints", "step-000006")
     shutil.copytree(tmp_path / "a" / step6, tmp_path / "b" / step6)
-    _spawn(2, _recipe(steps=12), tokens, tok, tmp_path / "a")
-    _assert_matches(tmp_path / "a", single, range(1, 13))
-    run_pretrain(_recipe(steps=12), tokens, tok, tmp_path / "b")
-    got, want = _losses(tmp_path / "b"), _losses(single)
+    spawn(2, tiny_recipe(steps=12), tokens, tok, tmp_path / "a")
+    assert_matches(tmp_path / "a", single, range(1, 13))
+    run_pretrain(tiny_recipe(steps=12), tokens, tok, tmp_path / "b")
+    got, want = losses(tmp_path / "b"), losses(single)
     for s in range(7, 13):
         assert abs(got[s] - want[s]) < TOL, (s, got[s], want[s])
+
+
+@pytest.mark.slow
+def test_interleaved_pipeline_matches_single_process(tiny_packed, tmp_path):
+    """Interleaved 1F1B: 4 blocks in 4 stages, 2 per rank, against one process with the same model."""
+    tokens, tok = tiny_packed
+    deep = dataclasses.replace(
+        tiny_recipe(steps=20), model=ModelConfig(n_layer=4, n_embd=32, n_head=2, max_seq_len=32)
+    )
+    torch.set_num_threads(1)
+    run_pretrain(deep, tokens, tok, tmp_path / "one")
+    layout = ParallelConfig(pp=2, pp_schedule="interleaved_1f1b", pp_virtual=2, pp_microbatches=4)
+    spawn(2, dataclasses.replace(deep, parallel=layout), tokens, tok, tmp_path / "pp")
+    assert_matches(tmp_path / "pp", tmp_path / "one", range(1, 21))
+    assert_same_optimizer_state(tmp_path / "pp", tmp_path / "one", 20)
+
+
+@pytest.mark.slow
+def test_pipeline_checkpoint_resumes_in_one_process_and_under_fsdp(tiny_packed, single, tmp_path):
+    """Save under PP 2 at step 6 (the stages merged); resume in one process to 9, then under FSDP 2."""
+    tokens, tok = tiny_packed
+    spawn(2, tiny_recipe(steps=6, pp=2), tokens, tok, tmp_path)
+    run_pretrain(tiny_recipe(steps=9), tokens, tok, tmp_path)
+    spawn(2, tiny_recipe(steps=12, dp_shard=2), tokens, tok, tmp_path)
+    assert_matches(tmp_path, single, range(1, 13))
 
 
 @pytest.mark.slow
 def test_tp_checkpoint_resumes_in_one_process(tiny_packed, single, tmp_path):
     """Save under TP 2 + SP at step 6 (fused rows back in the model's order); one process resumes."""
     tokens, tok = tiny_packed
-    _spawn(2, _recipe(steps=6, tp=2, sequence_parallel=True), tokens, tok, tmp_path)
-    run_pretrain(_recipe(steps=12), tokens, tok, tmp_path)
-    _assert_matches(tmp_path, single, range(1, 13))
+    spawn(2, tiny_recipe(steps=6, tp=2, sequence_parallel=True), tokens, tok, tmp_path)
+    run_pretrain(tiny_recipe(steps=12), tokens, tok, tmp_path)
+    assert_matches(tmp_path, single, range(1, 13))
 
 
 @pytest.mark.slow
 def test_fsdp4_checkpoint_resumes_under_fsdp2_x_tp2(tiny_packed, single, tmp_path):
     tokens, tok = tiny_packed
-    _spawn(4, _recipe(steps=6, dp_shard=4), tokens, tok, tmp_path)
-    _spawn(4, _recipe(steps=12, dp_replicate=1, dp_shard=2, tp=2), tokens, tok, tmp_path)
-    _assert_matches(tmp_path, single, range(1, 13))
+    spawn(4, tiny_recipe(steps=6, dp_shard=4), tokens, tok, tmp_path)
+    spawn(4, tiny_recipe(steps=12, dp_replicate=1, dp_shard=2, tp=2), tokens, tok, tmp_path)
+    assert_matches(tmp_path, single, range(1, 13))
 
 
 def test_layout_checked_against_world_size():
@@ -198,8 +161,17 @@ def test_layout_checked_against_world_size():
         check_layout(ParallelConfig(dp_shard=3), 4)
     with pytest.raises(ConfigError, match="only one dimension may be -1"):
         ParallelConfig(dp_shard=-1)
-    with pytest.raises(ConfigError, match=r"parallel.pp: pp > 1 is not supported by danlu pretrain yet"):
-        ParallelConfig(pp=2)
+    with pytest.raises(ConfigError, match=r"parallel.pp: pp=2 combines with dp_replicate only"):
+        ParallelConfig(pp=2, dp_shard=2)
+    assert ParallelDims.resolve(ParallelConfig(pp=2), 4) == ParallelDims(2, 1, 4, 1, 2)
+    assert ParallelDims.resolve(ParallelConfig(pp=2), 4).kind == "pp+ddp"
+    with pytest.raises(ConfigError, match=r"parallel.pp_virtual: 1f1b runs one stage per rank"):
+        ParallelConfig(pp=2, pp_virtual=2)
+    with pytest.raises(ConfigError, match=r"parallel.zero: zero=1 shards the optimizer state"):
+        ParallelConfig(zero=1, dp_shard=2)
+    with pytest.raises(ConfigError, match=r"parallel.zero: zero=3 shards with FSDP: set parallel.dp_shard"):
+        ParallelConfig(zero=3)
+    assert not ParallelConfig(zero=2, dp_shard=2).reshard_after_forward
     assert ParallelDims.resolve(ParallelConfig(dp_replicate=1, dp_shard=-1, tp=2), 4) == ParallelDims(
         1, 2, 4, 2
     )
@@ -233,15 +205,20 @@ def test_tensor_parallel_checks_the_model():
 def test_cpu_offload_on_cpu_is_a_clear_error(tiny_packed, tmp_path):
     # FSDP2's CPU offload pins host memory for an accelerator; not measured here (no GPU lent)
     tokens, tok = tiny_packed
-    _spawn_expect_error(
-        2, _recipe(dp_shard=2, cpu_offload=True), tokens, tok, tmp_path, "needs parallel.dp_shard > 1 on GPUs"
+    spawn_expect_error(
+        2,
+        tiny_recipe(dp_shard=2, cpu_offload=True),
+        tokens,
+        tok,
+        tmp_path,
+        "needs parallel.dp_shard > 1 on GPUs",
     )
 
 
 def test_single_process_refuses_a_sharded_layout(tiny_packed, tmp_path):
     tokens, tok = tiny_packed
     with pytest.raises(LayoutError, match="launch 2"):
-        run_pretrain(_recipe(dp_replicate=1, dp_shard=2), tokens, tok, tmp_path)
+        run_pretrain(tiny_recipe(dp_replicate=1, dp_shard=2), tokens, tok, tmp_path)
 
 
 def test_ranks_read_their_rows_of_the_same_global_batches(tiny_packed):

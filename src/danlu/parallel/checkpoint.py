@@ -23,7 +23,7 @@ from danlu.parallel.tensor import FusedOrder
 from danlu.train.checkpoint import OPTIMIZER_FILE, check_compatible, save_checkpoint, set_rng_state
 
 
-class _Holder(nn.Module):
+class StateHolder(nn.Module):
     """Hands a ready state dict to the writers that take a module (safetensors' save_model) or an
     optimizer (its state_dict()); owns no parameters."""
 
@@ -103,7 +103,14 @@ def save_sharded_checkpoint(
     if rank == 0:
         assert osd is not None
         save_checkpoint(
-            out_dir, step, _Holder(msd), _Holder(osd), model_cfg, run_config, trainer_state, tokenizer_dir
+            out_dir,
+            step,
+            StateHolder(msd),
+            StateHolder(osd),
+            model_cfg,
+            run_config,
+            trainer_state,
+            tokenizer_dir,
         )  # type: ignore[arg-type]
     return checkpoint_dir(out_dir, step)
 
@@ -119,7 +126,7 @@ def export_sharded_model_dir(
     """A model directory (the single-process format) from a sharded model, written by rank 0."""
     msd, _ = full_state(model, None, order)
     if rank == 0:
-        save_model_dir(path, _Holder(msd), model_cfg, tokenizer_dir)
+        save_model_dir(path, StateHolder(msd), model_cfg, tokenizer_dir)
     return Path(path)
 
 

@@ -9,7 +9,7 @@ from danlu.errors import ConfigError
 from danlu.parallel.config import ParallelConfig
 
 # mesh dimension names, outermost first (torchtitan's order)
-DIMS = ("dp_replicate", "dp_shard", "tp")
+DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
 
 
 class LayoutError(ConfigError):
@@ -24,6 +24,7 @@ class ParallelDims:
     dp_shard: int
     world_size: int
     tp: int = 1
+    pp: int = 1
 
     @classmethod
     def resolve(cls, cfg: ParallelConfig, world_size: int) -> ParallelDims:
@@ -48,7 +49,7 @@ class ParallelDims:
                 f"tp={cfg.tp} x pp={cfg.pp} x cp={cfg.cp} = {product} processes, but {world_size} were "
                 f"launched; launch {product} (--nproc {product}) or change the parallel.* degrees"
             )
-        return cls(dims["dp_replicate"], dims["dp_shard"], world_size, cfg.tp)
+        return cls(dims["dp_replicate"], dims["dp_shard"], world_size, cfg.tp, cfg.pp)
 
     @property
     def dp(self) -> int:
@@ -57,9 +58,11 @@ class ParallelDims:
 
     @property
     def kind(self) -> str:
-        """single, ddp, fsdp or hsdp, with "+tp" under tensor parallelism."""
+        """single, ddp, fsdp or hsdp, with "+tp" under tensor parallelism; pp or pp+ddp when pipelined."""
         if self.world_size == 1:
             return "single"
+        if self.pp > 1:
+            return "pp" if self.dp == 1 else "pp+ddp"
         if self.tp > 1:
             return "tp" if self.dp == 1 else f"{'fsdp' if self.dp_replicate == 1 else 'hsdp'}+tp"
         if self.dp_shard == 1:
@@ -68,10 +71,12 @@ class ParallelDims:
 
 
 def build_mesh(dims: ParallelDims, device_type: str) -> Any:  # a DeviceMesh
-    """The named 3-D mesh (dp_replicate, dp_shard, tp) over the initialized process group."""
+    """The named 4-D mesh (pp, dp_replicate, dp_shard, tp) over the initialized process group; rank 0
+    holds the first pipeline stage."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    return init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=DIMS)
+    shape = (dims.pp, dims.dp_replicate, dims.dp_shard, dims.tp)
+    return init_device_mesh(device_type, shape, mesh_dim_names=DIMS)
 
 
 def data_parallel_mesh(mesh: Any) -> Any:

@@ -10,8 +10,14 @@ Megatron's embedding group does), so both copies stay equal. Rank r holds stages
 `PipelineRunner.step(x, y)` runs one optimizer step's forward and backward: the loss of each
 micro-batch is its summed cross-entropy divided by the target tokens of the whole batch, so the
 accumulated gradient is that of the batch (as in the Trainer). Clipping takes the norm over all
-stages. The Trainer does not drive a schedule yet (its forward_backward runs micro-batches one by
-one); this runner is the pipeline's training step.
+stages. `danlu pretrain` drives it through the Trainer's forward_backward hook
+(danlu.parallel.runtime.Distributed.forward_backward).
+
+Every rank keeps the whole model; only its stages' parameters get gradients and optimizer steps.
+`sync_stages()` brings the other stages' weights up to date from their owners (before an
+evaluation, a checkpoint or the model dir), and `owned_optimizer_state` / `merge_optimizer_states`
+assemble the one-process optimizer state from the stages, so checkpoints keep the single-process
+format.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ class PipelineRunner:
         virtual: int = 1,
         device: torch.device | str = "cpu",
         dp_group: Any = None,
+        loss_of_logits: Any = None,
     ):
         from torch.distributed.pipelining import (
             PipelineStage,
@@ -108,6 +115,8 @@ class PipelineRunner:
         if schedule != "interleaved_1f1b" and virtual != 1:
             raise ConfigError(f"parallel.pp_schedule={schedule} runs one stage per rank (virtual=1)")
         self.group, self.dp_group = group, dp_group
+        # (logits, targets) -> the summed loss over the targets (plain cross-entropy by default)
+        self.loss_of_logits = loss_of_logits or _summed_cross_entropy
         self.pp, self.rank = dist.get_world_size(group), dist.get_rank(group)
         check_pp(model.cfg, self.pp, virtual)
         if n_microbatches < self.pp:
@@ -115,7 +124,13 @@ class PipelineRunner:
         n_stages = self.pp * virtual
         ids = [self.rank + self.pp * v for v in range(virtual)]
         self.modules = [Stage(model, *stage_bounds(model.cfg.n_layer, n_stages, s)) for s in ids]
-        device = torch.device(device)
+        # every stage of the model and the pipeline rank that trains it (for sync_stages)
+        self._all = [
+            (s % self.pp, Stage(model, *stage_bounds(model.cfg.n_layer, n_stages, s)))
+            for s in range(n_stages)
+        ]
+        self.n_microbatches = n_microbatches
+        device = self.device = torch.device(device)
         stages = [
             PipelineStage(m, s, n_stages, device, group=group) for m, s in zip(self.modules, ids, strict=True)
         ]
@@ -136,9 +151,7 @@ class PipelineRunner:
         )  # fmt: skip
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        flat = logits.reshape(-1, logits.size(-1))
-        summed = nn.functional.cross_entropy(flat, y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-        return summed / self._tokens
+        return self.loss_of_logits(logits, y) / self._tokens
 
     def parameters(self) -> list[nn.Parameter]:
         """This rank's distinct parameters (the tied matrix once)."""
@@ -156,21 +169,63 @@ class PipelineRunner:
         tokens = torch.tensor(int((y != IGNORE_INDEX).sum()), dtype=torch.int64)
         if self.dp_group is not None:
             dist.all_reduce(tokens, group=self.dp_group)
-        self._tokens = max(int(tokens), 1)
+        total = self.forward_backward(x, y, int(tokens))
+        if self.dp_group is not None:
+            dist.all_reduce(total, group=self.dp_group)
+        return float(total)
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, tokens: int) -> torch.Tensor:
+        """step() for a caller that knows the target tokens of the global batch: this replica's
+        summed loss divided by `tokens` (on every rank of the pipeline), the gradients summed over
+        the replicas and the tied matrix's over its two stages."""
+        if x.size(0) % self.n_microbatches:
+            raise ConfigError(
+                f"parallel.pp_microbatches={self.n_microbatches} must divide the {x.size(0)} rows a "
+                "pipeline replica trains per step (train.batch_size / data-parallel ranks x grad_accum)"
+            )
+        self._tokens = max(tokens, 1)
         losses: list[torch.Tensor] = []
         kwargs: dict[str, Any] = {"target": y, "losses": losses} if self.last else {}
         args = (x,) if self.first else ()
         self.schedule.step(*args, **kwargs)
-        total = torch.stack(losses).sum().detach() if losses else torch.zeros(())
+        device = x.device
+        total = torch.stack(losses).sum().detach() if losses else torch.zeros((), device=device)
         dist.all_reduce(total, group=self.group)  # only the last stage's ranks contribute
         if self.dp_group is not None:
-            dist.all_reduce(total, group=self.dp_group)
             for p in self.parameters():
                 if p.grad is not None:
                     dist.all_reduce(p.grad, group=self.dp_group)
         if self.tied is not None and self.tied.grad is not None and self._in_tied_group:
             dist.all_reduce(self.tied.grad, group=self._tied_group)
-        return float(total)
+        return total
+
+    @torch.no_grad()
+    def sync_stages(self) -> None:
+        """Every rank's copy of the whole model takes each stage's weights from the rank that trains
+        it (every rank of the pipeline calls it)."""
+        for owner, stage in self._all:
+            src = dist.get_global_rank(self.group, owner)
+            for p in stage.parameters():
+                dist.broadcast(p.data, src=src, group=self.group)
+
+    def owned_optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[int, Any]:
+        """The positional-id optimizer state of this rank's own parameters (the tied matrix is owned
+        by the first stage)."""
+        mine = {id(p) for p in self.parameters() if not (p is self.tied and not self.first)}
+        ids = [id(p) for g in optimizer.param_groups for p in g["params"]]
+        state = optimizer.state_dict()["state"]
+        return {i: v for i, v in state.items() if ids[i] in mine}
+
+    def merge_optimizer_states(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The whole model's optimizer state in torch's positional form, assembled from every stage
+        (all ranks of the pipeline call it; every rank gets the result)."""
+        parts: list[Any] = [None] * self.pp
+        dist.all_gather_object(parts, self.owned_optimizer_state(optimizer), group=self.group)
+        merged: dict[int, Any] = {}
+        for part in parts:
+            merged.update(part)
+        groups = optimizer.state_dict()["param_groups"]
+        return {"state": dict(sorted(merged.items())), "param_groups": groups}
 
     @property
     def _in_tied_group(self) -> bool:
@@ -183,7 +238,8 @@ class PipelineRunner:
         params = [p for p in self.parameters() if p.grad is not None]
         if self.tied is not None and not self.first:  # the tied matrix counts once, on stage 0
             params = [p for p in params if p is not self.tied]
-        sq = sum((p.grad.double().square().sum() for p in params), torch.zeros((), dtype=torch.float64))
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        sq = sum((p.grad.double().square().sum() for p in params), zero)
         dist.all_reduce(sq, group=self.group)
         norm = math.sqrt(float(sq))
         coef = max_norm / (norm + 1e-6)
@@ -192,6 +248,11 @@ class PipelineRunner:
                 if p.grad is not None:
                     p.grad.mul_(coef)
         return norm
+
+
+def _summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    flat = logits.reshape(-1, logits.size(-1))
+    return nn.functional.cross_entropy(flat, y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def _pair_group(group: Any, pp: int) -> Any:

@@ -10,6 +10,7 @@ an evaluation of loss and bits per byte on the validation split.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 from pathlib import Path
@@ -147,8 +148,11 @@ def build_pretrainer(cfg: RecipeConfig, tokens_dir: Path, tokenizer_dir: Path, o
     parallel = init_parallel(cfg.parallel, device)  # None in one process
     if parallel is not None:
         device = parallel.device  # this rank's GPU under torchrun
-        if dtype == "fp16" and parallel.sharded:
-            raise ConfigError("train.dtype=fp16 with parallel.dp_shard > 1 is not supported; use bf16")
+        check_parallel_training(cfg, dtype, parallel)
+        # a pipeline computes the loss from the last stage's logits
+        parallel.logits_loss = functools.partial(
+            summed_lm_loss, z_loss=cfg.train.z_loss, label_smoothing=cfg.train.label_smoothing
+        )
     tok = Tokenizer.load(tokenizer_dir)
     check_tokens(tokens_dir, tok)
     model_cfg = resolve_model_config(cfg.model, tok.vocab_size)
@@ -192,6 +196,28 @@ def build_pretrainer(cfg: RecipeConfig, tokens_dir: Path, tokenizer_dir: Path, o
         flops_per_token=float(model.flops_per_token(tcfg.seq_len)),
         parallel=parallel,
     )
+
+
+def check_parallel_training(cfg: RecipeConfig, dtype: str, parallel: Any) -> None:
+    """The training options a distributed layout does not support, as one clear error each."""
+    p, t = cfg.parallel, cfg.train
+    if dtype == "fp16" and parallel.sharded:
+        key = "parallel.dp_shard > 1" if parallel.fsdp else f"parallel.tp={p.tp}"
+        raise ConfigError(f"train.dtype=fp16 with {key} is not supported (sharded parameters); use bf16")
+    if not parallel.pipelined:
+        return
+    unsupported = {
+        "train.dtype=fp16": dtype == "fp16",
+        f"train.objective={t.objective}": t.objective != "causal",
+        "train.grad_clip_group": t.grad_clip_group > 0,
+        "train.compile": t.compile,
+        "train.activation_checkpointing": bool(t.activation_checkpointing),
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ConfigError(
+            f"parallel.pp={p.pp} does not support {', '.join(bad)}; remove it or train without pipelining"
+        )
 
 
 def qat_transform(cfg: RecipeConfig) -> Any:

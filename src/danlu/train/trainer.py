@@ -117,6 +117,7 @@ class StepOutcome:
     tokens: int
     status: str  # ok | spike | severe | overflow
     details: dict[str, Any] = field(default_factory=dict)  # on logging steps only
+    local_tokens: int = 0  # the input tokens of this rank's own micro-batches
 
 
 def _scalar(v: Any) -> Any:
@@ -163,6 +164,8 @@ class Trainer:
         self.model.train()
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(model)
+        if parallel is not None:  # e.g. ZeRO-1: the optimizer state sharded over the ranks
+            self.optimizer = parallel.wrap_optimizer(self.optimizer)
         self.state = TrainState()
         self.scaler = LossScaler() if dtype == "fp16" else None
         self.spikes = SpikeDetector(cfg.spike_k, cfg.spike_k_severe)
@@ -296,6 +299,9 @@ class Trainer:
         grad_scale = 1.0 if self.parallel is None else self.parallel.grad_scale
         if n_tokens == 0:
             raise DataError("an optimizer step has no target tokens (every target is masked)")
+        if self.parallel is not None and self.parallel.pipelined:  # the schedule runs the whole step
+            batch = [to_device(mb, self.device) for mb in micro_batches]
+            return self.parallel.forward_backward(batch, n_tokens, loss_scale), {}
         total = torch.zeros((), device=self.device)
         metrics: dict[str, Any] = {}
         for i, (mb, count) in enumerate(zip(micro_batches, counts, strict=True)):
@@ -326,7 +332,7 @@ class Trainer:
         scale = self.scaler.scale if self.scaler is not None else 1.0
         sizes = [self.hooks.sizes(mb) for mb in micro]
         loss_t, loss_metrics = self.forward_backward(micro, scale, [n for _, n in sizes])
-        tokens = sum(n for n, _ in sizes)
+        tokens = local_tokens = sum(n for n, _ in sizes)
         if self.parallel is not None:  # the step's loss and tokens over every data-parallel rank
             loss_t, tokens = self.parallel.sum(loss_t), self.parallel.count(tokens)
         overflow = self.scaler.unscale_(self.model.parameters()) if self.scaler is not None else False
@@ -339,14 +345,19 @@ class Trainer:
             return StepOutcome(loss, float("nan"), lr, tokens, "overflow" if overflow else "severe")
         # max_norm=inf still returns the norm and scales by exactly 1, so clipping off changes nothing
         max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
-        detailed = (s.step + 1) % t.log_every == 0
+        # per-group norms and update ratios would cover one pipeline stage only: not logged then
+        pipelined = self.parallel is not None and self.parallel.pipelined
+        detailed = (s.step + 1) % t.log_every == 0 and not pipelined
         details: dict[str, Any] = {}
         if detailed:  # measured before clipping, like the total norm
             details["grad_norm_by_group"] = grad_norms_by_group(self.model)
             update = UpdateRatio(self.model)
         if t.grad_clip_group > 0:
             clip_grad_norm_by_group(self.model, t.grad_clip_group)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))
+        if self.parallel is not None:
+            grad_norm = self.parallel.clip_grad_norm_(self.trainable, max_norm)
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))
         if not math.isfinite(grad_norm):  # a finite loss with inf/nan gradients: never step on them
             self.optimizer.zero_grad(set_to_none=True)
             return StepOutcome(loss, grad_norm, lr, tokens, "severe")
@@ -357,12 +368,14 @@ class Trainer:
             if self.hooks.step_metrics is not None:
                 details |= self.hooks.step_metrics(self.model)
             details |= {k: _scalar(v) for k, v in loss_metrics.items()}
-        return StepOutcome(loss, grad_norm, lr, tokens, verdict, details)
+        return StepOutcome(loss, grad_norm, lr, tokens, verdict, details, local_tokens)
 
     def _eval(self, metrics: MetricsLogger) -> None:
         if self.hooks.evaluate is None:
             return
         s = self.state
+        if self.parallel is not None:
+            self.parallel.sync_model(self.model)
         self.model.eval()  # dropout off: an evaluation must not draw random numbers
         try:
             result = self.hooks.evaluate(self.forward)
@@ -400,6 +413,7 @@ class Trainer:
             disable=not self.is_main,
         )
         window_start, window_steps, window_tokens, clipped = time.perf_counter(), 0, 0, 0
+        window_local = 0  # this rank's own input tokens in the logging window
         run_name = getattr(self.run.run_config, "name", self.out_dir.name)
         logger: Any = _Discard()
         if self.is_main:
@@ -419,6 +433,7 @@ class Trainer:
                     self._rollback(metrics, out.loss)
                     bar.n = s.step
                     window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+                    window_local = 0
                     if latest_checkpoint(self.out_dir) is None:
                         s.step += 1  # skipped, and the schedule moves on
                     continue
@@ -427,6 +442,7 @@ class Trainer:
                 s.tokens += out.tokens
                 window_steps += 1
                 window_tokens += out.tokens
+                window_local += out.local_tokens
                 was_clipped = t.grad_clip > 0 and out.grad_norm > t.grad_clip
                 clipped += was_clipped
                 if s.step > t.warmup_steps:  # warmup steps are clipped as a matter of course
@@ -435,7 +451,9 @@ class Trainer:
                 if s.step % t.log_every == 0 or s.step == t.max_steps:
                     now = time.perf_counter()
                     rate = window_tokens / max(now - window_start, 1e-9)
-                    rec = self._log_record(out, rate, clipped / window_steps)
+                    rec = self._log_record(
+                        out, rate, clipped / window_steps, window_local / max(window_tokens, 1)
+                    )
                     metrics.log(rec)
                     self._alerts(out, metrics)
                     bar.set_postfix(
@@ -444,6 +462,7 @@ class Trainer:
                         mfu=f"{100 * rec['mfu']:.1f}%",
                     )
                     window_start, window_steps, window_tokens, clipped = time.perf_counter(), 0, 0, 0
+                    window_local = 0
                 bar.update(1)
                 if s.step % t.eval_every == 0 or s.step == t.max_steps:
                     self._eval(metrics)
@@ -493,7 +512,9 @@ class Trainer:
             level = logging.WARNING if event == "alert" else logging.INFO
             log.log(level, "step %d: %s %s", self.state.step, event, message)
 
-    def _log_record(self, out: StepOutcome, tokens_per_s: float, clip_rate: float) -> dict[str, Any]:
+    def _log_record(
+        self, out: StepOutcome, tokens_per_s: float, clip_rate: float, local_share: float = 1.0
+    ) -> dict[str, Any]:
         t, s = self.cfg, self.state
         mfu = self.flops_per_token * tokens_per_s / self.peak if self.peak > 0 else 0.0
         eta = (t.max_steps - s.step) * t.batch_size * t.seq_len * t.grad_accum / max(tokens_per_s, 1e-9)
@@ -522,4 +543,8 @@ class Trainer:
             rec["loss_scale"] = self.scaler.scale
         if mem:
             rec["mem_gib"] = mem
+        if self.parallel is not None:  # every rank's peak memory and own tokens/s (a collective)
+            by_rank = self.parallel.gather([mem, tokens_per_s * local_share])
+            rec["mem_gib_by_rank"] = [round(m, 4) for m, _ in by_rank]
+            rec["tokens_per_s_by_rank"] = [round(r, 1) for _, r in by_rank]
         return rec
