@@ -5,10 +5,8 @@ on this machine; its rendezvous listens on localhost only. Multi-node runs call 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 from danlu.errors import ConfigError
 from danlu.parallel.config import ParallelConfig
@@ -48,21 +46,9 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-# set in the ranks' environment by a parent `danlu run` that holds the run dir's lock for them
-PARENT_LOCK_ENV = "DANLU_PARENT_HOLDS_LOCK"
-
-
-def relaunch(nproc: int, argv: list[str], holds_lock: Path | None = None) -> int:
+def relaunch(nproc: int, argv: list[str]) -> int:
     """Run `danlu argv` under torchrun with nproc processes; its exit status (torchrun stops every rank
-    when one fails). holds_lock: the run dir whose lock this process holds for the ranks."""
+    when one fails)."""
     cmd = torchrun_command(nproc, argv)
     log.info("launching %d processes: %s", nproc, " ".join(cmd))
-    env = None
-    if holds_lock is not None:
-        env = {**os.environ, PARENT_LOCK_ENV: str(Path(holds_lock).resolve())}
-    return subprocess.call(cmd, env=env)
-
-
-def parent_holds_lock(folder: Path) -> bool:
-    """Whether a parent `danlu run` holds folder's lock for this process (see relaunch)."""
-    return os.environ.get(PARENT_LOCK_ENV) == str(Path(folder).resolve())
+    return subprocess.call(cmd)
