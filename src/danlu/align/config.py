@@ -50,11 +50,7 @@ class AlignDataConfig:
     def __post_init__(self) -> None:
         check(bool(self.sources), "align.data.sources", "needs at least one source")
         check(self.per_source >= 0, "align.data.per_source", "must be >= 0")
-        check(
-            self.distractor in ("listed", "other", "task"),
-            "align.data.distractor",
-            "must be listed, other or task",
-        )
+        check(self.distractor in ("listed", "other"), "align.data.distractor", "must be listed or other")
         check(0 < self.val_fraction < 1, "align.data.val_fraction", "must be in (0, 1)")
         check(0 <= self.near_dup_threshold <= 1, "align.data.near_dup_threshold", "must be in [0, 1]")
 
