@@ -271,6 +271,7 @@ def _align_settings(cfg: RecipeConfig) -> dict[str, Any]:
 
 def _align_summary(r: dict[str, Any], out: Path) -> str:
     acc = "val_accuracy" if "val_logp_accuracy" not in r else "val_logp_accuracy"
+    acc = next((k for k in ("val_reward", "val_exact_match") if k in r), acc)  # ppo, grpo
     before = r.get("before", {}).get(acc, float("nan"))
     return f"aligned model: {r['model_dir']}  held-out {acc} {before:.3f} -> {r[acc]:.3f}"
 
