@@ -33,6 +33,7 @@ from torch import nn
 
 from danlu.align import arith, grpo, ppo
 from danlu.align.config import AlignConfig
+from danlu.align.pair_cache import prepare_pairs
 from danlu.align.reward import load_reward_model
 from danlu.align.rollout import pack, sample, token_logps
 from danlu.errors import CheckpointError, ConfigError
@@ -85,8 +86,6 @@ def make_prompts(cfg: AlignConfig, tok: Any, out_dir: Path) -> Prompts:
         return templates.prompt_ids(tok, [{"role": "user", "content": question}], template)
 
     if rl.task == "pairs":
-        from danlu.align.stage import prepare_pairs
-
         encoded, _ = prepare_pairs(cfg, tok, out_dir / "data")
         split = {}
         for s in ("train", "val"):
