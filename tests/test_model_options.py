@@ -464,8 +464,10 @@ def test_rows_at_different_lengths_decode_as_if_alone(options):
             out = m(step, cache)
             for r in range(3):
                 got[r].append(out[r])
+    # decoding runs the one-query attention and the full forward SDPA: two kernels' fp32 rounding
+    # (measured up to 1.4e-5 with experts), far below what a wrong position or cache row would give
     for r, n in enumerate(lens):
-        torch.testing.assert_close(torch.cat(got[r]), full[r, : n + 8], atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.cat(got[r]), full[r, : n + 8], atol=5e-5, rtol=0)
 
 
 def test_cache_reorder_truncate_and_copy_prefix():
