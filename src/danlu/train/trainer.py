@@ -226,6 +226,8 @@ class Trainer:
                 self._restore(path, restore_batches=True)
                 return
             except CheckpointCorrupt as e:
+                if self.parallel is not None:  # every rank has read it before the main rank moves it
+                    self.parallel.barrier()
                 aside = path.with_name(f"corrupt-{path.name}")
                 if self.is_main:
                     shutil.rmtree(aside, ignore_errors=True)
