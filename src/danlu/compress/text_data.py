@@ -45,19 +45,25 @@ def split_ids(ids: Sequence[int], seq_len: int, val_fraction: float) -> tuple[np
     return train, val
 
 
-class WindowBatches:
-    """Endless micro-batches (inputs, targets) of random windows of a token array; batch k is drawn
-    from a generator seeded by (seed, k), so its state is a count and a resume is exact."""
+class _SeededDraws:
+    """Batch k is drawn from a generator seeded by (seed, k): the whole state is the count k."""
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int):
-        self.ids, self.batch_size, self.seq_len, self.seed = ids, batch_size, seq_len, seed
-        self.position = 0
+    position = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position = int(state["position"])
+
+
+class WindowBatches(_SeededDraws):
+    """Endless micro-batches (inputs, targets) of random windows of a token array; batch k is drawn
+    from a generator seeded by (seed, k), so its state is a count and a resume is exact."""
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int):
+        self.ids, self.batch_size, self.seq_len, self.seed = ids, batch_size, seq_len, seed
+        self.position = 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
@@ -82,7 +88,7 @@ def val_windows(
         yield t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
-class ExampleBatches:
+class ExampleBatches(_SeededDraws):
     """Endless micro-batches of (prompt, completion) examples, padded to the longest in the batch,
     with targets only on the completion; batch k is a seeded draw, as in WindowBatches."""
 
@@ -91,12 +97,6 @@ class ExampleBatches:
             raise DataError("no training example: the teacher generated nothing")
         self.examples, self.batch_size, self.pad_id, self.seed = examples, batch_size, pad_id, seed
         self.position = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position = int(state["position"])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
