@@ -31,11 +31,11 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from danlu.errors import ConfigError, DanluError, DataError
+from danlu.infer.chat_repl import CHAT_HELP
 from danlu.recipe import RecipeConfig, load_recipe
 
 DEFAULT_RECIPE = Path("recipes/tiny-cpu.yaml")
@@ -184,13 +184,9 @@ def cmd_plot(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"wrote {plot_training(metrics, out / 'training.png')} and {out / 'loss.png'}")
 
 
-CHAT_HELP = """commands: /reset (forget the conversation), /system TEXT (set the system prompt, or clear it
-with /system alone), /save FILE (the conversation as JSON), /help; an empty line or Ctrl-D quits"""
-
-
 def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
-    from danlu.errors import DanluError
     from danlu.infer.chat import ChatSession
+    from danlu.infer.chat_repl import chat_loop
 
     extra = {
         k: getattr(args, k) for k in ("min_p", "repetition_penalty") if getattr(args, k, None) is not None
@@ -205,46 +201,7 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> None:
         system=args.system,
         **extra,
     )
-    print(f"danlu chat: {args.model} ({session.mode} mode). /help for commands; an empty line quits.")
-    while True:
-        try:
-            line = input("you> ").strip()
-        except EOFError:
-            print()
-            return
-        if not line:
-            return
-        if line.startswith("/"):
-            command, _, rest = line.partition(" ")
-            try:
-                print(_chat_command(session, command, rest.strip()))
-            except DanluError as e:  # a bad command costs the line, not the conversation
-                print(f"error: {e}")
-            continue
-        sys.stdout.write("bot> ")
-        for piece in session.reply(line):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-
-
-def _chat_command(session: Any, command: str, rest: str) -> str:
-    from danlu.errors import ConfigError
-
-    if command == "/reset":
-        session.reset()
-        return "(conversation cleared)"
-    if command == "/system":
-        session.system = rest or None
-        session.reset()
-        return "(system prompt set; conversation cleared)" if rest else "(system prompt cleared)"
-    if command == "/save":
-        if not rest:
-            raise ConfigError("/save needs a file name: /save chat.json")
-        return f"(saved to {session.save(rest)})"
-    if command == "/help":
-        return CHAT_HELP
-    raise ConfigError(f"unknown command {command}; /help lists them")
+    chat_loop(session, args.model)
 
 
 def cmd_import(args: argparse.Namespace, overrides: list[str]) -> None:
