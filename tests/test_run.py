@@ -137,3 +137,16 @@ def test_a_second_run_on_a_busy_run_dir_fails_at_once_and_touches_nothing(recipe
     err = capsys.readouterr().err
     assert "another danlu process" in err and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == sorted({*before, ".lock"})
+
+
+def test_a_stage_rerun_with_other_settings_trains_afresh_keeping_the_old_checkpoints(
+    recipe, tmp_path, caplog
+):
+    run = tmp_path / "changed"
+    shutil.copytree(recipe / "out", run, ignore=shutil.ignore_patterns(".lock"))
+    assert main(["run", str(recipe / "r.yaml"), f"--run_dir={run}", "--train.lr=0.002"]) == 0
+    assert "made with other settings (settings.train.lr:" in caplog.text
+    (aside,) = run.glob("checkpoints-superseded-*")
+    assert (aside / "step-000006").is_dir()  # the old run's checkpoints, moved, not deleted
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "loss" in r][:2] == [1, 2]  # trained from the start

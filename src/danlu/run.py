@@ -27,6 +27,7 @@ from danlu.data.mixing import MixSpec, parse_mix
 from danlu.errors import ConfigError
 from danlu.io import atomic_write_json, run_lock, sha256_json
 from danlu.recipe import RecipeConfig
+from danlu.stage_resume import prepare_stage_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,31 @@ def _write_stamp(layout: RunLayout, stage: str, key: str, result: dict[str, Any]
     atomic_write_json(_stamp_path(layout, stage), {"key": key, "finished": time.time(), "result": result})
 
 
+# settings added after runs were made: at these off values they stay out of the keys, so the keys of
+# earlier runs stay as they were
+_LATER_SETTINGS_OFF = {"max_minutes": 0.0}
+
+
+def _key_settings(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {
+            k: _key_settings(v)
+            for k, v in tree.items()
+            if not (k in _LATER_SETTINGS_OFF and v == _LATER_SETTINGS_OFF[k])
+        }
+    return [_key_settings(v) for v in tree] if isinstance(tree, list) else tree
+
+
 def stage_keys(cfg: RecipeConfig) -> dict[str, str]:
     """The up-to-date key of every stage: the settings it depends on, chained with the keys of the
     stages it reads from, so a change anywhere upstream changes every key below it."""
     keys: dict[str, str] = {}
     for stage in STAGES:
         keys[stage.name] = sha256_json(
-            {"settings": stage.settings(cfg), "inputs": {name: keys[name] for name in stage.inputs}}
+            {
+                "settings": _key_settings(stage.settings(cfg)),
+                "inputs": {name: keys[name] for name in stage.inputs},
+            }
         )
     return keys
 
@@ -135,15 +154,24 @@ def _output_current(layout: RunLayout, stage: str) -> bool:
 
 
 def _run_stage(
-    layout: RunLayout, stage: str, key: str, fn: Callable[[], dict[str, Any]], force: bool = False
+    layout: RunLayout,
+    stage: str,
+    key: str,
+    fn: Callable[[], dict[str, Any]],
+    force: bool = False,
+    started: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """(the stage's result, whether it ran)."""
+    """(the stage's result, whether it ran). started: the settings and input keys it runs with, so a
+    training stage resumes only checkpoints made with the same ones (danlu.stage_resume)."""
     stamp = read_stamp(layout, stage)
     fresh = stamp is not None and stamp.get("key") == key and _output_current(layout, stage)
     if fresh and not force:
         log.info("stage %-9s up to date, skipped", stage)
         return stamp.get("result", {}), False
     log.info("stage %-9s running", stage)
+    trainer_out = STAGE[stage].trainer_out
+    if trainer_out is not None and started is not None:
+        prepare_stage_checkpoints(layout.stamps, stage, layout.root / trainer_out, started)
     start = time.perf_counter()
     result = fn()
     _write_stamp(layout, stage, key, result)
@@ -374,6 +402,9 @@ class Stage:
     current: Callable[[RunLayout], bool] | None = None
     # whether `danlu run` runs it for this recipe (an optional stage, like sft); its verb always runs
     enabled: Callable[[RecipeConfig], bool] | None = None
+    # its trainer's output dir (holding its step checkpoints), relative to the run dir: the
+    # checkpoints are resumed only under the same settings
+    trainer_out: str | None = None
 
 
 STAGES: tuple[Stage, ...] = (
@@ -419,6 +450,7 @@ STAGES: tuple[Stage, ...] = (
         lambda cfg: {"model": to_dict(cfg.model), "train": to_dict(cfg.train)} | _qat_settings(cfg),
         run_pretrain_stage,
         lambda r, out: f"model: {out}  val loss {r['val_loss']:.4f}  val bpb {r['val_bpb']:.4f}",
+        trainer_out=".",
     ),
     Stage(
         "sft",
@@ -430,6 +462,7 @@ STAGES: tuple[Stage, ...] = (
         run_sft_stage,
         lambda r, out: f"chat model: {r['model_dir']}  val loss {r['val_loss']:.4f} (assistant tokens)",
         enabled=lambda cfg: cfg.sft is not None,
+        trainer_out="sft",
     ),
     Stage(
         "align",
@@ -441,6 +474,7 @@ STAGES: tuple[Stage, ...] = (
         run_align_stage,
         _align_summary,
         enabled=lambda cfg: cfg.align is not None,
+        trainer_out="align",
     ),
     # its verb is `danlu quantize MODEL OUT` (danlu.cli), not a recipe verb; `danlu run` runs it
     Stage(
@@ -458,24 +492,52 @@ STAGES: tuple[Stage, ...] = (
 STAGE = {stage.name: stage for stage in STAGES}
 
 
+# set by a `danlu run --nproc N` for the torchrun ranks of its pretrain stage: the run dir whose lock
+# that `danlu run` holds for them
+RUN_LOCK_HELD_ENV = "DANLU_RUN_LOCK_HELD"
+
+
 def run_stages(
-    cfg: RecipeConfig, names: tuple[str, ...] | None = None, force: tuple[str, ...] = ()
+    cfg: RecipeConfig, names: tuple[str, ...] | None = None, force: tuple[str, ...] = (), nproc: int = 1
 ) -> dict[str, Any]:
     """Run the named stages (all, by default) in table order, skipping up-to-date ones; a stage that
-    runs makes every later one run too (it may have changed their input). Returns each result."""
+    runs makes every later one run too (it may have changed their input). Returns each result.
+    With nproc > 1 the pretrain stage trains in nproc processes (torchrun), the others in this one."""
     unknown = [n for n in (*(names or ()), *force) if n not in STAGE]
     if unknown:
         raise ConfigError(f"unknown stage {unknown[0]!r}; stages are {', '.join(STAGE)}")
+    if nproc != 1:
+        from danlu.parallel.launch import check_layout
+
+        check_layout(cfg.parallel, nproc)  # a clear error before any stage runs
     layout = RunLayout(cfg.run_path)
     layout.root.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 holds the run dir's lock
-        return _run_stages_locked(cfg, layout, names, force)
+    held = os.environ.get(RUN_LOCK_HELD_ENV) == str(layout.root.resolve())
+    if held or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 (or its launcher) locks
+        return _run_stages_locked(cfg, layout, names, force, nproc)
     with run_lock(layout.root):
-        return _run_stages_locked(cfg, layout, names, force)
+        return _run_stages_locked(cfg, layout, names, force, nproc)
+
+
+def _pretrain_in_processes(layout: RunLayout, nproc: int) -> dict[str, Any]:
+    """The pretrain stage as `danlu pretrain <run>/config.yaml` in nproc processes; its result is the
+    one the ranks stamped."""
+    from danlu.parallel.launch import launch
+
+    start, held = time.time(), {RUN_LOCK_HELD_ENV: str(layout.root.resolve())}
+    launch(nproc, ["pretrain", str(layout.root / "config.yaml")], held)
+    stamp = read_stamp(layout, "pretrain")
+    if stamp is None or stamp.get("finished", 0) < start:
+        raise ConfigError(f"the pretrain stage's processes finished without stamping {layout.stamps}")
+    return stamp.get("result", {})
 
 
 def _run_stages_locked(
-    cfg: RecipeConfig, layout: RunLayout, names: tuple[str, ...] | None, force: tuple[str, ...]
+    cfg: RecipeConfig,
+    layout: RunLayout,
+    names: tuple[str, ...] | None,
+    force: tuple[str, ...],
+    nproc: int = 1,
 ) -> dict[str, Any]:
     save_yaml(cfg, layout.root / "config.yaml")
     keys = stage_keys(cfg)
@@ -490,16 +552,20 @@ def _run_stages_locked(
             layout,
             stage.name,
             keys[stage.name],
-            lambda st=stage: st.run(cfg, layout),
+            (lambda: _pretrain_in_processes(layout, nproc))
+            if stage.name == "pretrain" and nproc > 1
+            else (lambda st=stage: st.run(cfg, layout)),
             stage.name in force or upstream_ran,
+            {"settings": stage.settings(cfg), "inputs": {n: keys[n] for n in stage.inputs}},
         )
         upstream_ran = upstream_ran or ran
     return results
 
 
-def run_recipe(cfg: RecipeConfig, force: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run every stage of the recipe in order, skipping up-to-date ones; then sample."""
-    results = run_stages(cfg, force=force)
+def run_recipe(cfg: RecipeConfig, force: tuple[str, ...] = (), nproc: int = 1) -> dict[str, Any]:
+    """Run every stage of the recipe in order, skipping up-to-date ones (pretraining in nproc
+    processes); then sample."""
+    results = run_stages(cfg, force=force, nproc=nproc)
     layout = RunLayout(cfg.run_path)
     results["samples"] = sample_texts(cfg, layout.model)
     results["model_dir"] = str(layout.model)
