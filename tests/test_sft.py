@@ -251,3 +251,33 @@ def test_the_sft_loss_runs_the_head_on_target_positions_only_with_the_full_heads
     for n, p in model.named_parameters():
         if p.requires_grad:
             assert torch.allclose(p.grad, ours[n], atol=1e-6), n
+
+
+def test_a_time_budget_stops_training_checkpoints_evaluates_and_writes_the_model_dir(root, tmp_path):
+    import dataclasses
+
+    cfg = sft_config(root, "lora", steps=40)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_minutes=1e-9))
+    result = run_sft(cfg, root / "base", tmp_path / "out")
+    assert result["steps"] == 1 and result["val_loss"] > 0
+    recs = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r.get("event") == "time_budget"] == [1]
+    load_model(result["model_dir"])
+    again = run_sft(cfg, root / "base", tmp_path / "out")  # the budget counts across resumes
+    assert again["steps"] == 1
+
+
+def test_max_minutes_must_not_be_negative():
+    from danlu.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.max_minutes"):
+        TrainConfig(max_minutes=-1)
+
+
+def test_a_time_budget_changes_only_the_keys_of_the_stages_it_is_set_on():
+    from danlu.recipe import load_recipe
+    from danlu.run import stage_keys
+
+    plain = stage_keys(load_recipe("recipes/tiny-cpu-sft.yaml"))
+    budget = stage_keys(load_recipe("recipes/tiny-cpu-sft.yaml", ["--sft.train.max_minutes=5"]))
+    assert budget["pretrain"] == plain["pretrain"] and budget["sft"] != plain["sft"]

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = frozenset(
     {
         "max_steps",
+        "max_minutes",
         "eval_every",
         "eval_batches",
         "ckpt_every",

@@ -37,6 +37,9 @@ class TrainConfig:
     # Micro-batches per optimizer step.
     grad_accum: int = 1
     max_steps: int = 1000
+    # Stop (checkpoint, evaluate, finish) once training steps have taken this many minutes, counted
+    # across resumes and without evaluation or checkpoint time; 0 means no time budget.
+    max_minutes: float = 0.0
     # Peak learning rate; None means the model's suggested LR for its width.
     lr: float | None = None
     # adamw, lion, adafactor, adamw8bit or muon (Muon on the hidden matrices, AdamW elsewhere).
@@ -119,6 +122,7 @@ class TrainConfig:
             "keep_last",
         ):
             check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
+        check(self.max_minutes >= 0, "train.max_minutes", f"must be >= 0, got {self.max_minutes}")
         check(self.lr is None or self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         check(
             0.0 <= self.min_lr_ratio <= 1.0,

@@ -398,10 +398,13 @@ class Trainer:
         p = self.cfg.early_stop_patience
         return p > 0 and self.state.evals_since_best >= p
 
+    def _out_of_time(self) -> bool:
+        return self.cfg.max_minutes > 0 and self.state.elapsed >= 60 * self.cfg.max_minutes
+
     # --- the loop -----------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        """Train to max_steps (or an early stop); return the last evaluation's numbers, steps and
+        """Train to max_steps (or an early stop, or train.max_minutes); return the last evaluation's numbers, steps and
         tokens_per_s. Writes metrics.jsonl, loss.png and checkpoints/ under the run's out_dir."""
         t, s = self.cfg, self.state
         batches = iter(self.batches)
@@ -428,7 +431,7 @@ class Trainer:
                     self.run.name, self.run.model_cfg.preset or "model", s.step, t.max_steps,
                     self.device, self.dtype, t.lr,
                 )  # fmt: skip
-            while s.step < t.max_steps:
+            while s.step < t.max_steps and not self._out_of_time():
                 step_start = time.perf_counter()
                 out = self._train_step(batches)
                 if out.status == "severe":
@@ -469,9 +472,13 @@ class Trainer:
                 if s.step % t.eval_every == 0 or s.step == t.max_steps:
                     self._eval(metrics)
                 stop = self._should_stop_early()
-                if s.step % t.ckpt_every == 0 or s.step == t.max_steps or stop:
+                out_of_time = s.step < t.max_steps and self._out_of_time()
+                if s.step % t.ckpt_every == 0 or s.step == t.max_steps or stop or out_of_time:
                     self._checkpoint()
                     window_start = time.perf_counter()  # keep eval/checkpoint time out of tokens/s
+                if out_of_time:
+                    metrics.log({"step": s.step, "event": "time_budget", "elapsed": round(s.elapsed, 3)})
+                    log.info("time budget: stopped at step %d after %.1f minutes", s.step, s.elapsed / 60)
                 if stop:
                     metrics.log({"step": s.step, "event": "early_stop", "best_val": s.best_val})
                     log.info(
