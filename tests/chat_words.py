@@ -1,6 +1,8 @@
-"""The 16 words of the finetuning and alignment tests' toy conversations ("a or b?" -> "b, not a.")."""
+"""Word lists of the toy texts: the line fixtures' vocabulary (conftest) and the 16 words of the
+finetuning and alignment tests' toy conversations ("a or b?" -> "b, not a.")."""
 
-WORDS = [
+VOCAB = [
+    "the",
     "king",
     "queen",
     "lord",
@@ -17,4 +19,21 @@ WORDS = [
     "foe",
     "heart",
     "blood",
+    "speak",
+    "come",
+    "go",
+    "stay",
+    "fly",
+    "weep",
+    "laugh",
+    "sing",
+    "fight",
+    "sleep",
+    "dream",
+    "wake",
+    "hear",
+    "see",
+    "know",
+    "swear",
 ]
+WORDS = VOCAB[1:17]

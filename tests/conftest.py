@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from chat_words import VOCAB
+
 
 @pytest.fixture(scope="session")
 def shakespeare_docs() -> list[dict]:
@@ -20,41 +22,7 @@ def shakespeare_text(shakespeare_docs) -> str:
     return "\n\n".join(d["text"] for d in shakespeare_docs)
 
 
-WORDS = [
-    "the",
-    "king",
-    "queen",
-    "lord",
-    "lady",
-    "night",
-    "day",
-    "love",
-    "death",
-    "sword",
-    "crown",
-    "river",
-    "town",
-    "friend",
-    "foe",
-    "heart",
-    "blood",
-    "speak",
-    "come",
-    "go",
-    "stay",
-    "fly",
-    "weep",
-    "laugh",
-    "sing",
-    "fight",
-    "sleep",
-    "dream",
-    "wake",
-    "hear",
-    "see",
-    "know",
-    "swear",
-]
+WORDS = VOCAB
 
 
 @pytest.fixture(scope="session")
