@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.run import run_recipe
 
     cfg = _recipe(args, overrides)
-    results = run_recipe(cfg, force=tuple(args.force))
+    results = run_recipe(cfg, force=tuple(args.force), nproc=args.nproc)
     pre = results["pretrain"]
     print(f"\nmodel:                 {results['model_dir']}")
     print(f"validation loss:       {pre.get('val_loss', float('nan')):.4f} nats/token")
@@ -376,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STAGE",
         help=f"rerun STAGE ({', '.join(s.name for s in STAGES)}) even if up to date",
     )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="pretrain in N processes on this machine (torchrun; the layout is parallel.*)",
+    )
     for stage in STAGES:  # one verb per stage of the table; data and tokenizer have subcommands too
         if stage.name == "quantize":  # its verb takes MODEL OUT, not a recipe (below)
             continue
@@ -539,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if overrides and not hasattr(args, "recipe"):
             raise ConfigError(f"danlu {args.verb} takes no config overrides, got {overrides[0]}")
-        if getattr(args, "nproc", 1) != 1 and "WORLD_SIZE" not in os.environ:
+        relaunched = args.verb != "run"  # danlu run launches only its pretrain stage (danlu.run)
+        if relaunched and getattr(args, "nproc", 1) != 1 and "WORLD_SIZE" not in os.environ:
             from danlu.parallel.launch import check_layout, relaunch
 
             check_layout(_recipe(args, overrides).parallel, args.nproc)  # a clear error before launching

@@ -1,18 +1,25 @@
 """`danlu ... --nproc N`: re-run the same command under torchrun (torch.distributed.run) with N processes
-on this machine; its rendezvous listens on localhost only. Multi-node runs call torchrun directly:
+on this machine; its rendezvous listens on localhost only. `danlu pretrain --nproc N` relaunches the
+whole command; `danlu run --nproc N` runs its other stages in its own process and only the pretrain
+stage under torchrun (`launch`). Multi-node runs call torchrun directly:
 `torchrun --nnodes ... -m danlu.cli pretrain RECIPE`."""
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
-from danlu.errors import ConfigError
+from danlu.errors import ConfigError, DanluError
 from danlu.parallel.config import ParallelConfig
 from danlu.parallel.mesh import ParallelDims
 
 log = logging.getLogger(__name__)
+
+
+class LaunchFailed(DanluError):
+    """The processes torchrun started did not all finish (their own errors are printed above)."""
 
 
 def check_layout(cfg: ParallelConfig, nproc: int) -> ParallelDims:
@@ -52,3 +59,16 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     cmd = torchrun_command(nproc, argv)
     log.info("launching %d processes: %s", nproc, " ".join(cmd))
     return subprocess.call(cmd)
+
+
+def launch(nproc: int, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Run `danlu argv` in nproc local processes under torchrun, with `env` added to this process's
+    environment; a LaunchFailed when any rank fails (torchrun then stops the others)."""
+    cmd = torchrun_command(nproc, argv)
+    log.info("launching %d processes: %s", nproc, " ".join(cmd))
+    code = subprocess.call(cmd, env={**os.environ, **(env or {})})
+    if code != 0:
+        raise LaunchFailed(
+            f"danlu {' '.join(without_nproc(argv))} in {nproc} processes failed (torchrun exit status "
+            f"{code}); the failing rank's error is above"
+        )
