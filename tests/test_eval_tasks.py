@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from danlu.errors import ConfigError, DataError
@@ -123,7 +125,8 @@ def _rows(n: int) -> dict[str, list[dict]]:
 
 
 def test_few_shot_is_seeded_excludes_the_item_and_uses_lm_eval_layout():
-    spec = T.get_task("piqa")
+    # the pool is the evaluated split here (piqa itself draws from its train split)
+    spec = dataclasses.replace(T.get_task("piqa"), fewshot_split=None, fewshot_drops_item=None)
     docs = T.build_docs(spec, limit=4, num_fewshot=2, seed=1, rows=_rows(6))
     again = T.build_docs(spec, limit=4, num_fewshot=2, seed=1, rows=_rows(6))
     other = T.build_docs(spec, limit=4, num_fewshot=2, seed=2, rows=_rows(6))
@@ -140,7 +143,7 @@ def test_few_shot_is_seeded_excludes_the_item_and_uses_lm_eval_layout():
         "Question: goal 0\nAnswer:",
         "Question: goal 1\nAnswer:",
     ]
-    with pytest.raises(ConfigError, match="other items"):
+    with pytest.raises(ConfigError, match="draws 6 examples, the few-shot split has 3"):
         T.build_docs(spec, num_fewshot=5, rows=_rows(3))
 
 

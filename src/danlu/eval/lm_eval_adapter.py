@@ -123,14 +123,25 @@ LM_EVAL_TASKS: dict[str, tuple[str, str, str, str]] = {
     "arc_challenge": ("arc/arc_challenge.yaml", "ai2_arc", "ARC-Challenge", "validation"),
     "piqa": ("piqa/piqa.yaml", "piqa", "plain_text", "validation"),
     "winogrande": ("winogrande/default.yaml", "winogrande", "winogrande_xl", "validation"),
+    "openbookqa": ("openbookqa/openbookqa.yaml", "openbookqa", "main", "validation"),
+    "siqa": ("siqa/siqa.yaml", "social_i_qa", "none", "validation"),
+    "commonsense_qa": ("commonsense_qa/default.yaml", "tau/commonsense_qa", "none", "validation"),
 }
 
 
 def write_local_tasks(
-    names: Sequence[str], out_dir: str | Path, root: Path | None = None
+    names: Sequence[str],
+    out_dir: str | Path,
+    root: Path | None = None,
+    train_files: dict[str, Path] | None = None,
 ) -> dict[str, list[str]]:
     """Write lm-eval task YAMLs (named danlu_<task>) for names; {danlu task: [lm-eval task names]}
-    (MMLU: one per subject, to be averaged weighted by size as lm-eval's mmlu group does)."""
+    (MMLU: one per subject, to be averaged weighted by size as lm-eval's mmlu group does).
+
+    A task with a train split (danlu.eval.train_splits; train_files[task] overrides the file) reads
+    it as lm-eval's training_split. The few-shot split is named only where lm-eval's own YAML has a
+    test_split (ARC, OpenBookQA): naming it elsewhere would change whether lm-eval's sampler is given
+    the evaluated item, and so its draws."""
     try:
         import lm_eval.tasks
     except ImportError:
@@ -139,7 +150,7 @@ def write_local_tasks(
         ) from None
 
     from danlu.eval import data
-    from danlu.eval.tasks import mmlu_subjects
+    from danlu.eval.tasks import get_task, mmlu_subjects
 
     lm_tasks = Path(lm_eval.tasks.__file__).parent
     out = Path(out_dir)
@@ -174,6 +185,13 @@ def write_local_tasks(
             )
         yaml_path, ds, config, split = LM_EVAL_TASKS[name]
         files = {split: str(data.arrow_files(ds, config, split, root)[0])}
-        extra = {"validation_split": split, "test_split": None, "fewshot_split": None}
+        extra: dict[str, Any] = {"validation_split": split, "test_split": None, "fewshot_split": None}
+        spec = get_task(name)
+        if spec.fewshot_split == "train":
+            from danlu.eval.train_splits import train_arrow
+
+            files["train"] = str((train_files or {}).get(name) or train_arrow(name))
+            extra["training_split"] = "train"
+            extra["fewshot_split"] = None if spec.drops_item else "train"
         written[name] = [write(f"danlu_{name}", lm_tasks / yaml_path, files, extra)]
     return written

