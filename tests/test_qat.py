@@ -193,3 +193,53 @@ def test_quantizing_otherwise_than_trained_is_named():
     with pytest.raises(ConfigError, match="the way qat trained it"):
         load_recipe(None, ["--qat.bits=4", "--quantize.method=rtn", "--quantize.bits=8"])
     assert load_recipe(None, ["--qat.method=bitnet"]).quantize_config().method == "bitnet"
+
+
+def _fake_quant_count(model: torch.nn.Module) -> int:
+    return sum(isinstance(m, FakeQuantLinear) for m in model.modules())
+
+
+def test_step_checkpoints_and_the_hf_export_keep_the_qat_settings(tmp_path, tiny_packed):
+    from danlu.config import to_dict
+    from danlu.interop.hf_llama import HF_QAT_KEY, export_hf, import_hf
+    from danlu.model_dir import load_model, save_model_dir
+    from danlu.parallel.checkpoint import StateHolder
+    from danlu.tokenizer import Tokenizer
+    from danlu.train.checkpoint import save_checkpoint
+
+    _, tok_dir = tiny_packed
+    cfg = ModelConfig(**{**CFG.__dict__, "vocab_size": Tokenizer.load(tok_dir).vocab_size})
+    qat = QATConfig(bits=4, group_size=32)
+    torch.manual_seed(0)
+    model = apply_qat(build_model(cfg), qat).eval()
+    x = torch.randint(0, cfg.vocab_size, (2, 12))
+    with torch.no_grad():
+        want = model(x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = {"tokenizer_fingerprint": "f", "loader": {}}
+    # a live QAT model, and a sharded run's gathered state dict whose recipe has the qat section
+    step = save_checkpoint(tmp_path / "run", 3, model, opt, cfg, {"train": {}}, state, tok_dir)
+    gathered = save_checkpoint(
+        tmp_path / "run", 4, StateHolder(model.state_dict()), opt, cfg, {"qat": to_dict(qat)}, state, tok_dir
+    )
+    for path in (step, gathered):
+        loaded, _, _ = load_model(path)
+        assert _fake_quant_count(loaded) == _fake_quant_count(model) > 0
+        with torch.no_grad():
+            assert torch.equal(loaded(x), want)
+    save_model_dir(tmp_path / "m", model, cfg, tok_dir)
+    export_hf(tmp_path / "m", tmp_path / "hf")
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config[HF_QAT_KEY]["bits"] == 4 and hf_config[HF_QAT_KEY]["group_size"] == 32
+    import_hf(tmp_path / "hf", tmp_path / "back")
+    back, _, _ = load_model(tmp_path / "back")
+    assert _fake_quant_count(back) == _fake_quant_count(model)
+    with torch.no_grad():
+        assert torch.allclose(back(x), want, atol=1e-5)
+    # a model that did not train with qat gets no key, and a plain checkpoint none either
+    plain = build_model(cfg)
+    save_model_dir(tmp_path / "p", plain, cfg, tok_dir)
+    export_hf(tmp_path / "p", tmp_path / "hfp")
+    assert HF_QAT_KEY not in json.loads((tmp_path / "hfp" / "config.json").read_text())
+    p = save_checkpoint(tmp_path / "plain", 1, plain, opt, cfg, {"train": {}}, state, tok_dir)
+    assert "qat" not in json.loads((p / "config.json").read_text())

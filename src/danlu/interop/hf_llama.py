@@ -19,6 +19,8 @@ from danlu.errors import CheckpointError, ConfigError
 from danlu.model.config import ModelConfig
 from danlu.model.transformer import default_ffn_hidden
 
+HF_QAT_KEY = "danlu_qat"  # config.json key of a QAT model's fake-quantization settings
+
 
 def _dims(cfg: ModelConfig) -> tuple[int, int, int, int]:
     n_kv = cfg.n_kv_head or cfg.n_head
@@ -204,13 +206,15 @@ def export_hf(model_dir: str | Path, out: str | Path, force: bool = False) -> Pa
 
     from danlu.finetune.lora import unwrap
     from danlu.io import atomic_dir, check_replaceable_output
-    from danlu.model_dir import TOKENIZER_DIR, load_model
+    from danlu.model_dir import TOKENIZER_DIR, load_model, read_metadata
 
     check_replaceable_output(out, force)
     model, tok, cfg = load_model(model_dir)
     model = unwrap(model)  # a finetune saved as base + adapters/ exports merged
     hf_config = to_hf_config(cfg) | {"model_type": "llama", "torch_dtype": "float32"}
     hf_config |= {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+    # fake-quantization settings ride along (transformers ignores the key; import_hf restores them)
+    hf_config |= {HF_QAT_KEY: qat} if (qat := read_metadata(model_dir).get("qat")) else {}
     with atomic_dir(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -296,11 +300,11 @@ def import_hf(hf_dir: str | Path, out: str | Path, force: bool = False) -> Path:
     model = build_model(cfg, "cpu")
     model.load_state_dict(from_hf_state_dict(sd, cfg))
     tok = _hf_tokenizer(hf_dir)
+    extra = {"chat": bool(tok.chat_template), "source": str(hf_dir)}
+    extra |= {"qat": hf[HF_QAT_KEY]} if hf.get(HF_QAT_KEY) else {}  # a danlu export of a QAT model
     with tempfile.TemporaryDirectory(prefix="danlu-tok-") as tmp:
         tok_dir = tok.save(Path(tmp) / "tokenizer")
-        save_model_dir(
-            Path(out), model, cfg, tok_dir, extra={"chat": bool(tok.chat_template), "source": str(hf_dir)}
-        )
+        save_model_dir(Path(out), model, cfg, tok_dir, extra=extra)
     return Path(out)
 
 

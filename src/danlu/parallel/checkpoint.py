@@ -124,9 +124,11 @@ def export_sharded_model_dir(
     order: FusedOrder | None = None,
 ) -> Path:
     """A model directory (the single-process format) from a sharded model, written by rank 0."""
+    from danlu.quant.qat import qat_metadata
+
     msd, _ = full_state(model, None, order)
-    if rank == 0:
-        save_model_dir(path, StateHolder(msd), model_cfg, tokenizer_dir)
+    if rank == 0:  # the gathered state has no modules: the live model tells whether it trains with qat
+        save_model_dir(path, StateHolder(msd), model_cfg, tokenizer_dir, extra=qat_metadata(model))
     return Path(path)
 
 

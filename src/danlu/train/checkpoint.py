@@ -180,14 +180,27 @@ def save_checkpoint(
     path = checkpoint_dir(out_dir, step)
     state = {**to_jsonable(trainer_state), "step": step, "rng": rng_state()}
     recipe = to_dict(run_config) if dataclasses.is_dataclass(run_config) else run_config
+    meta = {**to_dict(model_cfg), **checkpoint_qat(model, recipe), "recipe": recipe}
     with atomic_dir(path) as tmp:
-        write_model_files(tmp, model, {**to_dict(model_cfg), "recipe": recipe}, tokenizer_dir)
+        write_model_files(tmp, model, meta, tokenizer_dir)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
         sums = {name: sha256_file(tmp / name) for name in CHECKPOINT_FILES if name != CHECKSUMS_FILE}
         (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2) + "\n", encoding="utf-8")
     log.info("checkpoint written: %s", path)
     return path
+
+
+def checkpoint_qat(model: nn.Module, recipe: Any) -> dict[str, Any]:
+    """{"qat": settings} when the model trains through fake quantization (its modules say so, or, for
+    a sharded model's gathered state, the recipe's qat section), so that a step checkpoint loads as
+    the model it trained; else {}."""
+    from danlu.quant.qat import qat_metadata
+
+    found = qat_metadata(model)
+    if not found and isinstance(recipe, dict) and isinstance(recipe.get("qat"), dict):
+        found = {"qat": recipe["qat"]}
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
