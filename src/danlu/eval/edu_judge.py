@@ -167,8 +167,98 @@ class EduJudge:
         return EduLabel(float(np.dot(p, SCORES)), int(np.argmax(p)), tuple(float(x) for x in p))
 
 
+# The rubric's two ends as plain-text descriptions the document continues (the "contrast" protocol)
+EDU_DESCRIPTION = (
+    "The following is an extract from a school textbook or tutorial with high educational value: it "
+    "explains key concepts of a school subject clearly, like a lesson for primary or grade school students.\n\n"
+)
+NON_EDU_DESCRIPTION = (
+    "The following is an extract with no educational value: casual conversation, entertainment or "
+    "advertising, with nothing useful for teaching.\n\n"
+)
+
+
+class EduContrastJudge:
+    """Scores a document by how much better the rubric's top description predicts it than its bottom one.
+
+    A judge too small to follow the rubric prompt (SmolLM2-135M answers "1" to nearly everything) still
+    models text: the margin is the mean per-token log-likelihood ratio of the document after the
+    educational description versus after the non-educational one (a length-normalized log Bayes
+    factor). The 0-5 score is 5 * sigmoid(margin / temperature); the temperature (nats per token) only
+    sets how the margins spread over the scale, ranks do not depend on it. Both descriptions are
+    computed once into the two rows of a KV cache that every document continues.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tok: Any,
+        max_doc_tokens: int = 128,
+        descriptions: tuple[str, str] = (EDU_DESCRIPTION, NON_EDU_DESCRIPTION),
+        temperature: float = 0.05,
+    ) -> None:
+        if max_doc_tokens < 1 or temperature <= 0:
+            raise ConfigError(
+                f"need max_doc_tokens >= 1 and temperature > 0; got {max_doc_tokens}, {temperature}"
+            )
+        from danlu.model.kv_cache import KVCache
+
+        self.model, self.tok, self.max_doc_tokens, self.temperature = model, tok, max_doc_tokens, temperature
+        self.prefixes = [tok.encode(d) for d in descriptions]
+        lens = [len(p) for p in self.prefixes]
+        if max(lens) + max_doc_tokens > model.cfg.max_seq_len:
+            raise ConfigError(f"descriptions and {max_doc_tokens} document tokens exceed the judge's context")
+        self.prefix_lens = torch.tensor(lens)
+        self.cache = KVCache.for_model(model, batch=2, max_len=max(lens) + max_doc_tokens)
+        self.first_logp = []  # each description's next-token distribution: predicts the first doc token
+        with torch.no_grad():
+            for row, ids in enumerate(self.prefixes):
+                logits = model(
+                    torch.tensor([ids], device=self.cache.k.device),
+                    cache=self.cache,
+                    rows=slice(row, row + 1),
+                )
+                self.first_logp.append(torch.log_softmax(logits[0, -1].float(), -1))
+
+    @classmethod
+    def from_dir(cls, path: str | Path, device: str = "cpu", max_doc_tokens: int = 128) -> EduContrastJudge:
+        from danlu.model_dir import load_model
+
+        model, tok, _ = load_model(path, device)
+        return cls(model, tok, max_doc_tokens)
+
+    def document_ids(self, text: str) -> list[int]:
+        return self.tok.encode(text)[: self.max_doc_tokens]
+
+    def seen_text(self, text: str) -> str:
+        return self.tok.decode(self.document_ids(text))
+
+    def margin(self, text: str) -> float:
+        """Mean per-token log P(doc | educational) - log P(doc | not educational), in nats."""
+        ids = self.document_ids(text)
+        if not ids:
+            return 0.0
+        self.cache.lengths[:] = self.prefix_lens  # later keys are stale and never attended
+        x = torch.tensor([ids, ids], device=self.cache.k.device)
+        with torch.no_grad():
+            logp = torch.log_softmax(self.model(x, cache=self.cache).float(), -1)
+        target = x[0]
+        per_row = []
+        for row in range(2):
+            first = self.first_logp[row][target[0]]
+            rest = logp[row, :-1].gather(-1, target[1:, None]).squeeze(-1)
+            per_row.append((first + rest.sum()) / len(ids))
+        return float(per_row[0] - per_row[1])
+
+    def label(self, text: str) -> EduLabel:
+        m = self.margin(text)
+        p_edu = 1.0 / (1.0 + float(np.exp(-m / self.temperature)))
+        score = 5.0 * p_edu
+        return EduLabel(score, round(score), (1.0 - p_edu, p_edu))
+
+
 def annotate(
-    judge: EduJudge, docs: Iterable[dict[str, Any]], time_limit_s: float | None = None
+    judge: EduJudge | EduContrastJudge, docs: Iterable[dict[str, Any]], time_limit_s: float | None = None
 ) -> Iterator[dict[str, Any]]:
     """Annotation rows for documents {id, text, source}; stops early after `time_limit_s` seconds."""
     start = time.monotonic()
