@@ -218,3 +218,67 @@ def test_local_lm_eval_task_configs_include_lm_eval_yamls(tmp_path):
     assert (
         cfg["dataset_path"] == "arrow" and Path(cfg["dataset_kwargs"]["data_files"]["validation"]).is_file()
     )
+
+
+def test_every_printed_aggregate_has_its_interval(core, tmp_path):
+    """MC (with subject groups), LAMBADA and --ppl results: no metric row of the table lacks a CI."""
+    from danlu.eval.harness import evaluate, evaluate_lambada, evaluate_mc
+    from danlu.eval.report import format_table
+    from danlu.eval.tasks import MCDoc
+
+    docs = [
+        MCDoc((q,) * len(c), tuple(" " + x for x in c), tuple(c), g, group=f"s{i % 2}")
+        for i, (q, c, g) in enumerate(_TINY_ITEMS)
+    ]
+    mc, _ = evaluate_mc(core.scorer, docs)
+    lo, hi = mc["acc_subject_mean_ci95"]
+    assert lo <= mc["acc_subject_mean"] <= hi
+    lam = evaluate_lambada(core.scorer, docs)
+    assert lam["perplexity_ci95"][0] <= lam["perplexity"] <= lam["perplexity_ci95"][1]
+    path = tmp_path / "t.txt"
+    path.write_text("to be or not to be, that is the question. " * 8)
+    out = evaluate(core.model, core.tok, EvalConfig(tasks=(), ppl_files=(str(path),)))
+    ppl = out["results"]["ppl:t.txt"]
+    for key in ("perplexity", "bits_per_byte"):
+        assert ppl[f"{key}_ci95"][0] <= ppl[key] <= ppl[f"{key}_ci95"][1]
+    for name, res in (("mc", mc), ("lambada", lam)):
+        out["results"][name] = {**res, "n": len(docs), "seconds": 1.0}
+    rows = [line for line in format_table(out).splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 4 + 2 + 2  # header; acc, acc_norm(_tokens), acc_subject_mean; acc, ppl; ppl, bpb
+    assert all(row.split(" | ")[5] != "-" for row in rows[1:]), rows
+
+
+def test_stratified_and_block_bootstraps_on_crafted_values():
+    import numpy as np
+
+    from danlu.eval.harness import stratified_bootstrap_ci
+    from danlu.eval.perplexity import block_bootstrap_nll
+
+    # constant strata: every resample has the same mean of means
+    assert stratified_bootstrap_ci([[1.0] * 5, [0.0] * 50]) == [0.5, 0.5]
+    wide = stratified_bootstrap_ci([[0.0, 1.0] * 5, [0.0, 1.0] * 5])
+    narrow = stratified_bootstrap_ci([[0.0, 1.0] * 500, [0.0, 1.0] * 500])
+    assert wide[0] < narrow[0] <= 0.5 <= narrow[1] < wide[1]
+    assert block_bootstrap_nll(np.full(300, -2.0)) == pytest.approx((2.0, 2.0))
+    rng = np.random.default_rng(0)
+    lp = -rng.exponential(1.0, size=4096)
+    lo, hi = block_bootstrap_nll(lp, block=64)
+    assert lo < -lp.mean() < hi and hi - lo < 0.2
+
+
+def test_efficiency_line_gives_no_rate_when_no_task_counted_tokens():
+    from danlu.eval.report import format_table
+
+    eff = {
+        "seconds": 2.0,
+        "tokens": 0,
+        "tokens_per_second": None,
+        "peak_memory_mb": 1.0,
+        "device": "cpu",
+        "threads": 1,
+    }
+    res = {"results": {"distinct": {"distinct_1": 0.5, "n": 4, "seconds": 2.0}}, "efficiency": eff}
+    line = format_table(res).splitlines()[-1]
+    assert line == "2.0 s, peak memory 1 MB on cpu (1 threads)"
+    res["efficiency"] = {**eff, "tokens": 100, "tokens_per_second": 50.0}
+    assert format_table(res).splitlines()[-1].startswith("2.0 s, 50 tokens/s, peak memory")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -110,18 +111,38 @@ def evaluate_mc(
         # the unweighted mean of subjects is given beside it
         result["subsets"] = {g: {"n": len(v), **_summary(v)} for g, v in sorted(groups.items())}
         result["acc_subject_mean"] = sum(s["acc"] for s in result["subsets"].values()) / len(groups)
+        result["acc_subject_mean_ci95"] = stratified_bootstrap_ci(
+            [[m["acc"] for m in v] for v in groups.values()]
+        )
     return result, per_item
+
+
+def stratified_bootstrap_ci(
+    strata: Sequence[Sequence[float]], n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> list[float]:
+    """Percentile bootstrap interval of the unweighted mean of stratum means, each stratum (MMLU
+    subject) resampled within itself, so that every resample keeps every subject."""
+    rng = np.random.default_rng(seed)
+    means = np.zeros(n_resamples)
+    for values in strata:
+        x = np.asarray(values, dtype=np.float64)
+        means += x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+    means /= len(strata)
+    alpha = (1 - confidence) / 2
+    return [float(q) for q in np.quantile(means, [alpha, 1 - alpha])]
 
 
 def evaluate_lambada(scorer: Scorer, docs: Sequence[task_lib.MCDoc]) -> dict[str, Any]:
     scores = scorer.loglikelihood([(d.contexts[0], d.continuations[0]) for d in docs])
     accs = [float(s.greedy) for s in scores]
     lls = [s.logprob for s in scores]
+    lo, hi = bootstrap_ci(lls)  # a percentile interval maps through the monotone exp(-x)
     return {
         "acc": sum(accs) / len(accs),
         "acc_stderr": mean_stderr(accs),
         "acc_ci95": list(bootstrap_ci(accs)),
         "perplexity": math.exp(-sum(lls) / len(lls)),  # lm-eval's perplexity aggregation
+        "perplexity_ci95": [math.exp(-hi), math.exp(-lo)],
     }
 
 
@@ -150,6 +171,7 @@ def evaluate(
     results: dict[str, Any] = {}
     total_tokens = 0
     total_seconds = 0.0
+    token_seconds = 0.0  # of the tasks that count their tokens (not the code, diagnostic, safety ones)
     for name in cfg.tasks:
         if name in CODE_TASKS:
             t0 = time.perf_counter()
@@ -185,6 +207,7 @@ def evaluate(
         tokens = scorer.tokens_forwarded + generated
         total_tokens += tokens
         total_seconds += seconds
+        token_seconds += seconds
         res.update(
             n=len(docs),
             seconds=seconds,
@@ -201,6 +224,7 @@ def evaluate(
         seconds = time.perf_counter() - t0
         total_tokens += scorer.tokens_forwarded
         total_seconds += seconds
+        token_seconds += seconds
         res.update(n=1, seconds=seconds, tokens_per_second=scorer.tokens_forwarded / max(seconds, 1e-9))
         results[f"ppl:{Path(path).name}"] = res
     return {
@@ -213,7 +237,9 @@ def evaluate(
         },
         "efficiency": {
             "seconds": total_seconds,
-            "tokens_per_second": total_tokens / total_seconds if total_seconds > 0 else float("nan"),
+            "tokens": total_tokens,
+            # None when no task counted tokens: a rate of 0 would read as a stalled model
+            "tokens_per_second": total_tokens / token_seconds if total_tokens and token_seconds > 0 else None,
             "peak_memory_mb": _peak_memory_mb(device),
             "device": str(device),
             "threads": torch.get_num_threads(),

@@ -92,6 +92,13 @@ def perplexity(
     nats = -sum(float(lp.sum()) for lp in per_text)
     n_tokens = sum(len(lp) for lp in per_text)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    ci: dict[str, list[float]] = {}
+    if n_tokens and n_bytes:
+        lo, hi = block_bootstrap_nll(np.concatenate(per_text))
+        ci = {
+            "perplexity_ci95": [math.exp(lo), math.exp(hi)],
+            "bits_per_byte_ci95": [x * n_tokens / (math.log(2) * n_bytes) for x in (lo, hi)],
+        }
     return {
         "tokens": n_tokens,
         "bytes": n_bytes,
@@ -100,7 +107,24 @@ def perplexity(
         "bits_per_byte": nats / (math.log(2) * n_bytes) if n_bytes else float("nan"),
         "word_perplexity": math.exp(nats / max(sum(len(t.split()) for t in texts), 1)),
         "loss_by_position": loss_by_position(per_text).tolist(),
+        **ci,
     }
+
+
+def block_bootstrap_nll(
+    logprobs: np.ndarray, block: int = 128, n_resamples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile interval of the mean token loss by a block bootstrap: neighbouring tokens'
+    losses are correlated, so blocks of `block` consecutive tokens are resampled, not tokens.
+    Each resample's statistic is its summed loss over its summed token count (blocks may be short)."""
+    losses = -np.asarray(logprobs, dtype=np.float64)
+    starts = range(0, len(losses), block)
+    sums = np.array([losses[i : i + block].sum() for i in starts])
+    counts = np.array([len(losses[i : i + block]) for i in starts], dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(sums), size=(n_resamples, len(sums)))
+    stats = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    lo, hi = np.quantile(stats, [0.025, 0.975])
+    return float(lo), float(hi)
 
 
 def loss_by_position(per_text: Sequence[np.ndarray]) -> np.ndarray:

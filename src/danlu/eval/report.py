@@ -48,8 +48,10 @@ def format_table(out: dict[str, Any]) -> str:
                 f"{res['seconds']:.1f} | {'-' if tps is None else f'{tps:.0f}'} |"
             )
     eff = out["efficiency"]
+    tps = eff.get("tokens_per_second")
+    rate = "" if tps is None or tps != tps else f"{tps:.0f} tokens/s, "
     lines.append(
-        f"\n{eff['seconds']:.1f} s, {eff['tokens_per_second']:.0f} tokens/s, peak memory "
+        f"\n{eff['seconds']:.1f} s, {rate}peak memory "
         f"{eff['peak_memory_mb']:.0f} MB on {eff['device']} ({eff['threads']} threads)"
     )
     return "\n".join(lines)
