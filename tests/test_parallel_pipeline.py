@@ -152,3 +152,38 @@ def test_pipeline_checks_the_model():
     with pytest.raises(ConfigError, match=r"parallel.pp=2: n_layer=3 must divide into 2 stages"):
         check_pp(cfg, 2, 1)
     assert [stage_bounds(4, 2, s) for s in range(2)] == [(0, 2), (2, 4)]
+
+
+@pytest.mark.parametrize(("pp", "virtual", "tie"), [(2, 1, True), (3, 1, True), (2, 2, False)])
+def test_each_pipeline_rank_allocates_only_its_stages(pp, virtual, tie):
+    """build_stages: a rank's stages hold exactly the whole model's initial values, the rest of the
+    model stays on meta (no memory), and the tied matrix is one parameter at both names."""
+    from danlu.parallel.pipeline import build_stages, stage_bounds, stage_ids
+
+    cfg = ModelConfig(
+        n_layer=pp * virtual * 2, n_embd=32, n_head=2, max_seq_len=32, vocab_size=320, tie_embeddings=tie
+    )
+    torch.manual_seed(3)
+    ref = build_model(cfg)
+    whole = ref.state_dict()
+    next_draw = torch.randn(4)  # the random stream after building the whole model
+    held = 0
+    for rank in range(pp):
+        torch.manual_seed(3)
+        model = build_stages(cfg, pp, rank, virtual, torch.device("cpu"))
+        assert torch.equal(torch.randn(4), next_draw)  # the stream advanced as for the whole model
+        ids = stage_ids(pp, rank, virtual)
+        blocks = {i for s in ids for i in range(*stage_bounds(cfg.n_layer, pp * virtual, s))}
+        first, last = 0 in ids, pp * virtual - 1 in ids
+        mine = {"embed": first or (tie and last), "lm_head": last or (tie and first), "norm": last}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            top = name.split(".")[0]
+            allocated = int(name.split(".")[1]) in blocks if top == "blocks" else mine[top]
+            assert p.is_meta != allocated, (rank, name)
+            if allocated:
+                assert torch.equal(p, whole[name]), (rank, name)
+        assert (model.embed.weight is model.lm_head.weight) == tie
+        assert torch.equal(model.rope_cos, ref.rope_cos)  # the position tables are every rank's
+        held += sum(p.numel() for p in model.parameters() if not p.is_meta)
+    total = sum(p.numel() for p in ref.parameters())  # the tied matrix once
+    assert held == total + (cfg.vocab_size * cfg.n_embd if tie else 0)  # both ends hold the tied one

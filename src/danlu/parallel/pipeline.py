@@ -13,11 +13,13 @@ accumulated gradient is that of the batch (as in the Trainer). Clipping takes th
 stages. `danlu pretrain` drives it through the Trainer's forward_backward hook
 (danlu.parallel.runtime.Distributed.forward_backward).
 
-Every rank keeps the whole model; only its stages' parameters get gradients and optimizer steps.
-`sync_stages()` brings the other stages' weights up to date from their owners (before an
-evaluation, a checkpoint or the model dir), and `owned_optimizer_state` / `merge_optimizer_states`
-assemble the one-process optimizer state from the stages, so checkpoints keep the single-process
-format.
+Memory: `build_stages` builds the model on the meta device and allocates only this rank's stages
+(initialised to the values building the whole model gives them), so between evaluations each rank
+holds the parameters, gradients and optimizer state of its own stages only. The whole model is
+gathered only when it is needed: `sync_stages()` allocates the other stages and takes their weights
+from their owners (before an evaluation, a checkpoint or the model dir), and `release_others()` frees
+them again (at the next step). `owned_optimizer_state` / `merge_optimizer_states` assemble the
+one-process optimizer state from the stages, so checkpoints keep the single-process format.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from danlu.errors import ConfigError
+from danlu.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,67 @@ def stage_bounds(n_layer: int, n_stages: int, stage: int) -> tuple[int, int]:
     return stage * per, (stage + 1) * per
 
 
+def stage_ids(pp: int, rank: int, virtual: int) -> list[int]:
+    """The stages pipeline rank `rank` trains: rank, rank + pp, ... (`virtual` of them)."""
+    return [rank + pp * v for v in range(virtual)]
+
+
+_INIT = torch.nn.init
+# the in-place random fills an initialisation may call (the nn.init ones reach the mode first)
+_RANDOM_FILLS = {
+    _INIT.normal_, _INIT.uniform_, _INIT.trunc_normal_, _INIT.xavier_normal_, _INIT.xavier_uniform_,
+    _INIT.kaiming_normal_, _INIT.kaiming_uniform_, _INIT.orthogonal_, _INIT.sparse_,
+    torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.bernoulli_, torch.Tensor.random_,
+    torch.Tensor.exponential_, torch.Tensor.log_normal_, torch.Tensor.cauchy_, torch.Tensor.geometric_,
+}  # fmt: skip
+
+
+class _DrawForMeta(TorchFunctionMode):
+    """A random fill of a meta tensor draws the same numbers into a scratch tensor on `device` and
+    drops them: the random stream advances as if the whole model were allocated, so the tensors
+    that are allocated get exactly the values a whole-model initialisation gives them."""
+
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self.device = device
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        t = args[0] if args else kwargs.get("tensor")
+        if func not in _RANDOM_FILLS or not isinstance(t, torch.Tensor) or not t.is_meta:
+            return func(*args, **kwargs)
+        scratch = torch.empty(t.shape, dtype=t.dtype, device=self.device)
+        func(scratch, *args[1:], **kwargs) if args else func(**{**kwargs, "tensor": scratch})
+        return t
+
+
+@torch.no_grad()
+def build_stages(cfg: ModelConfig, pp: int, rank: int, virtual: int, device: torch.device) -> nn.Module:
+    """The model with only pipeline rank `rank`'s stages in memory (see the module docstring): built
+    on meta; those stages' parameters and every buffer allocated on `device`; initialised under the
+    same seed as a whole model, so they hold the same values; the other parameters stay on meta."""
+    from danlu.model.transformer import build_meta
+
+    check_pp(cfg, pp, virtual)
+    model = build_meta(cfg)
+    n_stages = pp * virtual
+    stages = [Stage(model, *stage_bounds(cfg.n_layer, n_stages, s)) for s in stage_ids(pp, rank, virtual)]
+    owned = {id(p) for stage in stages for p in stage.parameters()}
+    real: dict[int, nn.Parameter] = {}  # a tied matrix is one parameter at two names
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and id(p) in owned:
+                if id(p) not in real:
+                    real[id(p)] = nn.Parameter(torch.empty_like(p, device=device), p.requires_grad)
+                setattr(module, name, real[id(p)])
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[name] = torch.empty_like(b, device=device)
+    with _DrawForMeta(torch.device(device)):
+        model.init_weights()
+    return model
+
+
 class PipelineRunner:
     """This rank's stages of `model` and the schedule that trains them (see the module docstring)."""
 
@@ -122,13 +187,22 @@ class PipelineRunner:
         if n_microbatches < self.pp:
             raise ConfigError(f"pipeline: {n_microbatches} micro-batches cannot fill {self.pp} stages")
         n_stages = self.pp * virtual
-        ids = [self.rank + self.pp * v for v in range(virtual)]
+        ids = stage_ids(self.pp, self.rank, virtual)
         self.modules = [Stage(model, *stage_bounds(model.cfg.n_layer, n_stages, s)) for s in ids]
         # every stage of the model and the pipeline rank that trains it (for sync_stages)
         self._all = [
             (s % self.pp, Stage(model, *stage_bounds(model.cfg.n_layer, n_stages, s)))
             for s in range(n_stages)
         ]
+        # the other stages' parameters when build_stages left them on meta: (module, name, meta
+        # parameter), and their allocated copies while the whole model is gathered
+        self._others = [
+            (m, name, p)
+            for m in model.modules()
+            for name, p in m._parameters.items()
+            if p is not None and p.is_meta
+        ]
+        self._gathered = False
         self.n_microbatches = n_microbatches
         device = self.device = torch.device(device)
         stages = [
@@ -199,10 +273,26 @@ class PipelineRunner:
             dist.all_reduce(self.tied.grad, group=self._tied_group)
         return total
 
+    def _swap_others(self, allocate: bool) -> None:
+        copies: dict[int, nn.Parameter] = {}  # a tied matrix is one parameter at two names
+        for module, name, meta in self._others:
+            if allocate and id(meta) not in copies:
+                copies[id(meta)] = nn.Parameter(torch.empty_like(meta, device=self.device), False)
+            setattr(module, name, copies[id(meta)] if allocate else meta)
+        self._gathered = allocate
+
+    def release_others(self) -> None:
+        """Free the other stages' parameters gathered by sync_stages (back on meta); a no-op when
+        this rank holds the whole model."""
+        if self._gathered:
+            self._swap_others(allocate=False)
+
     @torch.no_grad()
     def sync_stages(self) -> None:
         """Every rank's copy of the whole model takes each stage's weights from the rank that trains
-        it (every rank of the pipeline calls it)."""
+        it, allocating the stages it does not train (every rank of the pipeline calls it)."""
+        if self._others and not self._gathered:
+            self._swap_others(allocate=True)
         for owner, stage in self._all:
             src = dist.get_global_rank(self.group, owner)
             for p in stage.parameters():

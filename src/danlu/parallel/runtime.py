@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +37,7 @@ from danlu.parallel.checkpoint import (
 from danlu.parallel.config import ParallelConfig
 from danlu.parallel.dcp import is_dcp_checkpoint, load_dcp_checkpoint, save_dcp_checkpoint
 from danlu.parallel.mesh import ParallelDims, build_mesh, data_parallel_mesh
-from danlu.parallel.pipeline import PipelineRunner
+from danlu.parallel.pipeline import PipelineRunner, build_stages
 from danlu.parallel.tensor import FusedOrder, apply_tp
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,16 @@ class Distributed:
         self.grad_scale = float(dims.dp)
 
     # --- the model --------------------------------------------------------------------------------
+
+    def build_model(self, model_cfg: ModelConfig, device: torch.device) -> nn.Module:
+        """The initial model (every rank the same weights from the seed): under pp > 1 only this
+        rank's pipeline stages are allocated (danlu.parallel.pipeline.build_stages)."""
+        from danlu.model.transformer import build_model
+
+        if not self.pipelined:
+            return build_model(model_cfg, device)
+        c = self.cfg
+        return build_stages(model_cfg, c.pp, self.mesh["pp"].get_local_rank(), c.pp_virtual, device)
 
     def shard(self, model: nn.Module) -> nn.Module:
         """Tensor parallelism when tp > 1, then FSDP2 when dp_shard > 1, in place (before the optimizer
@@ -151,6 +162,7 @@ class Distributed:
             raise ConfigError(
                 "pipeline parallelism trains (inputs, targets) batches only: no attention masks"
             )
+        self.runner.release_others()  # gathered for the last evaluation or checkpoint
         x = torch.cat([mb[0] for mb in micro_batches])
         y = torch.cat([mb[1] for mb in micro_batches])
         return self.runner.forward_backward(x, y, n_tokens)
@@ -210,6 +222,7 @@ class Distributed:
             path = checkpoint_dir(out_dir, step)
             if self.is_main:
                 save_checkpoint(out_dir, step, model, StateHolder(osd), *args[1:])  # type: ignore[arg-type]
+            self.runner.release_others()
         elif self.sharded and self.cfg.checkpoint == "dcp":
             path = save_dcp_checkpoint(self.rank, out_dir, step, model, *args, order=self.order)
         elif self.sharded:
@@ -238,7 +251,9 @@ class Distributed:
             return load_dcp_checkpoint(path, model, *args, order=self.order)
         if self.sharded:
             return load_sharded_checkpoint(path, model, *args, order=self.order)
-        return load_checkpoint(path, model, *args)
+        with warnings.catch_warnings():  # under pp > 1 the stages of other ranks are on meta: skipped
+            warnings.filterwarnings("ignore", message=".*to a meta parameter in the current model")
+            return load_checkpoint(path, model, *args)
 
     def save_model_dir(
         self, path: Path, model: nn.Module, model_cfg: ModelConfig, tokenizer_dir: Path
@@ -252,6 +267,8 @@ class Distributed:
         elif self.is_main:
             save_model_dir(path, model, model_cfg, tokenizer_dir)
         self.barrier()
+        if self.runner is not None:
+            self.runner.release_others()
         return Path(path)
 
     def close(self) -> None:

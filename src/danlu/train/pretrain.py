@@ -169,7 +169,7 @@ def build_pretrainer(cfg: RecipeConfig, tokens_dir: Path, tokenizer_dir: Path, o
 
     # every rank builds the same initial weights from the seed, then shards or replicates them
     seed_everything(tcfg.seed)
-    model = build_model(model_cfg, device)
+    model = build_model(model_cfg, device) if parallel is None else parallel.build_model(model_cfg, device)
     options = {"muon_lr": tcfg.muon_lr} if tcfg.optimizer == "muon" else {}
 
     def prepare(batch: Any, step: int, micro: int) -> Any:
