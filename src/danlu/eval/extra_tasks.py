@@ -1,4 +1,4 @@
-"""The diagnostic and safety tasks of `danlu eval`, by name (each a function of a TaskContext)."""
+"""The diagnostic, safety and judged tasks of `danlu eval`, by name (each a function of a TaskContext)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,20 @@ def _refusal(ctx: TaskContext) -> dict[str, Any]:
     return evaluate_refusal(ctx)
 
 
+def _mtbench(ctx: TaskContext) -> dict[str, Any]:
+    from danlu.eval.judged_tasks import evaluate_mtbench
+
+    return evaluate_mtbench(ctx)
+
+
+def _alpacaeval(ctx: TaskContext) -> dict[str, Any]:
+    from danlu.eval.judged_tasks import evaluate_alpacaeval
+
+    return evaluate_alpacaeval(ctx)
+
+
+JUDGED_TASKS = ("mtbench", "alpacaeval")  # they need --judge
+
 EXTRA_TASKS: dict[str, Callable[[TaskContext], dict[str, Any]]] = {
     "distinct": _distinct,
     "memorization": _memorization,
@@ -51,4 +65,6 @@ EXTRA_TASKS: dict[str, Callable[[TaskContext], dict[str, Any]]] = {
     "toxicity": _toxicity,
     "bias": _bias,
     "refusal": _refusal,
+    "mtbench": _mtbench,
+    "alpacaeval": _alpacaeval,
 }

@@ -25,12 +25,13 @@ from tqdm.auto import tqdm
 from danlu.errors import ConfigError
 from danlu.eval import tasks as task_lib
 from danlu.eval.code_task import CODE_TASKS, evaluate_code_task
-from danlu.eval.extra_tasks import EXTRA_TASKS
+from danlu.eval.extra_tasks import EXTRA_TASKS, JUDGED_TASKS
 from danlu.eval.generative import greedy_until, score_generation
 from danlu.eval.metrics import bootstrap_ci
 from danlu.eval.perplexity import perplexity
 from danlu.eval.scoring import Scorer, mc_metrics, mean_stderr
 from danlu.eval.task_context import TaskContext
+from danlu.model_dir import is_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class EvalConfig:
     temperature: float = 0.0  # their sampling temperature (0: greedy)
     train_data: str | None = None  # memorization: the training documents dir or text file
     toxicity_model: str | None = None  # toxicity: a classifier .npz (danlu.data.toxicity_model)
+    judge: str | None = None  # mtbench, alpacaeval: the judge's model dir
+    reference: str | None = None  # alpacaeval: the reference's model dir (None: built-in answers)
 
     def __post_init__(self) -> None:
         if not self.tasks and not self.ppl_files:
@@ -61,6 +64,14 @@ class EvalConfig:
                 task_lib.get_task(name)
         if self.toxicity_model is not None and not Path(self.toxicity_model).is_file():
             raise ConfigError(f"--toxicity-model {self.toxicity_model}: no such file")
+        judged = [t for t in self.tasks if t in JUDGED_TASKS]
+        if judged and self.judge is None:
+            raise ConfigError(
+                f"the judged tasks ({', '.join(judged)}) need a judge model: pass --judge MODEL_DIR"
+            )
+        for flag, path in (("--judge", self.judge), ("--reference", self.reference)):
+            if path is not None and not is_model_dir(path):
+                raise ConfigError(f"{flag} {path}: not a danlu model dir (config.json, model.safetensors)")
         if self.train_data is not None and not Path(self.train_data).exists():
             raise ConfigError(f"--train-data {self.train_data}: no such file or directory")
         if self.samples < 1 or self.temperature < 0:
@@ -234,6 +245,7 @@ def evaluate(
             "ppl_files": list(cfg.ppl_files), "ppl_stride": cfg.ppl_stride, "num_fewshot": cfg.num_fewshot, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
             "samples": cfg.samples, "temperature": cfg.temperature,
             "train_data": cfg.train_data, "toxicity_model": cfg.toxicity_model,
+            "judge": cfg.judge, "reference": cfg.reference,
         },
         "efficiency": {
             "seconds": total_seconds,

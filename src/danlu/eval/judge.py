@@ -68,17 +68,34 @@ class Match:
     score: float
 
 
-def judge_pair(judge: Judge, question: str, answer_1: str, answer_2: str, rubric: str = RUBRIC) -> float:
-    """Score of answer_1 against answer_2: judged in both positions; a win must hold in both."""
+def judge_both_orders(
+    judge: Judge, question: str, answer_1: str, answer_2: str, rubric: str = RUBRIC
+) -> tuple[str | None, str | None]:
+    """The verdicts on (answer_1, answer_2) and on the swapped order (None: no verdict given)."""
     first = parse_verdict(judge(judge_prompt(question, answer_1, answer_2, rubric)))
     swapped = parse_verdict(judge(judge_prompt(question, answer_2, answer_1, rubric)))
     if first is None or swapped is None:
         log.warning("judge gave no [[A]]/[[B]]/[[C]] verdict; counting the pair as a tie")
+    return first, swapped
+
+
+def pair_score(first: str | None, swapped: str | None) -> float:
+    """answer_1's score from both orders' verdicts: a win must hold in both, anything else is a tie."""
     if first == "A" and swapped == "B":
         return 1.0
     if first == "B" and swapped == "A":
         return 0.0
     return 0.5
+
+
+def swap_consistent(first: str | None, swapped: str | None) -> bool:
+    """Whether the two orders name the same answer (or both a tie)."""
+    return (first, swapped) in {("A", "B"), ("B", "A"), ("C", "C")}
+
+
+def judge_pair(judge: Judge, question: str, answer_1: str, answer_2: str, rubric: str = RUBRIC) -> float:
+    """Score of answer_1 against answer_2: judged in both positions; a win must hold in both."""
+    return pair_score(*judge_both_orders(judge, question, answer_1, answer_2, rubric))
 
 
 def run_tournament(

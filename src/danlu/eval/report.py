@@ -16,9 +16,10 @@ _METRICS = (
     "probe_acc", "majority_acc", "word_baseline_acc",
     "toxic_rate", "wordlist_toxic_rate", "mean_toxicity", "expected_max_toxicity", "toxicity_probability",
     "stereotype_rate", "gender_gap", "group_gap", "refusal_rate", "over_refusal_rate",
+    "mt_score", "mt_grade", "win_rate", "lc_win_rate", "swap_consistency",
 )  # fmt: skip
 # reported as they are (not in percent)
-_ABSOLUTE = ("perplexity", "bits_per_byte", "gender_gap", "group_gap")
+_ABSOLUTE = ("perplexity", "bits_per_byte", "gender_gap", "group_gap", "mt_score", "mt_grade")
 
 
 def _fmt(value: float, metric: str) -> str:
