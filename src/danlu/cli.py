@@ -310,6 +310,8 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
         samples=args.samples,
         temperature=args.temperature,
         train_data=args.train_data,
+        judge=str(_model_dir(args.judge)) if args.judge else None,
+        reference=str(_model_dir(args.reference)) if args.reference else None,
     )
     out = evaluate_dir(_model_dir(args.model), cfg, device=args.device)
     print(format_table(out))
@@ -321,6 +323,25 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
 
                 png = Path(args.out).with_name(f"loss_by_position_{name[4:]}.png")
                 print(f"plot written to {plot_loss_by_position(res['loss_by_position'], png, name)}")
+
+
+def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> None:
+    from danlu.eval.leaderboard import format_leaderboard, run_leaderboard
+    from danlu.eval.report import write_json
+
+    models = [_model_dir(m) for m in args.models]
+    board = run_leaderboard(
+        models,
+        _model_dir(args.judge),
+        args.limit,
+        args.max_new_tokens,
+        args.seed,
+        args.device,
+        args.with_reference,
+    )
+    print(format_leaderboard(board))
+    if args.out:
+        print(f"leaderboard written to {write_json(board, args.out)}")
 
 
 def cmd_diagnose(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -509,7 +530,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--train-data", default=None, help="memorization: training documents dir or text file")
+    p.add_argument("--judge", default=None, help="mtbench, alpacaeval: the judge model dir")
+    p.add_argument("--reference", default=None, help="alpacaeval: reference model dir (default: built-in)")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("leaderboard", help="judge models pairwise on built-in questions; Bradley-Terry/Elo")
+    p.add_argument("models", nargs="+", help="model dirs (or run dirs)")
+    p.add_argument("--judge", required=True, help="the judge model dir")
+    p.add_argument("--limit", type=int, default=None, help="first N built-in questions")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--with-reference", action="store_true", help="rank the built-in reference answers too")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="write the leaderboard and every match as JSON here")
+    p.set_defaults(fn=cmd_leaderboard)
 
     p = sub.add_parser("diagnose", help="attention maps (PNG) and the logit lens of a prompt")
     p.add_argument("model", help="model dir (or run dir)")
