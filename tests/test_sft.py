@@ -281,3 +281,15 @@ def test_a_time_budget_changes_only_the_keys_of_the_stages_it_is_set_on():
     plain = stage_keys(load_recipe("recipes/tiny-cpu-sft.yaml"))
     budget = stage_keys(load_recipe("recipes/tiny-cpu-sft.yaml", ["--sft.train.max_minutes=5"]))
     assert budget["pretrain"] == plain["pretrain"] and budget["sft"] != plain["sft"]
+
+
+def test_the_sft_validation_reads_train_eval_batches(root, tmp_path):
+    from danlu.finetune.sft import prepare_data
+
+    base, tok, _ = load_model(root / "base")
+    examples, _ = prepare_data(sft_config(root, "lora"), tok, tmp_path / "data")
+    cpu = torch.device("cpu")
+    first = evaluate(base, examples["val"][:4], 4, tok.pad_id, cpu, "fp32")
+    every = evaluate(base, examples["val"], 4, tok.pad_id, cpu, "fp32")
+    assert len(examples["val"]) > 4
+    assert evaluate(base, examples["val"], 4, tok.pad_id, cpu, "fp32", max_batches=1) == first != every

@@ -193,11 +193,20 @@ def prepare_data(cfg: SFTConfig, tok: Any, data_dir: Path) -> tuple[dict[str, li
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, examples: list[Example], batch_size: int, pad_id: int, device: torch.device, dtype: str
+    model: nn.Module,
+    examples: list[Example],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    dtype: str,
+    max_batches: int = 0,
 ) -> dict[str, float]:
-    """val_loss: mean nats per assistant token over every validation example."""
+    """val_loss: mean nats per assistant token over the validation examples (the first max_batches
+    batches of them; 0: every one)."""
     nats, n = 0.0, 0
-    for x, y in eval_batches(examples, batch_size, pad_id):
+    for k, (x, y) in enumerate(eval_batches(examples, batch_size, pad_id)):
+        if max_batches and k >= max_batches:
+            break
         x, y = x.to(device), y.to(device)
         with autocast(device, dtype):
             logits = model(x)
@@ -255,7 +264,9 @@ def build_sft_trainer(cfg: SFTConfig, base_dir: Path, out_dir: Path) -> tuple[Tr
     hooks = Hooks(
         transform=transform,
         trainable=trainable,
-        evaluate=lambda m: evaluate(m, examples["val"], tcfg.batch_size, pad, device, dtype),
+        evaluate=lambda m: evaluate(
+            m, examples["val"], tcfg.batch_size, pad, device, dtype, max_batches=tcfg.eval_batches
+        ),
     )
     batches = SFTBatches(examples["train"], tcfg.batch_size, tcfg.seq_len, pad, tcfg.seed, cfg.data.packing)
     run = RunInfo(out_dir, model_cfg, base_dir / "tokenizer", tok.fingerprint(), cfg, name="sft")
