@@ -282,3 +282,17 @@ def test_efficiency_line_gives_no_rate_when_no_task_counted_tokens():
     assert line == "2.0 s, peak memory 1 MB on cpu (1 threads)"
     res["efficiency"] = {**eff, "tokens": 100, "tokens_per_second": 50.0}
     assert format_table(res).splitlines()[-1].startswith("2.0 s, 50 tokens/s, peak memory")
+
+
+def test_batched_generation_equals_one_at_a_time(core):
+    """The engine's batched greedy decoding gives greedy_until's text and token counts, prompt by
+    prompt, including a prompt longer than the context (cropped from the left alike)."""
+    from danlu.eval.generative import batched_greedy_until
+
+    prompts = ["Q: 2+2\nA:", "The cat sat", "x" * 40, "To be or not", "abc\n", "Hello there, "]
+    until = ("\n", "t")
+    for max_new in (3, 12):
+        want = [greedy_until(core.model, core.tok, p, until, max_new) for p in prompts]
+        got = batched_greedy_until(core.model, core.tok, prompts, until, max_new, max_batch=4)
+        assert got == want
+    assert batched_greedy_until(core.model, core.tok, [], until, 4, 4) == []

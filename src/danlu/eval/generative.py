@@ -109,3 +109,43 @@ def score_generation(task: str, output: str, answers: Sequence[str]) -> dict[str
     ignore = NQ_IGNORE if task == "nq_open" else ()
     em = max((lm_eval_exact_match(answer, a, ignore, True, True) for a in answers), default=0.0)
     return {"exact_match": em, "f1": token_f1(answer, list(answers)) if answers else 0.0}
+
+
+def batched_greedy_until(
+    model: Any, tok: Any, prompts: Sequence[str], until: Sequence[str], max_new_tokens: int, max_batch: int
+) -> list[tuple[str, int]]:
+    """greedy_until for every prompt at once, through the continuous-batching engine: each prompt is
+    cropped as `generate` crops it (its last max_seq_len - min(max_new, max_seq_len // 2) tokens) and
+    decodes until its stop strings, eos, max_new_tokens or the end of the context."""
+    from danlu.infer.engine import Engine
+    from danlu.infer.params import SamplingParams
+
+    context = model.cfg.max_seq_len
+    room = min(max_new_tokens, context // 2)
+    eos = getattr(tok, "eos_id", None)
+    if not prompts:
+        return []
+    ids, params = [], []
+    for prompt in prompts:
+        p = tok.encode(prompt)[-max(1, context - room) :]
+        ids.append(p)
+        params.append(
+            SamplingParams(
+                max_tokens=min(max_new_tokens, context - len(p)),
+                temperature=0.0,
+                stop=list(until),
+                stop_token_ids=[eos] if eos is not None else [],
+                ignore_eos=True,  # only eos ends the text, as in greedy_until (not a chat end-of-turn)
+            )
+        )
+    # slots as long as the longest request needs (a 2k-8k context per slot would waste the cache)
+    needed = min(context, max(len(p) + q.max_tokens for p, q in zip(ids, params, strict=True)))
+    engine = Engine(model, tok, max_batch=max(1, min(max_batch, len(prompts))), max_len=needed)
+    out = []
+    for c in engine.generate(ids, params):
+        tokens = [t for t in c.token_ids if t != eos]
+        text = tok.decode(tokens)
+        for s in until:
+            text = text.split(s)[0]
+        out.append((text, len(tokens)))
+    return out

@@ -2,7 +2,8 @@
 
 `evaluate` is the function behind `danlu eval`. Multiple-choice tasks put all their requests through
 one `Scorer` call (sorted, batched, shared inputs deduplicated); LAMBADA scores the last word;
-generative tasks decode greedily one item at a time.
+generative tasks decode greedily, batch_size prompts at a time through the inference engine
+(batch size 1: one at a time, without it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from danlu.errors import ConfigError
 from danlu.eval import tasks as task_lib
 from danlu.eval.code_task import CODE_TASKS, evaluate_code_task
 from danlu.eval.extra_tasks import EXTRA_TASKS, JUDGED_TASKS
-from danlu.eval.generative import greedy_until, score_generation
+from danlu.eval.generative import batched_greedy_until, greedy_until, score_generation
 from danlu.eval.metrics import bootstrap_ci
 from danlu.eval.perplexity import perplexity
 from danlu.eval.scoring import Scorer, mc_metrics, mean_stderr
@@ -158,15 +159,24 @@ def evaluate_lambada(scorer: Scorer, docs: Sequence[task_lib.MCDoc]) -> dict[str
 
 
 def evaluate_gen(
-    model: Any, tok: Any, spec: task_lib.TaskSpec, docs: Sequence[task_lib.GenDoc], max_new: int
+    model: Any,
+    tok: Any,
+    spec: task_lib.TaskSpec,
+    docs: Sequence[task_lib.GenDoc],
+    max_new: int,
+    batch_size: int = 1,
 ) -> tuple[dict[str, Any], int]:
-    per_item = []
-    generated = 0
-    for d in tqdm(docs, desc=spec.name, leave=False, disable=len(docs) < 2):
-        text, n = greedy_until(model, tok, d.prompt, spec.until, max_new)
-        generated += n
-        per_item.append(score_generation(spec.name, text, d.answers))
-    return _summary(per_item), generated
+    if batch_size > 1:  # the continuous-batching engine decodes batch_size prompts at a time
+        outputs = batched_greedy_until(model, tok, [d.prompt for d in docs], spec.until, max_new, batch_size)
+    else:
+        outputs = [
+            greedy_until(model, tok, d.prompt, spec.until, max_new)
+            for d in tqdm(docs, desc=spec.name, leave=False, disable=len(docs) < 2)
+        ]
+    per_item = [
+        score_generation(spec.name, text, d.answers) for (text, _), d in zip(outputs, docs, strict=True)
+    ]
+    return _summary(per_item), sum(n for _, n in outputs)
 
 
 def evaluate(
@@ -213,7 +223,7 @@ def evaluate(
         elif spec.kind == "loglik":
             res = evaluate_lambada(scorer, docs)
         else:
-            res, generated = evaluate_gen(model, tok, spec, docs, cfg.max_new_tokens)
+            res, generated = evaluate_gen(model, tok, spec, docs, cfg.max_new_tokens, cfg.batch_size)
         seconds = time.perf_counter() - t0
         tokens = scorer.tokens_forwarded + generated
         total_tokens += tokens
