@@ -323,6 +323,25 @@ def _quality_classifier(
     )
 
 
+def _toxicity(
+    max_score: float = 0.01,
+    words: list[str] | None = None,
+    classifier_model: str | None = None,
+    max_classifier_score: float = 0.5,
+) -> Any:
+    """The word list first (cheap), then a trained toxicity model (.npz) if one is named."""
+    from danlu.data.filters import TOXIC_WORDS
+
+    classifier = None
+    if classifier_model is not None:
+        from danlu.data.toxicity_model import load_toxicity_model
+
+        model = load_toxicity_model(classifier_model)
+        classifier = lambda text: float(model.score_many([text])[0])  # noqa: E731
+    chosen = TOXIC_WORDS if words is None else words
+    return ToxicityFilter(max_score, chosen, classifier, max_classifier_score)
+
+
 def _edu_score(
     model: str, threshold: float | None = None, keep_top: float | None = None, annotate_only: bool = False
 ) -> Any:
@@ -372,7 +391,7 @@ BLOCKS: dict[str, Callable[..., Any]] = {
     "gopher_quality": GopherQualityFilter,
     "gopher_repetition": GopherRepetitionFilter,
     "c4_quality": C4QualityFilter,
-    "toxicity": ToxicityFilter,
+    "toxicity": _toxicity,
     "pii": _pii,
     "decontaminate": _decontaminate,
     "quality_classifier": _quality_classifier,
