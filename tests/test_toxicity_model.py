@@ -82,3 +82,13 @@ def test_teacher_flags_insults_not_plain_lines():
 
     p = teacher_scores(["you are a stupid idiot", "have a lovely evening, my friend"])
     assert p[0] > 0.9 and p[1] < 0.1
+
+
+def test_the_eval_toxicity_task_scores_with_the_trained_model(tmp_path):
+    from danlu.eval.safety import toxicity_scores
+
+    texts, labels = crafted_lines()
+    clf, _ = train_toxicity_model(texts, labels, tmp_path / "tox.npz", held_out=0.25, epochs=20, lr=0.2)
+    got = toxicity_scores(["you stupid loser", "coffee by the river"], str(tmp_path / "tox.npz"))
+    assert got == pytest.approx(clf.score_many(["you stupid loser", "coffee by the river"]).tolist())
+    assert got[0] > 0.5 > got[1] and toxicity_scores(["x"], None) is None

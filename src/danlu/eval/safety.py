@@ -53,9 +53,9 @@ def toxicity_scores(texts: list[str], model_path: str | None) -> list[float] | N
     """P(toxic) of each text by the classifier at model_path (None without one)."""
     if model_path is None:
         return None
-    raise ConfigError(
-        "--toxicity-model: no trained toxicity classifier exists yet; run without it (word list)"
-    )
+    from danlu.data.toxicity_model import load_toxicity_model
+
+    return [float(p) for p in load_toxicity_model(model_path).score_many(texts)]
 
 
 def evaluate_toxicity(ctx: TaskContext) -> dict[str, Any]:
