@@ -5,7 +5,8 @@ Saving gathers the full model and optimizer state to rank 0 (torch.distributed.c
 danlu.train.checkpoint (atomic, checksummed). The optimizer state is converted from parameter names
 to the positional ids that `torch.optim.Optimizer.state_dict()` uses. Loading reads the same files on
 every rank and scatters them into the shards (`set_*_state_dict`). Memory: rank 0 holds one full copy
-in CPU memory while saving; a DCP folder per rank (no full copy) is not built yet.
+in CPU memory while saving; `parallel.checkpoint: dcp` writes each rank's own shards instead
+(danlu.parallel.dcp), through the same two entry points.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from danlu.errors import CheckpointCorrupt, CheckpointError
 from danlu.model.config import ModelConfig
 from danlu.model_dir import MODEL_FILE, save_model_dir
+from danlu.parallel.dcp import check_dcp_compatible, is_dcp_checkpoint, load_dcp_shards, save_dcp_shards
 from danlu.parallel.tensor import FusedOrder
 from danlu.train.checkpoint import OPTIMIZER_FILE, check_compatible, save_checkpoint, set_rng_state
 
@@ -95,10 +97,17 @@ def save_sharded_checkpoint(
     trainer_state: dict[str, Any],
     tokenizer_dir: Path,
     order: FusedOrder | None = None,
+    dcp: bool = False,
 ) -> Path:
-    """Gather, then write the step directory on rank 0 (the caller puts a barrier after it)."""
-    from danlu.train.checkpoint import checkpoint_dir
+    """Gather, then write the step directory on rank 0; with dcp, every rank writes its own shards
+    instead (danlu.parallel.dcp). The caller puts a barrier after it."""
+    from danlu.train.checkpoint import checkpoint_dir, step_records
 
+    if dcp:
+        records = step_records(step, model, model_cfg, run_config, trainer_state) if rank == 0 else None
+        return save_dcp_shards(
+            rank, checkpoint_dir(out_dir, step), model, optimizer, records, tokenizer_dir, order
+        )
     msd, osd = full_state(model, optimizer, order)
     if rank == 0:
         assert osd is not None
@@ -141,12 +150,17 @@ def load_sharded_checkpoint(
     device: str | torch.device = "cpu",
     order: FusedOrder | None = None,
 ) -> dict[str, Any]:
-    """Restore a step directory (written by any layout) into the sharded model and optimizer on
-    every rank; return the trainer state."""
+    """Restore a step directory (written by any layout, in the one-process or the DCP format) into
+    the sharded model and optimizer on every rank; return the trainer state."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
+    if is_dcp_checkpoint(path):
+        state = check_dcp_compatible(path, model_cfg, fingerprint)
+        load_dcp_shards(path, model, optimizer, order)
+        set_rng_state(state["rng"])
+        return state
     state = check_compatible(path, model_cfg, fingerprint)
     try:
         msd = load_file(str(Path(path) / MODEL_FILE))

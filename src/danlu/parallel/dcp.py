@@ -21,7 +21,6 @@ process group.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -33,21 +32,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from danlu.config import to_dict
 from danlu.errors import CheckpointCorrupt, CheckpointError
-from danlu.io import atomic_dir, sha256_file
+from danlu.io import atomic_dir
 from danlu.model.config import ModelConfig
-from danlu.model_dir import CONFIG_FILE, TOKENIZER_DIR, read_json, read_model_config, require_files
+from danlu.model_dir import CONFIG_FILE, TOKENIZER_DIR, read_model_config, require_files
 from danlu.parallel.tensor import FusedOrder
 from danlu.train.checkpoint import (
     CHECKSUMS_FILE,
     STATE_FILE,
-    checkpoint_dir,
-    config_differences,
-    rng_state,
-    set_rng_state,
-    to_jsonable,
+    check_compatible,
     verify_checksums,
+    write_state_and_checksums,
 )
 
 log = logging.getLogger(__name__)
@@ -101,41 +96,34 @@ def _live_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> di
     return state
 
 
-def save_dcp_checkpoint(
+def save_dcp_shards(
     rank: int,
-    out_dir: Path,
-    step: int,
+    path: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    model_cfg: ModelConfig,
-    run_config: Any,
-    trainer_state: dict[str, Any],
+    records: tuple[dict[str, Any], dict[str, Any]] | None,
     tokenizer_dir: Path,
     order: FusedOrder | None = None,
 ) -> Path:
-    """Write checkpoints/step-NNNNNN as a DCP step directory (every rank calls it)."""
+    """Write the step directory `path` as a DCP one (every rank calls it; rank 0 passes the
+    checkpoint's config and trainer-state records, danlu.train.checkpoint.step_records)."""
     import torch.distributed.checkpoint as dcp
 
-    path = checkpoint_dir(out_dir, step)
     state = _convert(_live_state(model, optimizer), order, to_stored=True)
     if rank != 0:
         tmp_name: list[Any] = [None]
         dist.broadcast_object_list(tmp_name, src=0)
         dcp.save(state, checkpoint_id=Path(tmp_name[0]) / DCP_DIR)
         return path
-    recipe = to_dict(run_config) if dataclasses.is_dataclass(run_config) else run_config
+    assert records is not None, "rank 0 writes the config and the trainer state"
+    config, record = records
     with atomic_dir(path) as tmp:
         dist.broadcast_object_list([str(tmp)], src=0)
         dcp.save(state, checkpoint_id=tmp / DCP_DIR)  # returns once every rank's files are written
-        config = {**to_dict(model_cfg), "recipe": recipe}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        record = {**to_jsonable(trainer_state), "step": step, "rng": rng_state()}
-        (tmp / STATE_FILE).write_text(json.dumps(record) + "\n", encoding="utf-8")
         shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
         shards = sorted(str(f.relative_to(tmp)) for f in (tmp / DCP_DIR).rglob("*") if f.is_file())
-        files = [CONFIG_FILE, STATE_FILE, *shards]
-        sums = {name: sha256_file(tmp / name) for name in files}
-        (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2) + "\n", encoding="utf-8")
+        write_state_and_checksums(tmp, record, [CONFIG_FILE, *shards])
     log.info("DCP checkpoint written: %s", path)
     return path
 
@@ -143,40 +131,21 @@ def save_dcp_checkpoint(
 def check_dcp_compatible(path: Path, model_cfg: ModelConfig, fingerprint: str) -> dict[str, Any]:
     """The trainer state of a DCP step directory made with this model config and tokenizer; a
     CheckpointCorrupt when a file is missing or changed, a CheckpointError for another run's."""
-    path = Path(path)
-    require_files(path, DCP_FILES, empty_is_corrupt=True)
-    if not (path / DCP_DIR / ".metadata").is_file():
-        raise CheckpointCorrupt(f"{path / DCP_DIR} has no .metadata: the checkpoint is incomplete; delete it")
-    verify_checksums(path)
-    state = read_json(path / STATE_FILE)
-    diffs = config_differences(read_model_config(path), model_cfg)
-    if state.get("tokenizer_fingerprint") != fingerprint:
-        diffs.append(
-            f"tokenizer fingerprint: checkpoint {state.get('tokenizer_fingerprint')!r}, current {fingerprint!r}"
+    if not (Path(path) / DCP_DIR / ".metadata").is_file():
+        raise CheckpointCorrupt(
+            f"{Path(path) / DCP_DIR} has no .metadata: the checkpoint is incomplete; delete it"
         )
-    if diffs:
-        raise CheckpointError(
-            f"checkpoint {path} belongs to a different run: {'; '.join(diffs)}. Use a new run_dir, or "
-            f"delete {path.parent} to start this run from scratch"
-        )
-    return state
+    return check_compatible(path, model_cfg, fingerprint, files=DCP_FILES)
 
 
-def load_dcp_checkpoint(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    model_cfg: ModelConfig,
-    fingerprint: str,
-    device: str | torch.device = "cpu",
-    order: FusedOrder | None = None,
-) -> dict[str, Any]:
-    """Read a DCP step directory (written under any layout) into this rank's shards, on every rank;
-    return the trainer state."""
+def load_dcp_shards(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, order: FusedOrder | None = None
+) -> None:
+    """Read a checked DCP step directory (written under any layout) into this rank's shards, on
+    every rank."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    state = check_dcp_compatible(path, model_cfg, fingerprint)
     live = _live_state(model, optimizer)
     try:
         dcp.load(live, checkpoint_id=Path(path) / DCP_DIR)
@@ -187,8 +156,6 @@ def load_dcp_checkpoint(
     live = _convert(live, order, to_stored=False)
     set_model_state_dict(model, live["model"])
     set_optimizer_state_dict(model, optimizer, live["optim"])
-    set_rng_state(state["rng"])
-    return state
 
 
 def export_dcp_model_dir(checkpoint: Path, out: Path) -> Path:

@@ -35,7 +35,7 @@ from danlu.parallel.checkpoint import (
     save_sharded_checkpoint,
 )
 from danlu.parallel.config import ParallelConfig
-from danlu.parallel.dcp import is_dcp_checkpoint, load_dcp_checkpoint, save_dcp_checkpoint
+from danlu.parallel.dcp import is_dcp_checkpoint
 from danlu.parallel.mesh import ParallelDims, build_mesh, data_parallel_mesh
 from danlu.parallel.pipeline import PipelineRunner, build_stages
 from danlu.parallel.tensor import FusedOrder, apply_tp
@@ -223,10 +223,9 @@ class Distributed:
             if self.is_main:
                 save_checkpoint(out_dir, step, model, StateHolder(osd), *args[1:])  # type: ignore[arg-type]
             self.runner.release_others()
-        elif self.sharded and self.cfg.checkpoint == "dcp":
-            path = save_dcp_checkpoint(self.rank, out_dir, step, model, *args, order=self.order)
         elif self.sharded:
-            path = save_sharded_checkpoint(self.rank, out_dir, step, model, *args, order=self.order)
+            dcp = self.cfg.checkpoint == "dcp"
+            path = save_sharded_checkpoint(self.rank, out_dir, step, model, *args, order=self.order, dcp=dcp)
         else:
             if self.zero1:  # the optimizer state's shards, gathered to rank 0 for its state_dict()
                 args[0].consolidate_state_dict(to=0)
@@ -242,13 +241,11 @@ class Distributed:
         """train.checkpoint.load_checkpoint's arguments, on every rank."""
         from danlu.train.checkpoint import load_checkpoint
 
-        if is_dcp_checkpoint(path):
-            if not self.sharded:
-                raise ConfigError(
-                    f"{path} is a DCP checkpoint (parallel.checkpoint=dcp): resume it under a sharded "
-                    "layout (parallel.dp_shard > 1 or tp > 1)"
-                )
-            return load_dcp_checkpoint(path, model, *args, order=self.order)
+        if is_dcp_checkpoint(path) and not self.sharded:
+            raise ConfigError(
+                f"{path} is a DCP checkpoint (parallel.checkpoint=dcp): resume it under a sharded "
+                "layout (parallel.dp_shard > 1 or tp > 1)"
+            )
         if self.sharded:
             return load_sharded_checkpoint(path, model, *args, order=self.order)
         with warnings.catch_warnings():  # under pp > 1 the stages of other ranks are on meta: skipped

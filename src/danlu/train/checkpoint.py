@@ -178,17 +178,32 @@ def save_checkpoint(
     """Write checkpoints/step-NNNNNN atomically (trainer_state gets `step` and RNG states added);
     run_config (the stage's config, a dataclass or dict) is recorded under "recipe" in config.json."""
     path = checkpoint_dir(out_dir, step)
-    state = {**to_jsonable(trainer_state), "step": step, "rng": rng_state()}
-    recipe = to_dict(run_config) if dataclasses.is_dataclass(run_config) else run_config
-    meta = {**to_dict(model_cfg), **checkpoint_qat(model, recipe), "recipe": recipe}
+    meta, state = step_records(step, model, model_cfg, run_config, trainer_state)
     with atomic_dir(path) as tmp:
         write_model_files(tmp, model, meta, tokenizer_dir)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
-        sums = {name: sha256_file(tmp / name) for name in CHECKPOINT_FILES if name != CHECKSUMS_FILE}
-        (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2) + "\n", encoding="utf-8")
+        write_state_and_checksums(tmp, state, [CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE])
     log.info("checkpoint written: %s", path)
     return path
+
+
+def step_records(
+    step: int, model: nn.Module, model_cfg: ModelConfig, run_config: Any, trainer_state: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config.json's record, trainer_state.json's record) of a step checkpoint, in any format: the
+    model config with its qat settings and the stage's config under "recipe"; the trainer state with
+    `step` and the RNG states added."""
+    state = {**to_jsonable(trainer_state), "step": step, "rng": rng_state()}
+    recipe = to_dict(run_config) if dataclasses.is_dataclass(run_config) else run_config
+    return {**to_dict(model_cfg), **checkpoint_qat(model, recipe), "recipe": recipe}, state
+
+
+def write_state_and_checksums(tmp: Path, state: dict[str, Any], files: list[str]) -> None:
+    """The last two files of a step directory: trainer_state.json, then checksums.json (the sha256
+    of `files` and of trainer_state.json)."""
+    (tmp / STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
+    sums = {name: sha256_file(tmp / name) for name in [*files, STATE_FILE]}
+    (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2) + "\n", encoding="utf-8")
 
 
 def checkpoint_qat(model: nn.Module, recipe: Any) -> dict[str, Any]:
@@ -227,11 +242,13 @@ def verify_checksums(path: Path) -> None:
         )
 
 
-def check_compatible(path: Path, model_cfg: ModelConfig, fingerprint: str) -> dict[str, Any]:
-    """Raise CheckpointError unless the checkpoint was made with this model config and tokenizer;
-    return its trainer state."""
+def check_compatible(
+    path: Path, model_cfg: ModelConfig, fingerprint: str, files: tuple[str, ...] = CHECKPOINT_FILES
+) -> dict[str, Any]:
+    """Raise CheckpointError unless the checkpoint (holding `files`) was made with this model config
+    and tokenizer; return its trainer state."""
     path = Path(path)
-    require_files(path, CHECKPOINT_FILES, empty_is_corrupt=True)
+    require_files(path, files, empty_is_corrupt=True)
     verify_checksums(path)
     state = read_json(path / STATE_FILE)
     diffs = config_differences(read_model_config(path), model_cfg)
