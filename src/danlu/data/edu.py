@@ -25,13 +25,13 @@ from danlu.data.quality_model import (
     DocScore,
     ScoreFilter,
     ScoreRankBlock,
-    _check_fraction,
-    _check_one_mode,
+    _check_modes,
     _load_npz,
     hashed_features,
+    save_npz,
+    score_block,
 )
 from danlu.errors import ConfigError, DataError
-from danlu.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +73,15 @@ class EduRegressor:
     def save(self, path: str | Path) -> Path:
         if self.weights is None:
             raise ConfigError("the edu regressor is not trained: call fit() first")
-        path = Path(path)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(
-                f,
-                format=np.array(_FORMAT),
-                weights=self.weights,
-                bias=np.array(self.bias),
-                buckets=np.array(self.buckets),
-                ngrams=np.array(self.ngrams),
-                l2=np.array(self.l2),
-            )
-        return path
+        return save_npz(
+            path,
+            _FORMAT,
+            weights=self.weights,
+            bias=self.bias,
+            buckets=self.buckets,
+            ngrams=self.ngrams,
+            l2=self.l2,
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> EduRegressor:
@@ -146,12 +143,8 @@ def edu_score_block(
 ) -> ScoreFilter | ScoreRankBlock:
     """The `edu_score` pipeline block over an EduRegressor .npz."""
     options = {"threshold": threshold, "keep_top": keep_top, "annotate_only": annotate_only}
-    _check_one_mode("edu_score", options)
-    if threshold is not None and not 0.0 <= threshold <= 5.0:
-        raise ConfigError(f"edu_score: threshold is a score in [0, 5], got {threshold}")
+    _check_modes("edu_score", options, "a score", 5.0)
     reg = EduRegressor.load(model)
-    score = DocScore("edu_score", "edu_score", "low_edu_score", True, reg.predict)
-    if keep_top is not None:
-        _check_fraction("keep_top", keep_top)
-        return ScoreRankBlock(score, keep_top)
-    return ScoreFilter(score, threshold)
+    return score_block(
+        DocScore("edu_score", "edu_score", "low_edu_score", True, reg.predict), threshold, keep_top
+    )

@@ -175,17 +175,9 @@ class FastTextLikeClassifier:
     def save(self, path: str | Path) -> Path:
         """Write the model as one .npz (atomically: a crash never leaves a half-written model)."""
         w = self._require_fitted()
-        path = Path(path)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(
-                f,
-                format=np.array(_CLASSIFIER_FORMAT),
-                weights=w,
-                bias=np.array(self.bias),
-                buckets=np.array(self.buckets),
-                ngrams=np.array(self.ngrams),
-            )
-        return path
+        return save_npz(
+            path, _CLASSIFIER_FORMAT, weights=w, bias=self.bias, buckets=self.buckets, ngrams=self.ngrams
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> FastTextLikeClassifier:
@@ -200,6 +192,14 @@ class FastTextLikeClassifier:
         clf.weights = w.astype(np.float32)
         clf.bias = float(z["bias"])
         return clf
+
+
+def save_npz(path: str | Path, fmt: str, **arrays: Any) -> Path:
+    """A model as one .npz tagged with its format, written atomically (a crash leaves no half file)."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, format=np.array(fmt), **{k: np.asarray(v) for k, v in arrays.items()})
+    return path
 
 
 def _load_npz(path: str | Path, fmt: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -376,21 +376,12 @@ class NgramLM:
     def save(self, path: str | Path) -> Path:
         if not self.counts:
             raise ConfigError("the n-gram LM is not trained: call fit() first")
-        path = Path(path)
         grams = np.array(list(self.counts.keys()))
         counts = np.fromiter(self.counts.values(), np.int64, len(self.counts))
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(
-                f,
-                format=np.array(_NGRAM_FORMAT),
-                order=np.array(self.order),
-                smoothing=np.array(self.smoothing),
-                discount=np.array(self.discount),
-                k=np.array(self.k),
-                grams=grams,
-                counts=counts,
-            )
-        return path
+        return save_npz(
+            path, _NGRAM_FORMAT, order=self.order, smoothing=self.smoothing, discount=self.discount, k=self.k,
+            grams=grams, counts=counts,
+        )  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> NgramLM:
@@ -518,15 +509,28 @@ def quality_classifier_block(
 ) -> ScoreFilter | ScoreRankBlock:
     """The `quality_classifier` pipeline block: keep by threshold, keep the top fraction, or annotate only."""
     options = {"threshold": threshold, "keep_top": keep_top, "annotate_only": annotate_only}
-    _check_one_mode("quality_classifier", options)
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"threshold is a probability in [0, 1], got {threshold}")
+    _check_modes("quality_classifier", options, "a probability", 1.0)
     clf = FastTextLikeClassifier.load(model)
     score = DocScore("quality_classifier", "quality_score", "low_quality", True, clf.score_many)
+    return score_block(score, threshold, keep_top)
+
+
+def _check_modes(block: str, options: dict[str, Any], what: str, top: float) -> None:
+    """One mode chosen, a threshold in [0, top], a keep_top fraction in (0, 1]."""
+    _check_one_mode(block, options)
+    threshold, keep_top = options["threshold"], options["keep_top"]
+    if threshold is not None and not 0.0 <= threshold <= top:
+        raise ConfigError(f"{block}: threshold is {what} in [0, {top:g}], got {threshold}")
     if keep_top is not None:
         _check_fraction("keep_top", keep_top)
-        return ScoreRankBlock(score, keep_top)
-    return ScoreFilter(score, threshold)
+
+
+def score_block(
+    score: DocScore, threshold: float | None, keep_top: float | None
+) -> ScoreFilter | ScoreRankBlock:
+    """A higher-is-better score as a block: the top fraction of the corpus, else a threshold (None:
+    annotate only)."""
+    return ScoreRankBlock(score, keep_top) if keep_top is not None else ScoreFilter(score, threshold)
 
 
 def perplexity_block(
