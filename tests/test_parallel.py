@@ -45,9 +45,15 @@ def single(tiny_packed, tmp_path_factory) -> Path:
         (2, 6, {}),  # DDP 2
         (2, 6, {"dp_shard": 2}),  # FSDP 2, ZeRO-3 behaviour
         (2, 6, {"dp_shard": 2, "reshard_after_forward": False}),  # FSDP 2, ZeRO-2 behaviour
-        pytest.param(4, 6, {"dp_shard": 4}, marks=SLOW),  # FSDP 4
-        pytest.param(4, 6, {"dp_shard": 4, "reshard_after_forward": False}, marks=SLOW),  # ZeRO-2
-        pytest.param(4, 6, {"dp_replicate": 2, "dp_shard": 2}, marks=SLOW),  # HSDP 2 x 2
+        # the acceptance matrix: 20 steps of each data-parallel layout in each ZeRO mode
+        pytest.param(2, 20, {}, marks=SLOW),
+        pytest.param(2, 20, {"zero": 1}, marks=SLOW),  # ZeRO-1: DDP, optimizer state sharded
+        pytest.param(2, 20, {"dp_shard": 2, "zero": 2}, marks=SLOW),
+        pytest.param(2, 20, {"dp_shard": 2, "zero": 3}, marks=SLOW),
+        pytest.param(4, 20, {"zero": 1}, marks=SLOW),
+        pytest.param(4, 20, {"dp_shard": 4}, marks=SLOW),  # FSDP 4, ZeRO-3 (the default)
+        pytest.param(4, 20, {"dp_shard": 4, "reshard_after_forward": False}, marks=SLOW),  # ZeRO-2
+        pytest.param(4, 20, {"dp_replicate": 2, "dp_shard": 2}, marks=SLOW),  # HSDP 2 x 2
         (2, 6, {"tp": 2, "sequence_parallel": True}),  # tensor + sequence parallel 2
         pytest.param(2, 20, {"tp": 2}, marks=SLOW),  # tensor parallel 2
         pytest.param(2, 20, {"tp": 2, "sequence_parallel": True}, marks=SLOW),
@@ -62,6 +68,11 @@ def single(tiny_packed, tmp_path_factory) -> Path:
         "ddp2",
         "fsdp2-zero3",
         "fsdp2-zero2",
+        "ddp2-20",
+        "ddp2-zero1-20",
+        "fsdp2-zero2-20",
+        "fsdp2-zero3-20",
+        "ddp4-zero1-20",
         "fsdp4",
         "fsdp4-zero2",
         "hsdp2x2",
