@@ -1,19 +1,18 @@
-"""The scaling-law miniseries: tiny models by depth, equal training FLOPs or tokens, a fit, a prediction.
+"""The scaling-law miniseries: tiny models of growing size on the same tokens, L(N) fitted, a prediction.
 
-    python benchmarks/plan_sweep.py                      # depths 2-6 fitted, 7 held out, 6e11 FLOPs each
-    python benchmarks/plan_sweep.py --depths 1 2 3 4 5 --holdout 6 --tokens 51200 --evals 8 \\
-        --out runs/plan-sweep-tokens                     # every size on the same 51,200 tokens
-    (the same fit by hand: danlu plan fit runs/plan-sweep/d[2-6] --holdout runs/plan-sweep/d7)
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/plan_sweep.py \\
+        --sizes 2x64 2x96 3x128 3x160 4x192 --holdout 4x256 --tokens 1e6 --out runs/plan-size
 
-The data, tokenizer and pack stages of recipes/plan-sweep.yaml run once (in OUT/base); then every depth
-is pretrained on those tokens (`model.depth=N`) for the steps that spend the same training FLOPs (the
-model's own FLOP count per token times tokens), or with --tokens the same tokens, with the recipe's
-constant LR. Runs go in fresh processes, `--workers` at a time with one torch thread each (on a shared
-2-core machine two single-thread runs lose less to thread synchronisation than one two-thread run).
-Each run directory gets the recipe it ran as config.yaml, which `danlu plan fit` reads. L(N, D) is
-then fitted to the fitted depths' evaluation curves (danlu.plan.fit), with bootstrap intervals and a
-plot, and the law predicts each held-out depth's final loss. A run whose result.json records the same
-step count is reused (its wall time is the one it recorded; --retrain: train again).
+The data, tokenizer and pack stages of recipes/plan-sweep.yaml run once (in OUT/base); then every size
+(LAYERSxWIDTH with 32-wide heads, or dN for the `model.depth` dial) is pretrained on the same number
+of tokens, one run at a time in a fresh one-thread process, with a cosine LR that decays to the end
+of that budget and the width rule's peak LR (times --lr-scale), so every final loss is the end point
+of a finished schedule. L(N) = E + A / N^alpha (N: non-embedding parameters, or --params total) is
+fitted to the final validation losses of the --sizes by least squares, with residual-bootstrap 95%
+intervals (danlu.plan.fit.fit_size_runs), and predicts each --holdout size's final loss. Beside the
+law the script prints what a reader could guess without it: the fitted sizes' mean loss, the largest
+fitted size's loss, and a straight line in log N through the fitted losses. A run whose result.json
+records the same steps and LR is reused (--retrain: train again).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,24 +31,38 @@ from _machine import machine_markdown, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "plan-sweep.yaml"
+HEAD_DIM = 32
 
 
-def train_one(depth: int, steps: int, evals: int, out: Path) -> None:
-    """Child process: pretrain one depth for `steps` steps; write result.json."""
-    from danlu.config import save_yaml
+def size_overrides(size: str) -> list[str]:
+    """Recipe overrides of one size: 'dN' (the depth dial) or 'LxW' (L layers, width W)."""
+    if size.startswith("d"):
+        return [f"--model.depth={int(size[1:])}"]
+    layers, width = (int(v) for v in size.split("x"))
+    return [f"--model.n_layer={layers}", f"--model.n_embd={width}", f"--model.n_head={width // HEAD_DIM}"]
+
+
+def recipe(size: str, extra: list[str]) -> object:
     from danlu.recipe import load_recipe
+
+    return load_recipe(RECIPE, [*size_overrides(size), *extra])
+
+
+def train_one(size: str, steps: int, lr: float, evals: int, out: Path) -> None:
+    """Child process: pretrain one size for `steps` steps at peak LR `lr`; write result.json."""
+    from danlu.config import save_yaml
     from danlu.run import RunLayout
     from danlu.train.pretrain import run_pretrain
 
     layout = RunLayout(out / "base")
-    cfg = load_recipe(
-        RECIPE,
+    cfg = recipe(
+        size,
         [
-            f"--model.depth={depth}",
             f"--train.max_steps={steps}",
-            f"--train.eval_every={max(1, steps // evals)}",
-            f"--run_dir={out / f'd{depth}'}",
-            f"--name=plan-sweep-d{depth}",
+            f"--train.lr={lr}",
+            f"--train.eval_every={max(1, math.ceil(steps / evals))}",
+            f"--run_dir={out / size}",
+            f"--name=plan-sweep-{size}",
         ],
     )
     cfg.run_path.mkdir(parents=True, exist_ok=True)
@@ -58,158 +70,179 @@ def train_one(depth: int, steps: int, evals: int, out: Path) -> None:
     start = time.perf_counter()
     result = run_pretrain(cfg, layout.tokens, layout.tokenizer, cfg.run_path)
     wall = time.perf_counter() - start
-    summary = {"depth": depth, "steps": steps, "val_loss": result["val_loss"], "wall_s": wall}
+    summary = {
+        "size": size,
+        "steps": steps,
+        "lr": lr,
+        "val_loss": result["val_loss"],
+        "tokens_per_s": result.get("tokens_per_s"),
+        "wall_s": wall,
+        "load_end": os.getloadavg()[0],
+    }
     tmp = cfg.run_path / "result.json.tmp"
     tmp.write_text(json.dumps(summary))
     tmp.replace(cfg.run_path / "result.json")
 
 
-def launch(depth: int, steps: int, evals: int, out: Path, retrain: bool) -> dict:
-    done = out / f"d{depth}" / "result.json"
+def launch(size: str, steps: int, lr: float, evals: int, out: Path, retrain: bool) -> dict:
+    done = out / size / "result.json"
     if done.is_file() and not retrain:
         r = json.loads(done.read_text())
-        if r["steps"] == steps:
+        if r["steps"] == steps and math.isclose(r["lr"], lr):
             return {**r, "reused": True}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, __file__, "--one", str(depth), str(steps), str(evals), "--out", str(out)]
-    log = out / f"d{depth}.log"
+    cmd = [sys.executable, __file__, "--one", size, str(steps), repr(lr), str(evals), "--out", str(out)]
+    log = out / f"{size}.log"
     with open(log, "w") as fh:
         code = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
     if code:
-        raise SystemExit(f"depth {depth} failed (exit {code}); see {log}")
-    print(f"depth {depth} done", file=sys.stderr, flush=True)
-    return {**json.loads(done.read_text()), "reused": False}
+        raise SystemExit(f"size {size} failed (exit {code}); see {log}")
+    r = json.loads(done.read_text())
+    print(f"{size} done: val loss {r['val_loss']:.4f}, {r['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    return {**r, "reused": False}
+
+
+def plot(report: object, fitted: list, held: list, curves: dict, png: str) -> Path:
+    """Final loss against N with the law and its bootstrap band; each run's validation curve."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ns = [n for _, n, _ in fitted + held]
+    grid = np.geomspace(min(ns) / 1.3, max(ns) * 1.3, 100)
+    band = np.array([b.loss(grid) for b in report.boots])
+    ax1.fill_between(grid, *np.quantile(band, [0.025, 0.975], axis=0), color="C0", alpha=0.2, lw=0)
+    law = report.law
+    label = f"L = {law.E:.3f} + {law.A:.3g} / N^{law.alpha:.3f} (95% band)"
+    ax1.plot(grid, law.loss(grid), "-", color="C0", label=label)
+    ax1.plot([n for _, n, _ in fitted], [y for _, _, y in fitted], "o", color="C0", label="fitted sizes")
+    ax1.plot([n for _, n, _ in held], [y for _, _, y in held], "s", color="C3", label="held out (measured)")
+    for size, n, _ in fitted + held:
+        ax1.annotate(size, (n, law.loss(n)), textcoords="offset points", xytext=(4, 6), fontsize=7)
+    ax1.set(xscale="log", xlabel="parameters N", ylabel="final validation loss (nats)")
+    ax1.legend(fontsize=7)
+    cmap = plt.get_cmap("viridis")
+    for i, (size, (tokens, losses)) in enumerate(curves.items()):
+        ax2.plot(tokens, losses, "o-", ms=3, color=cmap(i / max(len(curves) - 1, 1)), label=size)
+    ax2.set(xscale="log", xlabel="tokens trained", ylabel="validation loss (nats)", title="runs (cosine LR)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4, 5, 6])
-    p.add_argument("--holdout", type=int, nargs="*", default=[7], help="larger depths to predict")
-    p.add_argument("--flops", type=float, default=6e11, help="training FLOPs of every run")
-    p.add_argument(
-        "--tokens",
-        type=float,
-        default=None,
-        help="train every size on this many tokens instead (not --flops)",
-    )
-    p.add_argument("--evals", type=int, default=6, help="evaluations per run")
-    p.add_argument("--workers", type=int, default=2, help="runs at once (one torch thread each)")
-    p.add_argument("--bootstrap", type=int, default=200)
-    p.add_argument("--out", default="runs/plan-sweep")
+    p.add_argument("--sizes", nargs="+", default=["2x64", "2x96", "3x128", "3x160", "4x192"])
+    p.add_argument("--holdout", nargs="*", default=["4x256"], help="larger sizes to predict")
+    p.add_argument("--tokens", type=float, default=1e6, help="training tokens of every run")
+    p.add_argument("--lr-scale", type=float, default=1.0, help="times the width rule's peak LR")
+    p.add_argument("--params", choices=("non_embedding", "total"), default="non_embedding")
+    p.add_argument("--evals", type=int, default=4, help="evaluations per run")
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--out", default="runs/plan-size")
     p.add_argument("--plot", default="benchmarks/results/plan_sweep.png")
     p.add_argument("--retrain", action="store_true", help="train even where result.json exists")
-    p.add_argument("--one", type=int, nargs=3, metavar=("DEPTH", "STEPS", "EVALS"), help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs=4, metavar=("SIZE", "STEPS", "LR", "EVALS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     out = Path(args.out)
     if args.one:
         import torch
 
         torch.set_num_threads(1)
-        train_one(*args.one, out)
+        size, steps, lr, evals = args.one
+        train_one(size, int(steps), float(lr), int(evals), out)
         return
 
-    from danlu.plan.fit import fit_runs, plot_fit, read_run
+    import numpy as np
+
+    from danlu.model.presets import resolve_model_config, suggested_lr
+    from danlu.plan.fit import fit_size_runs, read_run
     from danlu.plan.flops import model_shape
-    from danlu.recipe import load_recipe
     from danlu.run import RunLayout, run_stages
 
-    start = time.perf_counter()
-    base = load_recipe(RECIPE, [f"--run_dir={out / 'base'}", "--train.max_steps=1"])
+    start, load_start = time.perf_counter(), os.getloadavg()
+    base = recipe(args.sizes[0], [f"--run_dir={out / 'base'}", "--train.max_steps=1"])
     run_stages(base, ("data", "tokenizer", "pack"))
     vocab = json.loads((RunLayout(base.run_path).tokens / "index.json").read_text())["vocab_size"]
     plan = []
-    for depth in [*args.depths, *args.holdout]:
-        probe = load_recipe(RECIPE, [f"--model.depth={depth}"])
+    for size in [*args.sizes, *args.holdout]:
+        probe = recipe(size, [])
         shape = model_shape(probe.model, vocab)
         t = probe.train
-        per_step = shape.flops_per_token(t.seq_len) * t.batch_size * t.seq_len * t.grad_accum
         batch_tokens = t.batch_size * t.seq_len * t.grad_accum
-        budget = args.tokens * per_step / batch_tokens if args.tokens else args.flops
-        steps = max(1, math.ceil(budget / per_step))
-        plan.append((depth, shape, steps, per_step, batch_tokens))
-    # the largest (slowest) runs first, so that the pool ends with short ones
-    order = sorted(plan, key=lambda x: -x[2] * x[3])
-    with ThreadPoolExecutor(args.workers) as pool:
-        futures = {
-            d: pool.submit(launch, d, steps, args.evals, out, args.retrain) for d, _, steps, _, _ in order
-        }
-        results = {d: f.result() for d, f in futures.items()}
+        steps = max(1, math.ceil(args.tokens / batch_tokens))
+        lr = args.lr_scale * suggested_lr(resolve_model_config(probe.model, vocab))
+        n = shape.n_non_embedding if args.params == "non_embedding" else shape.n_params
+        plan.append((size, shape, n, steps, batch_tokens, lr))
+    results = {s: launch(s, steps, lr, args.evals, out, args.retrain) for s, _, _, steps, _, lr in plan}
+
     rows = []
-    for depth, shape, steps, per_step, batch_tokens in plan:
-        r = results[depth]
+    for size, shape, _, steps, batch_tokens, lr in plan:
+        r = results[size]
         rows.append(
             [
-                str(depth),
+                size,
                 f"{shape.n_params:,}",
-                str(steps),
+                f"{shape.n_non_embedding:,}",
                 f"{steps * batch_tokens:,}",
-                f"{steps * per_step:.3g}",
+                f"{lr:.3g}",
                 f"{r['val_loss']:.4f}",
                 f"{r['wall_s']:.0f}" + (" (reused)" if r["reused"] else ""),
-                "held out" if depth in args.holdout else "fit",
+                "held out" if size in args.holdout else "fit",
             ]
         )
-    header = ["depth", "params", "steps", "tokens", "train FLOPs", "final val loss", "wall s", "role"]
-    budget = f"{args.tokens:,.0f} training tokens" if args.tokens else f"{args.flops:.3g} training FLOPs"
-    print(f"recipes/plan-sweep.yaml, {budget} per run, {args.workers} runs at once\n")
+    header = ["size", "params", "non-emb params", "tokens", "peak LR", "final val loss", "wall s", "role"]
+    print(f"recipes/plan-sweep.yaml, {args.tokens:,.0f} training tokens per run, one run at a time")
+    print(f"(cosine to 0.1 x peak at the last step; peak LR = {args.lr_scale:g} x the width rule)\n")
     print(markdown_table(header, rows))
 
-    fitted = [read_run(out / f"d{d}") for d in args.depths]
-    held = [read_run(out / f"d{d}") for d in args.holdout]
-    report = fit_runs(fitted, held, n_boot=args.bootstrap)
+    fitted = [(s, n, results[s]["val_loss"]) for s, _, n, *_ in plan if s not in args.holdout]
+    held = [(s, n, results[s]["val_loss"]) for s, _, n, *_ in plan if s in args.holdout]
+    ns, ys = np.array([n for _, n, _ in fitted], float), np.array([y for _, _, y in fitted])
+    report = fit_size_runs(ns, ys, n_boot=args.bootstrap)
     law, ci = report.law, report.intervals
-    n_points = sum(len(r.tokens) for r in fitted)
-    print(f"\nL(N, D) = E + A / N^alpha + B / D^beta, least squares on {n_points} evaluations of depths")
-    print(
-        f"{', '.join(map(str, args.depths))} (after 2 x warmup); {report.n_boot} residual-bootstrap refits:\n"
-    )
+    print(f"\nL(N) = E + A / N^alpha, N = {args.params.replace('_', '-')} parameters, least squares on the")
+    print(f"final losses of {len(fitted)} sizes ({ns.max() / ns.min():.1f}x in N); {len(report.boots)} ")
+    print("residual-bootstrap refits (residuals scaled by sqrt(P / (P - 3))):\n")
     print(
         markdown_table(
             ["coefficient", "fit", "95% interval"],
-            [
-                [k, f"{getattr(law, k):.4g}", f"[{ci[k][0]:.4g}, {ci[k][1]:.4g}]"]
-                for k in ("E", "A", "alpha", "B", "beta")
-            ],
+            [[k, f"{getattr(law, k):.4g}", f"[{ci[k][0]:.4g}, {ci[k][1]:.4g}]"] for k in ("E", "A", "alpha")],
         )
     )
     print(f"\nrmse of the fit: {law.rmse:.4f} nats")
-    if report.n_opt_law:
-        k, a = report.n_opt_law
-        lo, hi = report.n_opt_interval or (math.nan, math.nan)
-        print(f"IsoFLOP optima: N* = {k:.3g} C^{a:.3f} (exponent 95% interval [{lo:.3f}, {hi:.3f}])")
-    else:
-        print(
-            f"IsoFLOP optima: {sum(math.isfinite(c.n_opt) for c in report.isoflops)} slices with a vertex inside the sizes; no N*(C) law"
-        )
-    hrows = [
-        [
-            Path(str(h["path"])).name,
-            f"{int(h['params']):,}",
-            f"{int(h['tokens']):,}",
-            f"{h['measured']:.4f}",
-            f"{h['predicted']:.4f} [{h['predicted_lo']:.4f}, {h['predicted_hi']:.4f}]",
-            f"{100 * float(h['error']):+.2f}%",
-        ]
-        for h in report.holdout
-    ]
+    # what a reader could guess without the law
+    slope, icpt = np.polyfit(np.log(ns), ys, 1)
+    guesses = {
+        "L(N) law": lambda n: report.predict(n)[0],
+        "mean of fitted losses": lambda n: float(ys.mean()),
+        "largest fitted size's loss": lambda n: float(ys[np.argmax(ns)]),
+        "line in log N through fitted": lambda n: float(icpt + slope * math.log(n)),
+    }
+    hrows = []
+    for size, n, y in held:
+        pred, lo, hi = report.predict(n)
+        hrows.append([size, f"{n:,}", f"{y:.4f}", f"{pred:.4f} [{lo:.4f}, {hi:.4f}]"])
+        hrows[-1] += [f"{100 * (g(n) / y - 1):+.2f}%" for g in guesses.values()]
     print()
-    print(
-        markdown_table(["held out", "params", "tokens", "measured loss", "predicted (95%)", "error"], hrows)
-    )
-    worst = max((abs(float(h["error"])) for h in report.holdout), default=math.nan)
-    print(f"\nlargest held-out error: {100 * worst:.2f}% (goal: within 2%)")
-    # what a prediction without the law would score: the largest fitted size's final loss, and the
-    # fitted sizes' mean final loss
-    largest = max(fitted, key=lambda r: r.n_params).final_loss
-    mean = sum(r.final_loss for r in fitted) / len(fitted)
-    for name, guess in (
-        ("largest fitted size's final loss", largest),
-        ("fitted sizes' mean final loss", mean),
-    ):
-        errs = ", ".join(f"{100 * (guess / h.final_loss - 1):+.2f}%" for h in held)
-        print(f"baseline, {name} ({guess:.4f}): {errs}")
-    print(f"plot: {plot_fit(report, held, args.plot)}")
+    print(markdown_table(["held out", "N", "measured", "law (95%)", *guesses], hrows))
+    worst = max((abs(report.predict(n)[0] / y - 1) for _, n, y in held), default=math.nan)
+    print(f"\nlargest held-out error of the law: {100 * worst:.2f}% (goal: within 2%)")
+    curves = {}
+    for size, *_ in plan:
+        run = read_run(out / size)
+        curves[size] = (run.tokens, run.losses)
+    print(f"plot: {plot(report, fitted, held, curves, args.plot)}")
+    load_end = os.getloadavg()
     print(f"total wall time: {time.perf_counter() - start:.0f} s")
+    print(f"load average at start {load_start[0]:.2f}, at end {load_end[0]:.2f} (1 min)")
     print(machine_markdown())
 
 

@@ -436,3 +436,34 @@ def test_fit_keeps_a_at_zero_when_loss_does_not_fall_with_n(tmp_path):
     y = 2.0 + 50.0 / d**0.4 + 0.02 * np.log(n / 1e6) + rng.normal(0, 1e-3, len(n))  # worse with N
     law = fit_law(n, d, y)
     assert law.A == 0 and law.B > 0 and law.beta == pytest.approx(0.4, abs=0.05)
+
+
+def test_size_law_recovers_a_known_law_with_intervals_that_cover_it():
+    """Fixed-token L(N) = E + A / N^alpha from 5 noisy sizes: the coefficients come back, the 95%
+    bootstrap intervals hold the true values, and the held-out size's prediction is within 1%."""
+    from danlu.plan.fit import fit_size_runs
+
+    def true(n):
+        return 3.0 + 40.0 / n**0.3
+
+    n = np.array([1e5, 2.2e5, 6e5, 9.3e5, 1.8e6])
+    y = true(n) + np.random.default_rng(3).normal(0, 0.003, len(n))
+    report = fit_size_runs(n, y, n_boot=300)
+    assert report.law.alpha == pytest.approx(0.3, abs=0.08)
+    for k, value in (("E", 3.0), ("alpha", 0.3)):
+        lo, hi = report.intervals[k]
+        assert lo <= value <= hi, (k, lo, hi)
+    pred, lo, hi = report.predict(3.2e6)
+    assert pred == pytest.approx(true(3.2e6), rel=0.01) and lo < pred < hi
+
+
+def test_size_law_keeps_a_at_zero_and_needs_three_sizes():
+    from danlu.errors import DataError
+    from danlu.plan.fit import fit_size_law
+
+    n = np.array([1e5, 3e5, 1e6, 3e6])
+    law = fit_size_law(n, np.array([4.0, 4.1, 4.2, 4.3]))  # worse with N: no power law falls
+    assert law.A == 0
+    assert math.isclose(law.E, 4.15)
+    with pytest.raises(DataError, match="at least 3 model sizes"):
+        fit_size_law(np.array([1e5, 1e5, 3e5]), np.array([4.0, 4.0, 3.9]))

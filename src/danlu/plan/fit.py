@@ -198,12 +198,23 @@ def fit_law(n: np.ndarray, d: np.ndarray, y: np.ndarray) -> LawFit:
 
 
 def bootstrap(
-    fit: Any, x: tuple[np.ndarray, ...], y: np.ndarray, predict: Any, refit: Any, n_boot: int, seed: int
+    fit: Any,
+    x: tuple[np.ndarray, ...],
+    y: np.ndarray,
+    predict: Any,
+    refit: Any,
+    n_boot: int,
+    seed: int,
+    n_coef: int = 0,
 ) -> list[Any]:
-    """Refits on fitted values plus resampled residuals (residual bootstrap)."""
+    """Refits on fitted values plus resampled residuals (residual bootstrap). With n_coef > 0 the
+    residuals are first scaled by sqrt(P / (P - n_coef)): least squares leaves them smaller than the
+    noise by about that factor, which matters when the points are few."""
     rng = np.random.default_rng(seed)
     fitted = predict(fit, *x)
     resid = y - fitted
+    if 0 < n_coef < len(y):
+        resid = resid * math.sqrt(len(y) / (len(y) - n_coef))
     out = []
     for _ in range(n_boot):
         y_star = fitted + rng.choice(resid, size=len(resid), replace=True)
@@ -219,6 +230,75 @@ def interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
         return (math.nan, math.nan)
     q = (1 - level) / 2
     return float(np.quantile(values, q)), float(np.quantile(values, 1 - q))
+
+
+# ------------------------------------------------------------------------ L(N) at a fixed token count
+
+
+@dataclass(frozen=True)
+class SizeLaw:
+    """L(N) = E + A / N^alpha: the final loss of runs that all trained on the same tokens."""
+
+    E: float
+    A: float
+    alpha: float
+    rmse: float
+
+    def loss(self, n: np.ndarray | float) -> np.ndarray:
+        return self.E + self.A * np.power(n, -self.alpha)
+
+
+def _size_grid(ns: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[float, float, float, float]:
+    """(sse, E, A, alpha) of the best fit over the alpha grid; for each alpha the model is a line in
+    x = N^-alpha, solved in closed form with A >= 0 (A = 0: the mean)."""
+    x = ns[None, :] ** -alphas[:, None]
+    xc = x - x.mean(1, keepdims=True)
+    yc = y - y.mean()
+    with np.errstate(all="ignore"):
+        a = np.maximum((xc @ yc) / (xc * xc).sum(1), 0.0)
+    a = np.where(np.isfinite(a), a, 0.0)
+    e = y.mean() - a * x.mean(1)
+    sse = ((y[None, :] - e[:, None] - a[:, None] * x) ** 2).sum(1)
+    i = int(np.argmin(sse))
+    return float(sse[i]), float(e[i]), float(a[i]), float(alphas[i])
+
+
+def fit_size_law(n: np.ndarray, y: np.ndarray) -> SizeLaw:
+    """Least-squares L(N) = E + A N^-alpha (A >= 0) by variable projection over alpha in (0, 4]."""
+    n, y = np.asarray(n, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(np.unique(n)) < 3:
+        raise DataError("fitting L(N) = E + A / N^alpha needs runs of at least 3 model sizes")
+    scale = float(np.exp(np.log(n).mean()))  # N near 1, so N^-alpha stays well conditioned
+    ns = n / scale
+    lo, hi = 1e-3, 4.0
+    best = _size_grid(ns, y, np.linspace(lo, hi, 401))
+    for _ in range(3):
+        step = (hi - lo) / 400
+        lo, hi = max(best[3] - 2 * step, 1e-4), best[3] + 2 * step
+        best = _size_grid(ns, y, np.linspace(lo, hi, 401))
+    sse, e, a, alpha = best
+    return SizeLaw(e, a * scale**alpha, alpha, math.sqrt(sse / len(y)))
+
+
+@dataclass(frozen=True)
+class SizeLawReport:
+    law: SizeLaw
+    intervals: dict[str, tuple[float, float]]  # 95% of E, A, alpha
+    boots: list[SizeLaw]
+
+    def predict(self, n: float) -> tuple[float, float, float]:
+        """(prediction, 95% low, 95% high) of the final loss at N parameters."""
+        lo, hi = interval([float(b.loss(n)) for b in self.boots])
+        return float(self.law.loss(n)), lo, hi
+
+
+def fit_size_runs(n: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 0) -> SizeLawReport:
+    """fit_size_law with residual-bootstrap intervals (residuals scaled for the 3 fitted coefficients)."""
+    n, y = np.asarray(n, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    law = fit_size_law(n, y)
+    boots = bootstrap(law, (n,), y, lambda f, a: f.loss(a), fit_size_law, n_boot, seed, n_coef=3)
+    intervals = {k: interval([getattr(b, k) for b in boots]) for k in ("E", "A", "alpha")}
+    return SizeLawReport(law, intervals, boots)
 
 
 # ----------------------------------------------------------------------------------------- IsoFLOPs
