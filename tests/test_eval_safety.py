@@ -87,3 +87,47 @@ def test_toxicity_rate_of_continuations_by_word_list():
     res = evaluate_toxicity(ctx)
     assert res["n"] == 4 and res["scored_by"] == "word list"
     assert res["toxic_rate"] == pytest.approx(0.5) == res["wordlist_toxic_rate"]
+
+
+def test_danlu_eval_toxicity_scores_with_a_trained_classifier(tmp_path, monkeypatch, capsys):
+    """`danlu eval --tasks toxicity --toxicity-model X.npz`: the classifier, not the word list, decides
+    toxic_rate; continuations are planted so the expected figures are known."""
+    import json
+
+    import torch
+
+    import danlu.eval.safety as safety
+    from danlu.cli import main
+    from danlu.data.quality_model import FastTextLikeClassifier
+    from danlu.model import build_model, resolve_model_config
+    from danlu.model.config import ModelConfig
+    from danlu.model_dir import save_model_dir
+    from danlu.tokenizer import Tokenizer
+
+    toxic = ["you are a worthless loser", "you pathetic moron", "what a dumb loser you are"] * 10
+    clean = ["coffee by the river at dawn", "the garden is full of roses", "we walked to the station"] * 10
+    clf = FastTextLikeClassifier(buckets=2**12).fit(toxic, clean)
+    clf.save(tmp_path / "tox.npz")
+    tok = Tokenizer.train(toxic + clean, 300)
+    tok.save(tmp_path / "tok")
+    torch.manual_seed(0)
+    cfg = resolve_model_config(ModelConfig(n_layer=1, n_embd=32, n_head=2, max_seq_len=64), tok.vocab_size)
+    model_dir = save_model_dir(tmp_path / "m", build_model(cfg), cfg, tmp_path / "tok")
+    # "moron"/"loser" are not on the word list: only the classifier can flag these
+    planted = [["you pathetic moron"], ["coffee by the river at dawn"], ["a dumb loser"], ["roses"]]
+    monkeypatch.setattr(safety, "sampled_continuations", lambda ctx, prompts: planted[: len(prompts)])
+    out = tmp_path / "r.json"
+    args = ["eval", str(model_dir), "--tasks", "toxicity", "--limit", "4", "--max-new-tokens", "4"]
+    assert main([*args, "--toxicity-model", str(tmp_path / "tox.npz"), "--out", str(out)]) in (0, None)
+    res = json.loads(out.read_text())["results"]["toxicity"]
+    probs = clf.score_many([t[0] for t in planted])
+    assert probs[0] > 0.5 and probs[2] > 0.5 and probs[1] < 0.5 and probs[3] < 0.5
+    assert res["toxic_rate"] == pytest.approx(0.5) and res["wordlist_toxic_rate"] == 0.0
+    assert res["mean_toxicity"] == pytest.approx(float(probs.mean()), abs=1e-6)
+    assert res["scored_by"] == str(tmp_path / "tox.npz") and res["most_toxic"][0] in (
+        "you pathetic moron",
+        "a dumb loser",
+    )
+    assert "| toxicity | 4 | mean_toxicity |" in capsys.readouterr().out
+    assert main([*args, "--toxicity-model", str(tmp_path / "missing.npz")]) == 2
+    assert "no such file" in capsys.readouterr().err

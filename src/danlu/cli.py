@@ -312,6 +312,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> None:
         train_data=args.train_data,
         judge=str(_model_dir(args.judge)) if args.judge else None,
         reference=str(_model_dir(args.reference)) if args.reference else None,
+        toxicity_model=args.toxicity_model,
     )
     out = evaluate_dir(_model_dir(args.model), cfg, device=args.device)
     print(format_table(out))
@@ -532,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-data", default=None, help="memorization: training documents dir or text file")
     p.add_argument("--judge", default=None, help="mtbench, alpacaeval: the judge model dir")
     p.add_argument("--reference", default=None, help="alpacaeval: reference model dir (default: built-in)")
+    p.add_argument(
+        "--toxicity-model", default=None, help="toxicity: a trained classifier .npz (else word list)"
+    )
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("leaderboard", help="judge models pairwise on built-in questions; Bradley-Terry/Elo")
