@@ -467,3 +467,22 @@ def test_size_law_keeps_a_at_zero_and_needs_three_sizes():
     assert math.isclose(law.E, 4.15)
     with pytest.raises(DataError, match="at least 3 model sizes"):
         fit_size_law(np.array([1e5, 1e5, 3e5]), np.array([4.0, 4.0, 3.9]))
+
+
+def test_cli_final_fits_equal_token_runs_and_refuses_unequal_ones(capsys, tmp_path):
+    law = (2.0, 60.0, 0.3, 400.0, 0.35)
+    runs = [str(_fake_run(tmp_path, k, law, 400, 0.001, k)) for k in (2, 3, 4, 5, 6)]
+    held = str(_fake_run(tmp_path, 7, law, 400, 0.0, 7))
+    png = tmp_path / "final.png"
+    out = _cli(capsys, "fit", *runs, "--final", "--holdout", held, "--plot", str(png), "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["law"]["alpha"] == pytest.approx(0.3, abs=0.1)
+    assert abs(r["holdout"][0]["error"]) < 0.01
+    assert png.stat().st_size > 10_000
+    table = _cli(capsys, "fit", *runs, "--final", "--holdout", held)
+    assert table.returncode == 0 and "L(N) = E + A / N^alpha" in table.stdout
+    short = str(_fake_run(tmp_path / "short", 3, law, 200, 0.0, 3))
+    bad = _cli(capsys, "fit", *runs, short, "--final")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "same tokens" in bad.stderr

@@ -6,6 +6,7 @@
     danlu plan cost    --model llama-7b --tokens 2e12 --hardware h100 --devices 256 --price 2.5
     danlu plan layout  --model llama-70b --hardware h100 --nodes 4 --gpus-per-node 8 --global-batch 512
     danlu plan fit     RUN... [--holdout RUN] [--plot fit.png]   scaling law fitted to your runs
+    danlu plan fit     RUN... --final [--holdout RUN]            L(N) on equal-token runs' final losses
     danlu plan hardware                                          the hardware table
 
 --model takes a preset name or a recipe YAML (its model section); `--model.FIELD=VALUE` overrides a
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from danlu.config import from_dict, load_yaml, merge, parse_overrides
-from danlu.errors import ConfigError
+from danlu.errors import ConfigError, DataError
 from danlu.plan import hardware as hwmod
 from danlu.plan.memory import (
     OPTIMIZERS,
@@ -131,6 +132,12 @@ def add_plan_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--params", choices=("total", "non_embedding"), default="total")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples")
     p.add_argument("--plot", default=None, help="PNG to draw")
+    p.add_argument(
+        "--final",
+        action="store_true",
+        help="fit L(N) = E + A / N^alpha to the final losses of runs trained on the same tokens "
+        "(runs whose LR decays to their end, where intermediate evaluations are not end points)",
+    )
 
     action("hardware", "the hardware table (datasheet peaks, memory, bandwidth, measured MFU)")
     return plan
@@ -305,10 +312,58 @@ def do_fit(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 
     runs = [read_run(r, args.params) for r in args.runs]
     held = [read_run(r, args.params) for r in args.holdout]
+    if args.final:
+        return _fit_final(runs, held, args)
     report = fit_runs(runs, held, n_boot=args.bootstrap)
     out = report.as_dict()
     if args.plot:
         out["plot"] = str(plot_fit(report, held, args.plot))
+    return out
+
+
+def _fit_final(runs: list[Any], held: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from danlu.plan.fit import fit_size_runs, plot_size_fit
+
+    tokens = {r.final_tokens for r in [*runs, *held]}
+    if max(tokens) > 1.01 * min(tokens):
+        raise DataError(
+            f"--final fits runs trained on the same tokens; these end at {min(tokens):,.0f} to "
+            f"{max(tokens):,.0f} tokens (fit L(N, D) without --final instead)"
+        )
+    report = fit_size_runs(
+        np.array([r.n_params for r in runs], float),
+        np.array([r.final_loss for r in runs]),
+        n_boot=args.bootstrap,
+    )
+    out: dict[str, Any] = {
+        "mode": "final",
+        "law": report.law.__dict__,
+        "intervals_95": report.intervals,
+        "bootstrap_samples": len(report.boots),
+        "runs": [
+            {"path": r.path, "params": r.n_params, "tokens": r.final_tokens, "final_loss": r.final_loss}
+            for r in runs
+        ],
+        "holdout": [],
+    }
+    for r in held:
+        pred, lo, hi = report.predict(r.n_params)
+        out["holdout"].append(
+            {
+                "path": r.path,
+                "params": r.n_params,
+                "tokens": r.final_tokens,
+                "measured": r.final_loss,
+                "predicted": pred,
+                "predicted_lo": lo,
+                "predicted_hi": hi,
+                "error": pred / r.final_loss - 1,
+            }
+        )
+    if args.plot:
+        out["plot"] = str(plot_size_fit(report, runs, held, args.plot))
     return out
 
 

@@ -474,3 +474,34 @@ def plot_fit(report: FitReport, holdout: list[RunCurve], png: str | Path) -> Pat
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_size_fit(
+    report: SizeLawReport, runs: list[RunCurve], holdout: list[RunCurve], png: str | Path
+) -> Path:
+    """Final loss against N: the fitted L(N), its 95% bootstrap band, the fitted and held-out runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ns = [r.n_params for r in [*runs, *holdout]]
+    grid = np.geomspace(min(ns) / 1.3, max(ns) * 1.3, 100)
+    band = np.array([b.loss(grid) for b in report.boots])
+    ax.fill_between(grid, *np.quantile(band, [0.025, 0.975], axis=0), color="C0", alpha=0.2, lw=0)
+    law = report.law
+    ax.plot(grid, law.loss(grid), "-", color="C0", label=f"L = {law.E:.3f} + {law.A:.3g} / N^{law.alpha:.3f}")
+    ax.plot([r.n_params for r in runs], [r.final_loss for r in runs], "o", color="C0", label="fitted")
+    if holdout:
+        ax.plot(
+            [r.n_params for r in holdout], [r.final_loss for r in holdout], "s", color="C3", label="held out"
+        )
+    ax.set(xscale="log", xlabel="parameters N", ylabel="final validation loss (nats)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

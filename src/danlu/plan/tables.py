@@ -154,9 +154,13 @@ def layout_table(r: dict[str, Any], args: argparse.Namespace) -> str:
 
 def fit_table(r: dict[str, Any], args: argparse.Namespace) -> str:
     law, ci = r["law"], r["intervals_95"]
-    rows = [[k, law[k], ci[k][0], ci[k][1]] for k in ("E", "A", "alpha", "B", "beta")]
+    final = r.get("mode") == "final"
+    names = ("E", "A", "alpha") if final else ("E", "A", "alpha", "B", "beta")
+    rows = [[k, law[k], ci[k][0], ci[k][1]] for k in names]
     out = [
-        "L(N, D) = E + A / N^alpha + B / D^beta, least squares over every evaluation after warmup",
+        "L(N) = E + A / N^alpha, least squares over the runs' final losses (equal tokens)"
+        if final
+        else "L(N, D) = E + A / N^alpha + B / D^beta, least squares over every evaluation after warmup",
         f"rmse {law['rmse']:.4f} nats; 95% intervals from {r['bootstrap_samples']} residual-bootstrap refits",
         "",
         _grid(["parameter", "fit", "95% low", "95% high"], rows),
@@ -166,7 +170,7 @@ def fit_table(r: dict[str, Any], args: argparse.Namespace) -> str:
             [[x["path"], x["params"], x["tokens"], x["final_loss"]] for x in r["runs"]],
         ),
     ]
-    if r["isoflops"]:
+    if r.get("isoflops"):
         out += [
             "",
             _grid(
@@ -174,7 +178,7 @@ def fit_table(r: dict[str, Any], args: argparse.Namespace) -> str:
                 [[c["flops"], c["n_opt"], c["points"]] for c in r["isoflops"]],
             ),
         ]
-    if r["n_opt_power_law"]:
+    if r.get("n_opt_power_law"):
         k, a = r["n_opt_power_law"]
         lo, hi = r["n_opt_exponent_interval_95"]
         out.append(f"N* = {k:.3g} C^{a:.3f} (95% interval of the exponent {lo:.3f} to {hi:.3f})")
