@@ -94,10 +94,15 @@ def agreement_main(args: argparse.Namespace) -> None:
         rows = read_annotations(path)
         cut = int(len(rows) * args.train_fraction)
         train, test = rows[:cut], rows[cut:]
-        for l2 in (1.0, 10.0):
-            reg = train_edu_regressor(train, l2=l2)
-            rho = spearman(reg.predict([r["text"] for r in test]), [r["score"] for r in test])
-            print(f"{path}: train {len(train)}, held out {len(test)}, l2 {l2:g}: Spearman {rho:.3f}")
+        for norm, link in (("l2", "identity"), ("l1", "logit")):
+            for ngrams in (1, 2):
+                for l2 in (0.1, 1.0, 10.0):
+                    reg = train_edu_regressor(train, l2=l2, ngrams=ngrams, norm=norm, link=link)
+                    rho = spearman(reg.predict([r["text"] for r in test]), [r["score"] for r in test])
+                    print(
+                        f"{path}: train {len(train)}, held out {len(test)}, norm {norm}, link {link}, "
+                        f"ngrams {ngrams}, l2 {l2:g}: Spearman {rho:.3f}"
+                    )
     print(machine_markdown())
 
 
@@ -177,10 +182,13 @@ def bench_main(args: argparse.Namespace) -> None:
     cut = int(len(rows) * args.train_fraction)
     train, test = rows[:cut], rows[cut:]
     model_path = args.out / "edu_regressor.npz"
-    reg = train_edu_regressor(train, model_path, l2=args.l2)
+    reg = train_edu_regressor(
+        train, model_path, l2=args.l2, ngrams=args.ngrams, norm=args.norm, link=args.link
+    )
     rho = spearman(reg.predict([r["text"] for r in test]), [r["score"] for r in test])
     print(
-        f"classifier: hashed n-gram ridge (l2 {args.l2:g}) on {len(train)} annotations; "
+        f"classifier: hashed n-gram ridge (ngrams {args.ngrams}, norm {args.norm}, link {args.link}, "
+        f"l2 {args.l2:g}) on {len(train)} annotations; "
         f"Spearman with the judge on {len(test)} held-out annotations: {rho:.3f}"
     )
 
@@ -255,6 +263,9 @@ def main() -> None:
     b.add_argument("--out", type=Path, required=True, help="folder for the trained regressor")
     b.add_argument("--train-fraction", type=float, default=0.75)
     b.add_argument("--l2", type=float, default=1.0)
+    b.add_argument("--ngrams", type=int, default=2)
+    b.add_argument("--norm", default="l2", choices=("l1", "l2"))
+    b.add_argument("--link", default="identity", choices=("identity", "logit"))
     b.add_argument("--tokenizer", type=Path, default=ROOT / "runs/tiny-cpu/tokenizer")
     b.add_argument("--layers", type=int, default=2)
     b.add_argument("--dim", type=int, default=128)

@@ -145,3 +145,22 @@ def test_block_options_are_checked(model):
         build_block({"block": "edu_score", "model": model, "threshold": 7})
     with pytest.raises(ConfigError, match="does not exist"):
         build_block({"block": "edu_score", "model": "nope.npz", "threshold": 1})
+
+
+def test_logit_link_on_frequencies_learns_a_sigmoid_of_a_per_token_mean(tmp_path):
+    # the contrast judge's form: score = 5 * sigmoid(mean over words of a per-word weight / temperature)
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(60)]
+    weight = {w: rng.gauss(0.0, 1.0) for w in vocab}
+    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(5, 40))) for _ in range(400)]
+    scores = [5 / (1 + np.exp(-np.mean([weight[w] for w in t.split()]) / 0.3)) for t in texts]
+    reg = EduRegressor(ngrams=1, l2=0.01, norm="l1", link="logit").fit(texts[:300], scores[:300])
+    pred = reg.predict(texts[300:])
+    assert spearman(pred, scores[300:]) > 0.95 and ((pred > 0) & (pred < 5)).all()
+    plain = EduRegressor(ngrams=1, l2=0.01).fit(texts[:300], scores[:300]).predict(texts[300:])
+    assert spearman(pred, scores[300:]) > spearman(plain, scores[300:])
+    again = EduRegressor.load(reg.save(tmp_path / "r.npz"))
+    assert (again.norm, again.link) == ("l1", "logit")
+    np.testing.assert_allclose(again.predict(texts[300:]), pred, rtol=1e-5)
+    with pytest.raises(ConfigError):
+        EduRegressor(link="probit")

@@ -38,15 +38,27 @@ log = logging.getLogger(__name__)
 _FORMAT = "danlu-edu-ridge-1"
 
 
-class EduRegressor:
-    """Ridge regression of a 0-5 score on hashed word n-grams; predictions are clipped to [0, 5]."""
+_LINKS = ("identity", "logit")
+_EDGE = 1e-4  # logit link: scores are kept this far inside (0, 5)
 
-    def __init__(self, buckets: int = 2**20, ngrams: int = 2, l2: float = 1.0) -> None:
-        if buckets < 2 or ngrams < 1 or l2 <= 0:
+
+class EduRegressor:
+    """Ridge regression of a 0-5 score on hashed word n-grams; predictions are clipped to [0, 5].
+
+    link="logit" fits logit(score / 5) and predicts 5 * sigmoid(.): for a judge whose score is a
+    sigmoid of a per-token mean (the contrast judge), the fitted target is then linear in n-gram
+    frequencies (norm="l1"). norm is the feature rows' normalization (quality_model.hashed_features).
+    """
+
+    def __init__(
+        self, buckets: int = 2**20, ngrams: int = 2, l2: float = 1.0, norm: str = "l2", link: str = "identity"
+    ) -> None:
+        if buckets < 2 or ngrams < 1 or l2 <= 0 or norm not in ("l1", "l2") or link not in _LINKS:
             raise ConfigError(
-                f"EduRegressor: need buckets >= 2, ngrams >= 1, l2 > 0; got {buckets=}, {ngrams=}, {l2=}"
+                "EduRegressor: need buckets >= 2, ngrams >= 1, l2 > 0, norm l1|l2, link identity|logit; got "
+                f"{buckets=}, {ngrams=}, {l2=}, {norm=}, {link=}"
             )
-        self.buckets, self.ngrams, self.l2 = buckets, ngrams, l2
+        self.buckets, self.ngrams, self.l2, self.norm, self.link = buckets, ngrams, l2, norm, link
         self.weights: np.ndarray | None = None
         self.bias = 0.0
 
@@ -57,7 +69,10 @@ class EduRegressor:
                 f"the edu regressor needs at least 2 annotated texts with one score each; got "
                 f"{len(texts)} texts and {len(y)} scores"
             )
-        x = hashed_features(texts, self.buckets, self.ngrams)
+        if self.link == "logit":
+            p = np.clip(y / 5.0, _EDGE, 1.0 - _EDGE)
+            y = np.log(p / (1.0 - p))
+        x = hashed_features(texts, self.buckets, self.ngrams, self.norm)
         gram = (x @ x.T).toarray()
         alpha = np.linalg.solve(gram + self.l2 * np.eye(len(y)), y - y.mean())
         self.weights = np.asarray(x.T @ alpha, np.float64).ravel().astype(np.float32)
@@ -67,8 +82,11 @@ class EduRegressor:
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         if self.weights is None:
             raise ConfigError("the edu regressor is not trained: call fit() or load() first")
-        x = hashed_features(texts, self.buckets, self.ngrams)
-        return np.clip(x @ self.weights.astype(np.float64) + self.bias, 0.0, 5.0)
+        x = hashed_features(texts, self.buckets, self.ngrams, self.norm)
+        z = x @ self.weights.astype(np.float64) + self.bias
+        if self.link == "logit":
+            return 5.0 / (1.0 + np.exp(-z))
+        return np.clip(z, 0.0, 5.0)
 
     def save(self, path: str | Path) -> Path:
         if self.weights is None:
@@ -81,12 +99,16 @@ class EduRegressor:
             buckets=self.buckets,
             ngrams=self.ngrams,
             l2=self.l2,
+            norm=self.norm,
+            link=self.link,
         )
 
     @classmethod
     def load(cls, path: str | Path) -> EduRegressor:
         z = _load_npz(path, _FORMAT, ("weights", "bias", "buckets", "ngrams", "l2"))
-        reg = cls(int(z["buckets"]), int(z["ngrams"]), float(z["l2"]))
+        # files written before norm and link existed used the defaults
+        norm, link = str(z.get("norm", "l2")), str(z.get("link", "identity"))
+        reg = cls(int(z["buckets"]), int(z["ngrams"]), float(z["l2"]), norm, link)
         if z["weights"].shape != (reg.buckets,):
             raise DataError(f"{path}: weights do not match {reg.buckets} buckets; the file is damaged")
         reg.weights, reg.bias = z["weights"].astype(np.float32), float(z["bias"])

@@ -46,8 +46,9 @@ _NGRAM_FORMAT = "danlu-char-ngram-1"
 # --- hashed features -----------------------------------------------------------------------------
 
 
-def hashed_features(texts: Sequence[str], buckets: int = 2**20, ngrams: int = 2) -> Any:
-    """CSR matrix [len(texts), buckets] of hashed word 1..ngrams-gram counts, rows L2-normalized.
+def hashed_features(texts: Sequence[str], buckets: int = 2**20, ngrams: int = 2, norm: str = "l2") -> Any:
+    """CSR matrix [len(texts), buckets] of hashed word 1..ngrams-gram counts, rows L2-normalized (or
+    with norm="l1" divided by their total: n-gram frequencies, for targets that are per-token means).
 
     crc32 of the UTF-8 n-gram (words joined by a space) is stable across processes and Python
     versions, unlike hash(); collisions just add counts, as in fastText and Vowpal Wabbit.
@@ -61,6 +62,8 @@ def hashed_features(texts: Sequence[str], buckets: int = 2**20, ngrams: int = 2)
 
     if buckets < 2:
         raise ConfigError(f"buckets must be at least 2, got {buckets}")
+    if norm not in ("l1", "l2"):
+        raise ConfigError(f"norm is l1 or l2, got {norm!r}")
     indptr = [0]
     indices: list[int] = []
     data: list[float] = []
@@ -73,7 +76,7 @@ def hashed_features(texts: Sequence[str], buckets: int = 2**20, ngrams: int = 2)
         if counts:
             idx = np.fromiter(counts.keys(), np.int64, len(counts))
             val = np.fromiter(counts.values(), np.float64, len(counts))
-            val /= np.sqrt((val * val).sum())  # length-independent: a long page is not "more" good
+            val /= np.sqrt((val * val).sum()) if norm == "l2" else val.sum()  # length-independent
             order = np.argsort(idx)
             indices.extend(idx[order].tolist())
             data.extend(val[order].tolist())
