@@ -185,6 +185,41 @@ def test_pairs_are_checked_deduplicated_and_split_by_prompt(tmp_path):
         build_pairs(AlignDataConfig(sources=["nowhere.jsonl"]))
 
 
+def test_a_hugging_face_preference_dataset_streams_into_pairs(tmp_path, monkeypatch):
+    """UltraFeedback-binarized's layout (prompt + chosen/rejected conversations) and TRL's implicit
+    prompt (no prompt field: chosen's turns before its last), from a local dataset folder through the
+    same `datasets.load_dataset(..., streaming=True)` call a hub name takes, with no network."""
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+
+    def turn(role, text):
+        return {"role": role, "content": text}
+
+    rows = [
+        {"prompt": f"q{i}", "chosen": [turn("user", f"q{i}"), turn("assistant", f"good {i}")],
+         "rejected": [turn("user", f"q{i}"), turn("assistant", f"bad {i}")], "score_chosen": 8.0}
+        for i in range(30)
+    ]  # fmt: skip
+    rows += [
+        {"chosen": [turn("user", f"r{i}"), turn("assistant", "yes")],
+         "rejected": [turn("user", f"r{i}"), turn("assistant", "no")]}
+        for i in range(10)
+    ]  # fmt: skip
+    (tmp_path / "owner" / "prefs").mkdir(parents=True)
+    (tmp_path / "owner" / "prefs" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    splits, report = build_pairs(AlignDataConfig(sources=["hf:owner/prefs"], per_source=0, val_fraction=0.25))
+    pairs = splits["train"] + splits["val"]
+    assert report["pairs"]["train"] + report["pairs"]["val"] == 40 and splits["val"]
+    q3 = next(p for p in pairs if p["prompt"] == [turn("user", "q3")])
+    assert (q3["chosen"], q3["rejected"]) == ("good 3", "bad 3")
+    r7 = next(p for p in pairs if p["prompt"] == [turn("user", "r7")])
+    assert (r7["chosen"], r7["rejected"]) == ("yes", "no")
+    with pytest.raises(DataError, match="cannot stream hf:owner/missing"):
+        build_pairs(AlignDataConfig(sources=["hf:owner/missing"]))
+
+
 def test_the_align_verb_runs_from_a_recipe_and_bad_input_exits_2(root, tmp_path, capsys):
     from danlu.cli import main
 

@@ -12,7 +12,7 @@ from danlu.align.ppo import KLController, per_row_gae
 from danlu.align.rl import gae
 from danlu.align.rl_config import RLConfig
 from danlu.align.rl_stage import RolloutStream, _check, resolved
-from danlu.errors import CheckpointError, ConfigError
+from danlu.errors import CheckpointError, ConfigError, DataError
 from danlu.train.config import TrainConfig
 
 
@@ -29,6 +29,36 @@ def test_arithmetic_rewards_score_the_last_number_and_a_bare_number_format():
     assert arith.well_formatted(" 42 ") == 1.0 and arith.well_formatted("it is 42") == 0.0
     r = arith.rewards(["42", "x = 42", "7"], ["42", "42", "42"], 0.1)
     assert r["reward"] == pytest.approx([1.1, 1.0, 0.1])
+    # a held-out set asks each question once; 1-digit +/- has 200 questions in all
+    assert arith.distinct_problems(1, "+-") == 200 and arith.distinct_problems(2, "+") == 8100
+    once = arith.arithmetic_problems(5, 100, 1, "+-", distinct=True)
+    assert len({p.question for p in once}) == 100
+    rest = arith.arithmetic_problems(6, 300, 1, "+-", frozenset(p.question for p in once))
+    assert not {p.question for p in rest} & {p.question for p in once}
+    with pytest.raises(DataError):
+        arith.arithmetic_problems(5, 201, 1, "+-", distinct=True)
+
+
+def test_one_update_per_rollout_uses_the_detached_policy_as_the_sampling_policy():
+    from danlu.align.grpo import grpo_step
+    from danlu.align.rollout import token_logps
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(11, 8), torch.nn.Linear(8, 11))
+    ids = torch.randint(0, 11, (4, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]] * 4)
+    b = {"ids": ids, "mask": mask, "advantages": torch.tensor([1.0, -1.0, 0.5, -0.5])}
+    rl = RLConfig(group_size=2, kl_coef=0.0)
+    got, n, _ = grpo_step(rl)(model, b)
+    got.backward()
+    grad = [q.grad.clone() for q in model.parameters()]
+    model.zero_grad()
+    with torch.no_grad():
+        old = token_logps(model, ids)
+    want, _, _ = grpo_step(rl)(model, b | {"old_logps": old})
+    want.backward()
+    assert n == 4 and torch.allclose(got, want)
+    assert all(torch.allclose(g, q.grad) for g, q in zip(grad, model.parameters(), strict=True))
 
 
 def test_the_kl_controller_moves_toward_its_target_and_is_fixed_without_one():
@@ -153,6 +183,7 @@ def _records(out):
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
 def test_each_rl_method_runs_logs_finite_metrics_and_resumes_bit_exactly(toy, tmp_path, monkeypatch, method):
+    import json
     import math
 
     from danlu.align import rl_stage
@@ -173,6 +204,10 @@ def test_each_rl_method_runs_logs_finite_metrics_and_resumes_bit_exactly(toy, tm
         assert "val_reward" in result and "val_kl" in result
     else:
         assert "val_exact_match" in result
+        data = tmp_path / "a" / "data"
+        before, after = (json.loads((data / f"held_out_{k}.json").read_text()) for k in ("before", "after"))
+        assert len(before) == len(after) == cfg.rl.eval_prompts
+        assert sum(r["correct"] for r in after) / len(after) == result["val_exact_match"]
     # the same run, killed after its first checkpoint, then resumed
     module = rl_stage.ppo if method == "ppo" else rl_stage.grpo
     name = "ppo_loss" if method == "ppo" else "grpo_step"

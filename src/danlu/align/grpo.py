@@ -1,6 +1,7 @@
 """GRPO (Shao et al. 2024): group_size completions per prompt, advantages relative to the group, no critic.
 
-experience   one rollout's tensors: the sampling policy's and (beta > 0) the reference's per-token
+experience   one rollout's tensors: the sampling policy's (only when a rollout trains more than one
+             step; else the policy's own, detached, as TRL does) and (beta > 0) the reference's per-token
              log-probs, and each completion's advantage from its verifiable reward
              (danlu.align.arith: correct answer plus format_weight for a bare number), by
              danlu.align.rl.group_advantages
@@ -44,7 +45,9 @@ def experience(
     scored = arith.rewards(sampled.texts, answers, rl.format_weight)
     rewards = torch.tensor(scored["reward"], dtype=torch.float32, device=device)
     adv = group_advantages(rewards, rl.group_size, rl.scale)
-    tensors = {"ids": ids, "mask": full_mask, "old_logps": token_logps(model, ids), "advantages": adv}
+    tensors = {"ids": ids, "mask": full_mask, "advantages": adv}
+    if rl.epochs * rl.minibatches > 1:  # one update per rollout: the sampling policy is the policy
+        tensors["old_logps"] = token_logps(model, ids)
     if reference is not None and rl.kl_coef > 0:
         tensors["ref_logps"] = reference(ids)
     groups = rewards.view(-1, rl.group_size)
@@ -68,8 +71,9 @@ def grpo_step(rl: RLConfig) -> Callable[[nn.Module, dict[str, Any]], tuple[torch
         ids, mask = b["ids"], b["mask"][:, 1:]
         logps = token_logps(model, ids)
         ref = b.get("ref_logps")
+        old = b["old_logps"] if "old_logps" in b else logps.detach()  # TRL's shortcut for one update
         mean_loss, metrics = grpo_loss(
-            logps, b["old_logps"], b["advantages"], mask, ref, rl.kl_coef if ref is not None else 0.0,
+            logps, old, b["advantages"], mask, ref, rl.kl_coef if ref is not None else 0.0,
             rl.clip, rl.upper_clip, rl.norm, rl.max_new_tokens,
         )  # fmt: skip
         n = units(rl, b["mask"])

@@ -9,6 +9,11 @@
     PATH              a .jsonl file (or folder) of {prompt, chosen, rejected[, margin]} records;
                       prompt a string or a list of messages, chosen/rejected a string or a list
                       whose last message is the assistant's (TRL's conversational layout)
+    hf:OWNER/NAME[:CONFIG][@SPLIT]
+                      a Hugging Face preference dataset streamed with `datasets` (danlu.data's spec;
+                      where a network allows, or a local dataset folder of that name): records as in
+                      a JSONL file, and a record with no (or a null) prompt takes chosen's messages before its
+                      last as the prompt (UltraFeedback-binarized's and TRL's implicit-prompt layout)
 
 `build_pairs` reads every source, screens bad records (counted by reason), samples per_source, drops
 exact repeats and pairs whose chosen equals rejected, optionally MinHash near-duplicates and pairs
@@ -113,6 +118,28 @@ def chitchat_pairs(seed: int) -> Iterator[tuple[str, Any]]:
         yield rid, {"prompt": user["content"], "chosen": reply["content"], "rejected": other["content"]}
 
 
+def hf_pair_records(spec: str) -> Iterator[tuple[str, Any]]:
+    """(id, record) of a streamed Hugging Face split; the prompt implied by chosen's turns when absent."""
+    from danlu.data.hf_datasets import parse_spec
+
+    parts = parse_spec(spec)
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("Hugging Face sources need the datasets package: pip install 'danlu[hf]'") from None
+    try:
+        stream = datasets.load_dataset(parts["name"], parts["config"], split=parts["split"], streaming=True)
+        for i, record in enumerate(stream):
+            chosen = record.get("chosen") if isinstance(record, dict) else None
+            if record.get("prompt") is None and isinstance(chosen, list) and len(chosen) > 1:
+                record = record | {"prompt": chosen[:-1]}
+            yield f"{spec}/{i}", record
+    except DataError:
+        raise
+    except Exception as e:  # offline, unknown dataset, bad config or split: all surface from datasets
+        raise DataError(f"cannot stream {spec}: {type(e).__name__}: {e}") from None
+
+
 def source_records(spec: str, seed: int, distractor: str = "listed") -> Iterator[tuple[str, Any]]:
     if spec == "olmo" or spec.startswith("olmo:"):
         from danlu.finetune.sources import OLMO_TASKS
@@ -126,10 +153,12 @@ def source_records(spec: str, seed: int, distractor: str = "listed") -> Iterator
         return olmo_pairs(tasks, seed, distractor)
     if spec == "chitchat":
         return chitchat_pairs(seed)
+    if spec.startswith("hf:"):
+        return hf_pair_records(spec)
     if Path(spec).expanduser().exists():
         return read_jsonl(spec)
     raise DataError(
-        f"unknown preference source {spec!r}: not olmo[:task], chitchat, nor an existing .jsonl path"
+        f"unknown preference source {spec!r}: not olmo[:task], chitchat, hf:OWNER/NAME, nor an existing .jsonl path"
     )
 
 

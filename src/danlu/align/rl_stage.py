@@ -14,7 +14,8 @@ reward model's mean score (val_reward) and the KL to the reference (val_kl); grp
 held-out problems greedily and reports exact match (val_exact_match) and format (val_format).
 val_loss is the negative of val_reward / val_exact_match (the Trainer keeps the best by it).
 
-    out_dir/data/         prompts.json (held-out prompts), before.json (evaluation before step 1)
+    out_dir/data/         prompts.json (held-out prompts), before.json (evaluation before step 1);
+                          grpo: held_out_{before,after}.json (each held-out reply, scored)
     out_dir/checkpoints/  step checkpoints, metrics.jsonl (reward, kl, clip_fraction, ...), loss.png
     out_dir/model/        the policy (adapters merged), a plain model dir
 """
@@ -93,13 +94,16 @@ def make_prompts(cfg: AlignConfig, tok: Any, out_dir: Path) -> Prompts:
             split[s] = [(list(p), "") for p in unique]
         prompts = Prompts(split["train"], split["val"][: rl.eval_prompts], encode, rl, seed)
     elif rl.task == "arith":
-        val = arith.arithmetic_problems(seed_of(seed, _HELD_OUT, 0), rl.eval_prompts, rl.digits, rl.ops)
+        space = arith.distinct_problems(rl.digits, rl.ops)
+        if 2 * rl.eval_prompts > space:  # hold out at most half: training draws from the rest
+            raise ConfigError(
+                f"align.rl.eval_prompts={rl.eval_prompts} holds out more than half of the {space} "
+                f"{rl.digits}-digit problems over {rl.ops!r}"
+            )
+        val = arith.arithmetic_problems(seed_of(seed, _HELD_OUT, 0), rl.eval_prompts, rl.digits, rl.ops,
+                                        distinct=True)  # fmt: skip
         prompts = Prompts([], [(encode(p.question), p.answer) for p in val], encode, rl, seed,
                           frozenset(p.question for p in val))  # fmt: skip
-        if len(prompts.held_out) < len(val):
-            log.warning(
-                "align.rl: %d of %d held-out problems repeat", len(val) - len(prompts.held_out), len(val)
-            )
     else:
         records = arith.read_gsm8k(rl.task.split(":", 1)[1])
         if len(records) <= rl.eval_prompts:
@@ -194,6 +198,7 @@ class RLRun:
     def __init__(self, cfg: AlignConfig, tok: Any, prompts: Prompts, base_dir: Path, device: torch.device):
         self.cfg, self.rl, self.tok, self.prompts, self.device = cfg, cfg.rl, tok, prompts, device
         self.model: nn.Module | None = None
+        self.held_out_replies: list[dict[str, Any]] = []  # grpo: the last evaluation, problem by problem
         self.kl = ppo.KLController(cfg.rl.kl_coef, cfg.rl.kl_target, cfg.rl.kl_horizon)
         self.frozen_ref: nn.Module | None = None
         if cfg.tune == "full":
@@ -254,6 +259,8 @@ class RLRun:
             s, answers = self._sample(self.prompts.val, _HELD_OUT, greedy=True)
             c = [arith.correct(t, a) for t, a in zip(s.texts, answers, strict=True)]
             f = [arith.well_formatted(t) for t in s.texts]
+            self.held_out_replies = [{"answer": a, "reply": t, "correct": x, "format": y}
+                                     for a, t, x, y in zip(answers, s.texts, c, f, strict=True)]  # fmt: skip
             em = sum(c) / len(c)
             return {"val_loss": -em, "val_exact_match": em, "val_format": sum(f) / len(f), "val_n": len(c)}
         s, _ = self._sample(self.prompts.val, _HELD_OUT)
@@ -360,8 +367,12 @@ def run_rl(cfg: AlignConfig, base_dir: Path, out_dir: Path) -> dict[str, Any]:
         trainer.model.eval()
         before = run.evaluate()
         trainer.model.train()
+        if cfg.method == "grpo":
+            atomic_write_json(out_dir / "data" / "held_out_before.json", run.held_out_replies)
         atomic_write_json(before_path, before)
     result = trainer.fit()
+    if cfg.method == "grpo" and run.held_out_replies:  # the final evaluation (none: resumed a finished run)
+        atomic_write_json(out_dir / "data" / "held_out_after.json", run.held_out_replies)
     policy = run.policy.eval()
     plain = unwrap(policy) if cfg.tune == "lora" else policy
     meta = read_metadata(base_dir)
