@@ -7,7 +7,7 @@
     danlu pack [RECIPE]                          documents -> token shards
     danlu pretrain [RECIPE]                      train (resumes from the run's last checkpoint)
     danlu sft [RECIPE] [--sft.base=MODEL]        finetune on conversations (full, LoRA, QLoRA, DoRA)
-    danlu align [RECIPE] [--method dpo]          align on preference pairs (rm, dpo, ipo, cdpo, simpo, orpo, kto)
+    danlu align [RECIPE] [--method dpo]          align: rm, dpo, ipo, cdpo, simpo, orpo, kto, ppo, grpo
     danlu prefs samples|rlaif|constitute ...     preference / SFT data: own samples, RLAIF, constitutional AI
     danlu generate MODEL --prompt TEXT           sample a continuation
     danlu chat MODEL                             talk to a model in the terminal
