@@ -296,3 +296,13 @@ def test_batched_generation_equals_one_at_a_time(core):
         got = batched_greedy_until(core.model, core.tok, prompts, until, max_new, max_batch=4)
         assert got == want
     assert batched_greedy_until(core.model, core.tok, [], until, 4, 4) == []
+
+
+def test_batched_generation_takes_more_prompts_than_the_engines_default_queue(core):
+    """A full-size task (GSM8K has 1,319 items) queues every prompt at once: more than the engine's
+    default max_queue of 256 used to fail with "requests are waiting (max_queue)"."""
+    from danlu.eval.generative import batched_greedy_until
+
+    prompts = [f"Q{i}" for i in range(300)]
+    got = batched_greedy_until(core.model, core.tok, prompts, ("\n",), 1, max_batch=64)
+    assert len(got) == 300 and all(n <= 1 for _, n in got)

@@ -140,7 +140,10 @@ def batched_greedy_until(
         )
     # slots as long as the longest request needs (a 2k-8k context per slot would waste the cache)
     needed = min(context, max(len(p) + q.max_tokens for p, q in zip(ids, params, strict=True)))
-    engine = Engine(model, tok, max_batch=max(1, min(max_batch, len(prompts))), max_len=needed)
+    # every prompt is queued at once, so the queue holds them all (a full-size task has ~1k-4k)
+    engine = Engine(
+        model, tok, max_batch=max(1, min(max_batch, len(prompts))), max_len=needed, max_queue=len(prompts)
+    )
     out = []
     for c in engine.generate(ids, params):
         tokens = [t for t in c.token_ids if t != eos]
