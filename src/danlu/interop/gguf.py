@@ -193,27 +193,48 @@ def gguf_tokenizer(reader: Any) -> PretrainedTokenizer:
     )
 
 
-def load_gguf(path: str | Path) -> tuple[torch.nn.Module, PretrainedTokenizer, ModelConfig]:
-    """(danlu model in eval mode, its tokenizer, its config) from a GGUF file."""
+def load_gguf(
+    path: str | Path, keep_quantized: bool = False, embed_bits: int | None = None
+) -> tuple[torch.nn.Module, PretrainedTokenizer, ModelConfig]:
+    """(danlu model in eval mode, its tokenizer, its config) from a GGUF file. keep_quantized: the
+    Q4_0/Q4_1 Linears stay quantized as Int4Linear(group 32) with the file's codes
+    (danlu.interop.gguf_quant); embed_bits=8 also stores the embedding table as int8 per row."""
     reader = _open(Path(path))
     cfg = gguf_model_config(reader)
     model = build_model(cfg, "cpu")
     model.load_state_dict(from_hf_state_dict(gguf_state_dict(reader, cfg), cfg))
+    if keep_quantized:
+        from danlu.interop.gguf_quant import keep_quantized as keep
+
+        keep(model, reader, cfg, embed_bits)
     return model.eval(), gguf_tokenizer(reader), cfg
 
 
-def import_gguf(path: str | Path, out: str | Path, force: bool = False) -> Path:
+def import_gguf(
+    path: str | Path,
+    out: str | Path,
+    force: bool = False,
+    keep_quantized: bool = False,
+    embed_bits: int | None = None,
+) -> Path:
     """Write a danlu model dir (config.json, model.safetensors, tokenizer/) from a GGUF file; an
-    existing model dir at `out` is replaced only with `force`, a file or other files never."""
+    existing model dir at `out` is replaced only with `force`, a file or other files never. With
+    keep_quantized the dir is a quantized model dir (quant/quant_config.json) of the file's Q4 codes."""
+    from danlu.config import to_dict
     from danlu.io import check_replaceable_output
     from danlu.model_dir import save_model_dir
 
     check_replaceable_output(out, force)
-    model, tok, cfg = load_gguf(path)
+    model, tok, cfg = load_gguf(path, keep_quantized, embed_bits)
+    extra = {"chat": bool(tok.chat_template), "source": str(path)}
     with tempfile.TemporaryDirectory(prefix="danlu-tok-") as tmp:
         tok_dir = tok.save(Path(tmp) / "tokenizer")
-        save_model_dir(
-            Path(out), model, cfg, tok_dir, extra={"chat": bool(tok.chat_template), "source": str(path)}
-        )
+        if keep_quantized:
+            from danlu.quant.stage import save_quantized
+
+            quant = {"method": "gguf", "bits": 4, "group_size": 32, "embed_bits": embed_bits}
+            save_quantized(Path(out), model, to_dict(cfg) | extra, tok_dir, quant)
+        else:
+            save_model_dir(Path(out), model, cfg, tok_dir, extra=extra)
     log.info("imported %s (%d parameters) to %s", path, model.num_params(), out)
     return Path(out)

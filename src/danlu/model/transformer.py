@@ -300,8 +300,9 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def init_buffers(self) -> None:
         """After `to_empty`: tie the head to the embedding again (to_empty may have replaced the shared
-        tensor) and compute the non-persistent position tables. Weights are left as they are."""
-        if self.cfg.tie_embeddings:
+        tensor) and compute the non-persistent position tables. Weights are left as they are. A
+        quantized table (danlu.quant.embedding) is one module at both names, tied already."""
+        if self.cfg.tie_embeddings and isinstance(self.embed, nn.Embedding):
             self.lm_head.weight = self.embed.weight
         self._init_positions()
 

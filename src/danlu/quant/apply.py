@@ -42,12 +42,28 @@ def skipped(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name, p) or name == p or name.endswith("." + p) for p in patterns)
 
 
+def _tied(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "cfg", None), "tie_embeddings", False))
+
+
+def embedding_listed(model: nn.Module, cfg: QuantConfig) -> bool:
+    """Whether the embedding table (and with it a tied lm_head) is quantized: `embed` not skipped."""
+    if not isinstance(getattr(model, "embed", None), nn.Embedding) or skipped("embed", cfg.skip):
+        if _tied(model) and not skipped("lm_head", cfg.skip):
+            raise ConfigError(
+                "lm_head is tied to the embedding: take both embed and lm_head off quantize.skip, or neither"
+            )
+        return False
+    return True
+
+
 def targets(model: nn.Module, cfg: QuantConfig) -> list[str]:
-    """Names of the Linears to quantize: every Linear not matched by the skip-list."""
+    """Names of the Linears to quantize: every Linear not matched by the skip-list (a tied lm_head is
+    the embedding table's business: see embedding_listed)."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not skipped(n, cfg.skip)]
-    tied = getattr(getattr(model, "cfg", None), "tie_embeddings", False)
-    if tied and "lm_head" in names:
-        raise ConfigError("lm_head is tied to the embedding; keep it in quantize.skip")
+    if _tied(model):
+        embedding_listed(model, cfg)
+        names = [n for n in names if n != "lm_head"]
     if not names:
         raise ConfigError(f"quantize.skip {list(cfg.skip)} leaves no Linear to quantize")
     return names
@@ -80,9 +96,25 @@ def _report(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor | None) -> dic
 def quantize_model(
     model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | None = None
 ) -> dict[str, dict[str, float]]:
-    """Replace the targeted Linears of model by quantized modules; per-layer error reports by name.
+    """Replace the targeted Linears of model by quantized modules, and the embedding table (with a tied
+    lm_head) when it is off the skip-list (RTN: int8 per row, or the 4-bit grid at 4 bits and below);
+    per-layer error reports by name.
 
     calib: token ids [n, T] (GPTQ, AWQ and SmoothQuant need them; NF4 and BitNet ignore them)."""
+    from danlu.quant.embedding import quantize_embedding, table_spec
+
+    table = embedding_listed(model, cfg)
+    reports = _quantize_linears(model, cfg, calib)
+    if table:
+        four = cfg.bits <= 4 and cfg.method not in ("nf4", "bitnet")
+        spec = table_spec(cfg.bits, cfg.group_size, cfg.symmetric) if four else table_spec(8)
+        reports |= quantize_embedding(model, spec)
+    return reports
+
+
+def _quantize_linears(
+    model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | None
+) -> dict[str, dict[str, float]]:
     names = targets(model, cfg)
     spec = spec_of(cfg)
     if cfg.method == "gptq":

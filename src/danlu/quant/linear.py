@@ -90,6 +90,9 @@ class Int8Linear(QuantLinear):
             "qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device)
         )
         self.register_buffer("scale", torch.empty(out_features, device=device))
+        self._kernel_scale: tuple[tuple[int, int], torch.Tensor] | None = (
+            None  # (scale's version, its bf16 copy)
+        )
 
     @classmethod
     def from_qtensor(cls, q: QTensor, bias: torch.Tensor | None = None) -> Int8Linear:
@@ -107,7 +110,11 @@ class Int8Linear(QuantLinear):
         return self.qweight.float() * self.scale[:, None]
 
     def kernel(self, x: torch.Tensor) -> torch.Tensor:
-        return torch._weight_int8pack_mm(x, self.qweight, self.scale.to(torch.bfloat16))
+        # the kernel takes bf16 scales: converted once, again only if the scale tensor changed
+        version = (self.scale.data_ptr(), self.scale._version)
+        if self._kernel_scale is None or self._kernel_scale[0] != version:
+            self._kernel_scale = (version, self.scale.to(torch.bfloat16))
+        return torch._weight_int8pack_mm(x, self.qweight, self._kernel_scale[1])
 
 
 class Int4Linear(QuantLinear):
@@ -161,7 +168,10 @@ class Int4Linear(QuantLinear):
         super()._load_from_state_dict(*args, **kwargs)
 
     def _use_kernel(self, x: torch.Tensor) -> bool:
-        return self.group_size in INT4_KERNEL_GROUPS and super()._use_kernel(x)
+        # the kernel's layout takes whole tiles of 16 output rows
+        return (
+            self.group_size in INT4_KERNEL_GROUPS and self.out_features % 16 == 0 and super()._use_kernel(x)
+        )
 
     def kernel(self, x: torch.Tensor) -> torch.Tensor:
         gs = self.group_size

@@ -59,11 +59,41 @@ def _empty_module(linear: nn.Linear, spec: dict[str, Any]) -> nn.Module:
     raise CheckpointCorrupt(f"unknown quantized layer kind {kind!r}")
 
 
+def _apply_embedding(model: nn.Module, path: Path, name: str, spec: dict[str, Any]) -> None:
+    """An empty QuantEmbedding at `name` (the embedding), and at lm_head too when the layout ties them."""
+    from danlu.quant.embedding import QuantEmbedding
+
+    embed = getattr(model, name, None)
+    table = spec.get("table")
+    if name != "embed" or not isinstance(embed, nn.Embedding) or not isinstance(table, dict):
+        raise CheckpointCorrupt(
+            f"{path}: quant layout names {name} as a quantized embedding, which it is not"
+        )
+    if (table.get("in"), table.get("out")) != (embed.embedding_dim, embed.num_embeddings):
+        raise CheckpointCorrupt(f"{path}: quant layout of {name} does not fit the model config")
+    tied = getattr(getattr(model, "lm_head", None), "weight", None) is embed.weight
+    if bool(spec.get("tied")) != tied:
+        raise CheckpointCorrupt(f"{path}: quant layout of {name} disagrees with the config's tie_embeddings")
+    try:
+        module = QuantEmbedding(
+            _empty_module(nn.Linear(embed.embedding_dim, embed.num_embeddings, False, "meta"), table)
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointCorrupt(f"{path}: bad quant layout for {name} ({e})") from None
+    model.embed = module
+    if tied:
+        model.lm_head = module
+
+
 def apply_layout(model: nn.Module, path: str | Path) -> int:
-    """Replace the Linears listed in path/quant/quant_config.json by empty quantized modules."""
+    """Replace the Linears listed in path/quant/quant_config.json by empty quantized modules (and a
+    quantized embedding table, listed with kind "embedding", by an empty QuantEmbedding)."""
     path = Path(path)
     layers = read_layout(path)["layers"]
     for name, spec in layers.items():
+        if isinstance(spec, dict) and spec.get("kind") == "embedding":
+            _apply_embedding(model, path, name, spec)
+            continue
         try:
             linear = model.get_submodule(name)
         except AttributeError:
@@ -97,6 +127,10 @@ def check_loaded(model: nn.Module, path: str | Path) -> None:
 
 
 def layer_layout(module: nn.Module) -> dict[str, Any]:
+    from danlu.quant.embedding import QuantEmbedding
+
+    if isinstance(module, QuantEmbedding):
+        return {"kind": "embedding", "table": module.table.layout(), "tied": False}
     if isinstance(module, QuantLinear):
         return module.layout()
     # finetune.nf4.NF4Linear
@@ -109,8 +143,15 @@ def layer_layout(module: nn.Module) -> dict[str, Any]:
 def model_layout(model: nn.Module, method: str) -> dict[str, Any]:
     """quant_config.json of a quantized model."""
     from danlu.finetune.nf4 import NF4Linear
+    from danlu.quant.embedding import QuantEmbedding
 
-    layers = {
-        name: layer_layout(m) for name, m in model.named_modules() if isinstance(m, QuantLinear | NF4Linear)
-    }
+    kinds = QuantLinear | NF4Linear | QuantEmbedding
+    layers = {}
+    for name, m in model.named_modules():  # a module at two names (a tied table) is listed once
+        if isinstance(m, kinds) and not (
+            name.endswith(".table") and isinstance(model.get_submodule(name[:-6]), QuantEmbedding)
+        ):
+            layers[name] = layer_layout(m)
+            if isinstance(m, QuantEmbedding):
+                layers[name]["tied"] = getattr(model, "lm_head", None) is m
     return {"format": FORMAT, "method": method, "layers": layers}

@@ -1,0 +1,99 @@
+"""The quantized embedding table (danlu.quant.embedding): gathers equal the dequantized rows, the tied
+head is one module at both names and equals its reference product, quantized model dirs keep it, and
+the int8 kernel's bf16 scales follow a changed scale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from danlu.errors import ConfigError
+from danlu.model.config import ModelConfig
+from danlu.model.transformer import build_model
+from danlu.quant.apply import quantize_model
+from danlu.quant.config import QuantConfig
+from danlu.quant.embedding import QuantEmbedding, quantize_embedding, table_spec
+from danlu.quant.linear import Int4Linear, Int8Linear, use_reference
+from danlu.quant.quantizers import QuantSpec, quantize
+
+CFG = dict(n_layer=2, n_embd=96, n_head=4, n_kv_head=2, max_seq_len=64, ffn_hidden=192)
+
+
+def _model(vocab: int = 200, tied: bool = True) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(vocab_size=vocab, tie_embeddings=tied, **CFG)).eval()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_gather_and_head_equal_the_dequantized_table(bits):
+    model = _model(vocab=208)  # the int4 kernel takes whole tiles of 16 rows
+    W = model.embed.weight.detach().clone()
+    report = quantize_embedding(model, table_spec(bits, group_size=32))
+    emb = model.embed
+    assert isinstance(emb, QuantEmbedding) and model.lm_head is emb
+    assert report["embed"]["max_err"] > 0
+    table = emb.weight  # the dequantized fp32 table
+    assert table.shape == W.shape and table.dtype == torch.float32
+    assert (table - W).abs().max() <= report["embed"]["max_err"] + 1e-7
+    ids = torch.tensor([[3, 7, 207], [0, 0, 5]])
+    assert torch.equal(emb(ids), table[ids])
+    x = torch.randn(2, 5, 96)
+    with torch.no_grad():
+        fast = emb(x)
+        use_reference(model)
+        ref = emb(x)
+    assert torch.allclose(ref, x @ table.T, atol=1e-4)
+    assert (fast - ref).norm() / ref.norm() < 1e-2  # the kernels take bf16 activations
+
+
+def test_quantize_model_takes_the_embedding_off_the_skip_list_and_dirs_keep_it(tmp_path, tiny_packed):
+    from danlu.model_dir import load_model, save_model_dir
+    from danlu.quant.stage import save_quantized
+    from danlu.tokenizer import Tokenizer
+
+    _, tok_dir = tiny_packed
+    vocab = Tokenizer.load(tok_dir).vocab_size
+    model = _model(vocab)
+    cfg = model.cfg
+    base = save_model_dir(tmp_path / "base", model, cfg, tok_dir)
+    ids = torch.randint(0, vocab, (2, 16))
+    with torch.no_grad():
+        ref = model(ids)
+    for bits, table in ((8, Int8Linear), (4, Int4Linear)):
+        qmodel, _, _ = load_model(base)
+        reports = quantize_model(
+            qmodel, QuantConfig(method="rtn", bits=bits, group_size=32, skip=("*norm*",))
+        )
+        assert "embed" in reports and "lm_head" not in reports
+        assert isinstance(qmodel.embed.table, table) and qmodel.lm_head is qmodel.embed
+        out = save_quantized(tmp_path / f"q{bits}", qmodel, {**cfg.__dict__}, tok_dir, {"method": "rtn"})
+        loaded, _, _ = load_model(out)
+        assert isinstance(loaded.embed, QuantEmbedding) and loaded.lm_head is loaded.embed
+        with torch.no_grad():
+            got = loaded(ids)
+            assert torch.allclose(got, qmodel(ids), atol=1e-5)
+        assert (got - ref).norm() / ref.norm() < (0.05 if bits == 8 else 0.3)
+    # the default skip-list keeps the table in fp32; skipping only one half of a tied pair is refused
+    qmodel, _, _ = load_model(base)
+    quantize_model(qmodel, QuantConfig(method="rtn", bits=8))
+    assert isinstance(qmodel.embed, torch.nn.Embedding)
+    with pytest.raises(ConfigError, match="tied to the embedding"):
+        quantize_model(qmodel, QuantConfig(method="rtn", bits=8, skip=("embed", "*norm*")))
+
+
+def test_untied_model_quantizes_the_table_and_the_head_apart():
+    model = _model(tied=False)
+    quantize_model(model, QuantConfig(method="rtn", bits=8, skip=("*norm*",)))
+    assert isinstance(model.embed, QuantEmbedding) and isinstance(model.lm_head, Int8Linear)
+    assert model(torch.zeros(1, 3, dtype=torch.long)).shape == (1, 3, 200)
+
+
+def test_int8_kernel_scale_follows_a_changed_scale():
+    torch.manual_seed(0)
+    layer = Int8Linear.from_qtensor(quantize(torch.randn(64, 96), QuantSpec(8, True, "channel")))
+    x = torch.randn(1, 96)
+    with torch.no_grad():
+        before = layer(x)
+        layer.scale.mul_(2)
+        after = layer(x)
+    assert torch.allclose(after, 2 * before, rtol=1e-2)
