@@ -158,3 +158,37 @@ def test_a_short_run_writes_a_student_that_loads(setup, tmp_path, method):
     if method == "sequence":
         lines = (tmp_path / "run" / "data" / "generations.jsonl").read_text().splitlines()
         assert len(lines) == 7  # the key line and one example per prompt
+
+
+def test_a_recipe_distill_section_chains_distillation_after_pretraining(tmp_path, word_lines, capsys):
+    import json
+
+    import yaml
+
+    from danlu.run import RunLayout, read_stamp
+    from run_support import tiny_recipe
+
+    (tmp_path / "student.yaml").write_text("n_layer: 1\nn_embd: 16\nn_head: 2\nmax_seq_len: 32\n")
+    train = {"seq_len": 16, "batch_size": 2, "max_steps": 3, "eval_every": 3, "eval_batches": 1,
+             "ckpt_every": 3, "log_every": 1, "warmup_steps": 1, "device": "cpu"}  # fmt: skip
+    distill = {"student": str(tmp_path / "student.yaml"), "temperature": 1.0, "train": train}
+    root = tiny_recipe(tmp_path, word_lines, "d", every=6, max_new_tokens=2, distill=distill)
+    assert main(["run", str(root / "r.yaml")]) == 0
+    assert "distilled student: " in capsys.readouterr().out
+    layout = RunLayout(root / "out")
+    stamp = read_stamp(layout, "distill")
+    assert stamp["result"]["steps"] == 3 and math.isfinite(stamp["result"]["val_loss"])
+    _, _, scfg = load_model(layout.path("distill") / "model")
+    _, _, tcfg = load_model(layout.model)
+    assert (scfg.n_embd, scfg.vocab_size) == (16, tcfg.vocab_size)
+    meta = json.loads((layout.path("distill") / "model" / "config.json").read_text())
+    assert meta["distill"]["teacher"] == str(layout.model) and meta["distill"]["method"] == "logit"
+    assert (layout.path("distill") / "data" / "train.txt").stat().st_size > 0  # the run's documents
+    assert main(["run", str(root / "r.yaml")]) == 0  # up to date: skipped
+    assert read_stamp(layout, "distill") == stamp
+    cfg = yaml.safe_load((root / "r.yaml").read_text())
+    del cfg["distill"]["student"]
+    (root / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(root / "bad.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "distill.student" in err[0]

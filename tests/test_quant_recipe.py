@@ -10,32 +10,15 @@ import pytest
 import yaml
 
 from danlu.cli import main
-from danlu.data.sources import CHAT_LABELS
 from danlu.run import RunLayout, read_stamp
+from run_support import tiny_recipe
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory, word_lines):
-    root = tmp_path_factory.mktemp("quant_recipe")
-    rows = []
-    for i in range(80):
-        lines = [f"{CHAT_LABELS[j % 2]}: {line}" for j, line in enumerate(word_lines(6, seed=i))]
-        rows.append(json.dumps({"id": i, "text": "\n".join(lines)}))
-    (root / "corpus.jsonl").write_text("\n".join(rows) + "\n")
-    cfg = {
-        "name": "q",
-        "run_dir": str(root / "out"),
-        "data": {"sources": [str(root / "corpus.jsonl")], "val_fraction": 0.1},
-        "tokenizer": {"vocab_size": 300},
-        "model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "max_seq_len": 32},
-        "train": {"seq_len": 32, "batch_size": 4, "max_steps": 6, "eval_every": 6, "eval_batches": 2,
-                  "ckpt_every": 6, "log_every": 1, "device": "cpu"},
-        "sample": {"prompts": ["A: hello\nB:"], "max_new_tokens": 4},
-        "qat": {"bits": 4, "group_size": 32},
-        "quantize": {"method": "rtn", "bits": 4, "group_size": 32, "gate_chars": 500, "calib_samples": 4},
-    }  # fmt: skip
-    (root / "r.yaml").write_text(yaml.safe_dump(cfg))
-    return root
+    quantize = {"method": "rtn", "bits": 4, "group_size": 32, "gate_chars": 500, "calib_samples": 4}
+    return tiny_recipe(tmp_path_factory.mktemp("quant_recipe"), word_lines, "q", every=6, max_new_tokens=4,
+                       qat={"bits": 4, "group_size": 32}, quantize=quantize)  # fmt: skip
 
 
 def test_run_trains_through_qat_then_quantizes_behind_the_gate(recipe, capsys):

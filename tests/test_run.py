@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-import yaml
 
 from danlu.cli import main
 from danlu.data.sources import CHAT_LABELS
@@ -14,28 +13,12 @@ from danlu.infer.chat import ChatSession
 from danlu.model_dir import load_model
 from danlu.run import RunLayout, read_stamp
 from danlu.tokenizer.bpe import OBJECTIVE_TOKENS
+from run_support import tiny_recipe
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory, word_lines):
-    root = tmp_path_factory.mktemp("run")
-    rows = []
-    for i in range(80):
-        lines = [f"{CHAT_LABELS[j % 2]}: {line}" for j, line in enumerate(word_lines(6, seed=i))]
-        rows.append(json.dumps({"id": i, "text": "\n".join(lines)}))
-    (root / "corpus.jsonl").write_text("\n".join(rows) + "\n")
-    cfg = {
-        "name": "t",
-        "run_dir": str(root / "out"),
-        "data": {"sources": [str(root / "corpus.jsonl")], "val_fraction": 0.1},
-        "tokenizer": {"vocab_size": 300},
-        "model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "max_seq_len": 32},
-        "train": {"seq_len": 32, "batch_size": 4, "max_steps": 6, "eval_every": 3, "eval_batches": 2,
-                  "ckpt_every": 3, "log_every": 1, "device": "cpu"},
-        "sample": {"prompts": ["A: hello\nB:"], "max_new_tokens": 8},
-    }  # fmt: skip
-    (root / "r.yaml").write_text(yaml.safe_dump(cfg))
-    return root
+    return tiny_recipe(tmp_path_factory.mktemp("run"), word_lines, "t")
 
 
 def test_run_end_to_end_then_skips_up_to_date_stages(recipe, capsys):

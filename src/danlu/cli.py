@@ -93,6 +93,10 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
         from danlu.run import STAGE
 
         print(STAGE["quantize"].summary(results["quantize"], Path(results["quantized_model_dir"])))
+    if "distill" in results:
+        from danlu.run import STAGE
+
+        print(STAGE["distill"].summary(results["distill"], Path(results["student_model_dir"])))
     print(f"\ntalk to it:            danlu chat {results.get('chat_model_dir', results['model_dir'])}")
 
 
@@ -405,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrain in N processes on this machine (torchrun; the layout is parallel.*)",
     )
     for stage in STAGES:  # one verb per stage of the table; data and tokenizer have subcommands too
-        if stage.name == "quantize":  # its verb takes MODEL OUT, not a recipe (below)
+        if stage.name in ("quantize", "distill"):  # their verbs take models, not a recipe (below)
             continue
         if stage.name == "tokenizer":
             tp = sub.add_parser("tokenizer", help="train a tokenizer, encode text, compression stats")

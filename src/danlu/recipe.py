@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from danlu.align.config import AlignConfig
+from danlu.compress.config import DistillStageConfig
 from danlu.config import from_dict, load_yaml, merge, parse_overrides
 from danlu.data.config import DataConfig
 from danlu.errors import check
@@ -49,6 +50,10 @@ class RecipeConfig:
     # accuracy gate (danlu.quant.config.QuantConfig); absent: none, unless qat is set, which implies
     # quantizing the way it trained.
     quantize: QuantConfig | None = None
+    # Distillation after the last training stage (danlu.compress.config.DistillStageConfig): that
+    # model (or distill.teacher) teaches distill.student on the run's training documents, into
+    # distill/model; absent: none. `danlu distill` is the verb with its own flags.
+    distill: DistillStageConfig | None = None
 
     def __post_init__(self) -> None:
         check(

@@ -357,6 +357,26 @@ def _quantize_summary(r: dict[str, Any], out: Path) -> str:
     )
 
 
+def run_distill_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
+    from danlu.compress.stage import run_distill_stage as distill
+
+    if cfg.distill is None:
+        raise ConfigError(
+            "the distill stage needs a distill: section in the recipe (at least distill.student)"
+        )
+    return distill(cfg.distill, last_trained_model(cfg, layout), layout.docs, layout.path("distill"))
+
+
+def _distill_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    d = cfg.distill
+    files = [p for p in (d.teacher, d.student, *d.data) if p] if d is not None else []
+    return {
+        "distill": None if d is None else to_dict(d),
+        "last": "align" if cfg.align is not None else "sft" if cfg.sft is not None else "pretrain",
+        "files": _local_input_fingerprint(files),
+    }
+
+
 def sample_texts(cfg: RecipeConfig, model_dir: Path) -> list[tuple[str, str]]:
     """Continue each of the recipe's prompts with the trained model."""
     from danlu.infer.sampling import complete
@@ -488,6 +508,20 @@ STAGES: tuple[Stage, ...] = (
         _quantize_summary,
         enabled=lambda cfg: cfg.quantize_config() is not None,
     ),
+    # its verb is `danlu distill --teacher ... --student ...` (danlu.compress.commands); `danlu run`
+    # runs it when the recipe has a distill: section
+    Stage(
+        "distill",
+        "distil the last trained model into a smaller student (distill.student)",
+        ("pretrain", "sft", "align"),
+        "distill",
+        "model/config.json",
+        _distill_settings,
+        run_distill_stage,
+        lambda r, out: f"distilled student: {r['model_dir']}  val loss {r['val_loss']:.4f}",
+        enabled=lambda cfg: cfg.distill is not None,
+        trainer_out="distill",
+    ),
 )
 STAGE = {stage.name: stage for stage in STAGES}
 
@@ -573,4 +607,6 @@ def run_recipe(cfg: RecipeConfig, force: tuple[str, ...] = (), nproc: int = 1) -
         results["chat_model_dir"] = results["sft"]["model_dir"]
     if "quantize" in results:
         results["quantized_model_dir"] = results["quantize"]["model_dir"]
+    if "distill" in results:
+        results["student_model_dir"] = results["distill"]["model_dir"]
     return results

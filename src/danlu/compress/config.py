@@ -58,6 +58,28 @@ class DistillConfig:
 
 
 @dataclass
+class DistillStageConfig(DistillConfig):
+    """A recipe's distill: section (the distill stage of `danlu run`): the distillation settings, and
+    which teacher teaches which student."""
+
+    teacher: str = ""  # a model dir; "": the run's last trained model (align's, sft's or the pretrained one)
+    student: str = ""  # a model dir to start from, a YAML/JSON of model fields, or a preset (required)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(
+            bool(self.student),
+            "distill.student",
+            "must name the student: a model dir to start from, a YAML of model fields, or a preset",
+        )
+
+    def distill_config(self) -> DistillConfig:
+        """The settings run_distill takes (the section less its teacher and student)."""
+        fields = {k: v for k, v in vars(self).items() if k not in ("teacher", "student")}
+        return DistillConfig(**fields)
+
+
+@dataclass
 class PruneConfig:
     method: str = "magnitude"  # magnitude (unstructured) | 2:4 (semi-structured)
     sparsity: float = 0.5  # magnitude: the fraction of the pruned weights set to zero
