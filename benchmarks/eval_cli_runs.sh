@@ -1,6 +1,6 @@
 #!/bin/bash
 # the evaluation runs of BENCHMARKS.md's judged-evals section; each command and its output, in order
-cd /work/main
+cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 D=${1:-runs/evals26-bench}; mkdir -p "$D"
 run() { echo; echo "\$ $*"; /usr/bin/time -f "(wall %e s)" nice -n 5 "$@" 2>&1 | grep -v "it/s\]\|batch/s\]\|s/it\]" ; }
