@@ -25,6 +25,8 @@ import torch
 
 from danlu.errors import CheckpointError, MissingExtra, TokenizerError
 from danlu.fetch import Source, fetch_source
+from danlu.interop.gguf_layout import LAYER_NAMES as _LAYER_NAMES
+from danlu.interop.gguf_layout import unpermute as _unpermute
 from danlu.interop.hf_llama import from_hf_state_dict
 from danlu.model import build_model, resolve_model_config
 from danlu.model.config import ModelConfig
@@ -48,17 +50,6 @@ MODELS: dict[str, tuple[Source, str]] = {
     ),
 }
 
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -128,12 +119,6 @@ def gguf_model_config(reader: Any) -> ModelConfig:
         tie_embeddings="output.weight" not in tensors,
     )
     return resolve_model_config(cfg, cfg.vocab_size)
-
-
-def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's q/k row permutation (interleaved RoPE pairs -> rotate_half halves)."""
-    rows = w.shape[0]
-    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def gguf_state_dict(reader: Any, cfg: ModelConfig) -> dict[str, torch.Tensor]:

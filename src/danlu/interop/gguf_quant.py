@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from danlu.errors import CheckpointError
+from danlu.interop.gguf_layout import LAYER_NAMES, unpermute
 from danlu.model.config import ModelConfig
 from danlu.quant.linear import Int4Linear
 from danlu.quant.quantizers import QTensor, QuantSpec
@@ -68,9 +69,7 @@ def kept_linears(reader: Any, cfg: ModelConfig) -> dict[str, QTensor]:
     """danlu Linear name -> its Q4_0/Q4_1 weights as a grouped QTensor (g32, asymmetric), for every
     block Linear whose GGUF tensors are all of a kept type; q and k rows un-permuted as the fp32 path
     does."""
-    from danlu.interop.gguf import _LAYER_NAMES, _unpermute
-
-    hf_of = {v: k for k, v in _LAYER_NAMES.items()}  # HF suffix -> GGUF kind
+    hf_of = {v: k for k, v in LAYER_NAMES.items()}  # HF suffix -> GGUF kind
     parts: dict[str, tuple[np.ndarray, ...]] = {}
     for t in reader.tensors:
         bits = t.name.split(".")
@@ -79,9 +78,9 @@ def kept_linears(reader: Any, cfg: ModelConfig) -> dict[str, QTensor]:
         cols, rows = (int(d) for d in t.shape)
         p = q4_parts(t.data, t.tensor_type.name, rows, cols)
         if bits[2] == "attn_q":
-            p = tuple(_unpermute(a, cfg.n_head) for a in p)
+            p = tuple(unpermute(a, cfg.n_head) for a in p)
         elif bits[2] == "attn_k":
-            p = tuple(_unpermute(a, cfg.n_kv_head or cfg.n_head) for a in p)
+            p = tuple(unpermute(a, cfg.n_kv_head or cfg.n_head) for a in p)
         parts[f"{bits[1]}.{bits[2]}"] = p
     spec = QuantSpec(4, False, "group", BLOCK)
     out: dict[str, QTensor] = {}
