@@ -36,29 +36,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from danlu.errors import ConfigError, DanluError, DataError
 from danlu.infer.chat_repl import CHAT_HELP
-from danlu.recipe import RecipeConfig, load_recipe
+from danlu.recipe import RecipeConfig, load_recipe, split_overrides
 
 DEFAULT_RECIPE = Path("recipes/tiny-cpu.yaml")
-# Top-level recipe keys that an override may name without a dot (--name=foo).
-_TOP_LEVEL_KEYS = ("name", "run_dir")
-
-
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Separate dotted config overrides (`--train.lr=3e-4`, `--train.lr 3e-4`) from other arguments."""
-    rest, overrides = [], []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg[2:].split("=", 1)[0]
-        if arg.startswith("--") and ("." in name or name in _TOP_LEVEL_KEYS):
-            overrides.append(arg)
-            if "=" not in arg and i + 1 < len(argv):
-                overrides.append(argv[i + 1])
-                i += 1
-        else:
-            rest.append(arg)
-        i += 1
-    return rest, overrides
 
 
 def _recipe(args: argparse.Namespace, overrides: list[str]) -> RecipeConfig:
@@ -89,14 +69,11 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> None:
         )
     if "align" in results:
         print(f"aligned model:         {results['align']['model_dir']}")
-    if "quantize" in results:
-        from danlu.run import STAGE
+    from danlu.run import STAGE
 
-        print(STAGE["quantize"].summary(results["quantize"], Path(results["quantized_model_dir"])))
-    if "distill" in results:
-        from danlu.run import STAGE
-
-        print(STAGE["distill"].summary(results["distill"], Path(results["student_model_dir"])))
+    for stage, out in (("quantize", "quantized_model_dir"), ("distill", "student_model_dir")):
+        if stage in results:
+            print(STAGE[stage].summary(results[stage], Path(results[out])))
     print(f"\ntalk to it:            danlu chat {results.get('chat_model_dir', results['model_dir'])}")
 
 

@@ -201,3 +201,16 @@ def read_json_object(path: str | Path, error: type[Exception], remedy: str) -> d
     if not isinstance(data, dict):
         raise error(f"{path} should hold a JSON object; {remedy}")
     return data
+
+
+def local_input_fingerprint(sources: list[str]) -> list[Any]:
+    """Size and mtime of local input files, so editing a local corpus reruns the data stage."""
+    out: list[Any] = []
+    for src in sources:
+        path = Path(src).expanduser()
+        if not path.exists():
+            out.append(src)  # a registry name (pinned by version and checksum) or a missing path
+            continue
+        files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+        out.append([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    return out

@@ -87,3 +87,25 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     data = load_yaml(path) if path is not None else {}
     data = merge(data, parse_overrides(overrides or []))
     return from_dict(RecipeConfig, data)
+
+
+# Top-level recipe keys that an override may name without a dot (--name=foo).
+_TOP_LEVEL_KEYS = ("name", "run_dir")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate dotted config overrides (`--train.lr=3e-4`, `--train.lr 3e-4`) from other arguments."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg[2:].split("=", 1)[0]
+        if arg.startswith("--") and ("." in name or name in _TOP_LEVEL_KEYS):
+            overrides.append(arg)
+            if "=" not in arg and i + 1 < len(argv):
+                overrides.append(argv[i + 1])
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides

@@ -25,8 +25,15 @@ from typing import Any
 from danlu.config import save_yaml, to_dict
 from danlu.data.mixing import MixSpec, parse_mix
 from danlu.errors import ConfigError
-from danlu.io import atomic_write_json, run_lock, sha256_json
+from danlu.io import atomic_write_json, local_input_fingerprint, run_lock, sha256_json
 from danlu.recipe import RecipeConfig
+from danlu.run_compress import (
+    distill_settings,
+    quantize_settings,
+    quantize_summary,
+    run_distill_stage,
+    run_quantize_stage,
+)
 from danlu.stage_resume import prepare_stage_checkpoints
 
 log = logging.getLogger(__name__)
@@ -105,19 +112,6 @@ def stage_keys(cfg: RecipeConfig) -> dict[str, str]:
             }
         )
     return keys
-
-
-def _local_input_fingerprint(sources: list[str]) -> list[Any]:
-    """Size and mtime of local input files, so editing a local corpus reruns the data stage."""
-    out: list[Any] = []
-    for src in sources:
-        path = Path(src).expanduser()
-        if not path.exists():
-            out.append(src)  # a registry name (pinned by version and checksum) or a missing path
-            continue
-        files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
-        out.append([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
-    return out
 
 
 def _missing_special_tokens(tokenizer_dir: Path) -> list[str]:
@@ -274,7 +268,7 @@ def run_sft_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
 def _sft_settings(cfg: RecipeConfig) -> dict[str, Any]:
     sft = cfg.sft
     base = [sft.base] if sft is not None and sft.base else []
-    return {"sft": None if sft is None else to_dict(sft), "base": _local_input_fingerprint(base)}
+    return {"sft": None if sft is None else to_dict(sft), "base": local_input_fingerprint(base)}
 
 
 def align_base(cfg: RecipeConfig, layout: RunLayout) -> Path:
@@ -294,7 +288,7 @@ def run_align_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
 def _align_settings(cfg: RecipeConfig) -> dict[str, Any]:
     align = cfg.align
     base = [align.base] if align is not None and align.base else []
-    return {"align": None if align is None else to_dict(align), "base": _local_input_fingerprint(base)}
+    return {"align": None if align is None else to_dict(align), "base": local_input_fingerprint(base)}
 
 
 def _align_summary(r: dict[str, Any], out: Path) -> str:
@@ -302,79 +296,6 @@ def _align_summary(r: dict[str, Any], out: Path) -> str:
     acc = next((k for k in ("val_reward", "val_exact_match") if k in r), acc)  # ppo, grpo
     before = r.get("before", {}).get(acc, float("nan"))
     return f"aligned model: {r['model_dir']}  held-out {acc} {before:.3f} -> {r[acc]:.3f}"
-
-
-def last_trained_model(cfg: RecipeConfig, layout: RunLayout) -> Path:
-    """The model of the recipe's last training stage: align's, sft's, or the pretrained one."""
-    if cfg.align is not None:
-        return layout.path("align") / "model"
-    if cfg.sft is not None:
-        return layout.path("sft") / "model"
-    return layout.model
-
-
-def run_quantize_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
-    """Quantize the last trained model into quantized/, calibrating on the run's training documents
-    and gating on its validation documents unless quantize.calib names a text."""
-    from danlu.data.documents import document_texts
-    from danlu.io import atomic_write_text
-    from danlu.quant.config import QuantConfig
-    from danlu.quant.stage import run_quantize
-
-    qcfg = cfg.quantize_config() or QuantConfig()
-    if qcfg.calib is None:
-        texts = layout.root / "quant_calib"
-        atomic_write_text(texts / "calib.txt", "\n\n".join(document_texts(layout.docs, "train")))
-        gate = "\n\n".join(document_texts(layout.docs, "val"))
-        if gate.strip():
-            atomic_write_text(texts / "gate.txt", gate)
-        calib = {"calib": str(texts / "calib.txt")}
-        qcfg = dataclasses.replace(
-            qcfg, **calib, **({"gate_ppl": str(texts / "gate.txt")} if gate.strip() else {})
-        )
-    result = run_quantize(last_trained_model(cfg, layout), layout.path("quantize"), qcfg, force=True)
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
-
-
-def _quantize_settings(cfg: RecipeConfig) -> dict[str, Any]:
-    qcfg = cfg.quantize_config()
-    calib = [p for p in (qcfg.calib, qcfg.gate_ppl) if p] if qcfg is not None else []
-    return {
-        "quantize": None if qcfg is None else to_dict(qcfg),
-        "last": "align" if cfg.align is not None else "sft" if cfg.sft is not None else "pretrain",
-        "calib": _local_input_fingerprint(calib),
-    }
-
-
-def _quantize_summary(r: dict[str, Any], out: Path) -> str:
-    gate = r.get("gate")
-    if not gate:
-        return f"quantized model: {r['model_dir']} ({r['layers']} layers, no gate)"
-    before, after = gate["before"]["perplexity"], gate["after"]["perplexity"]
-    return (
-        f"quantized model: {r['model_dir']} ({r['layers']} layers)  gate passed: perplexity "
-        f"{before:.3f} -> {after:.3f} ({gate['ppl_increase']:+.2%})"
-    )
-
-
-def run_distill_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
-    from danlu.compress.stage import run_distill_stage as distill
-
-    if cfg.distill is None:
-        raise ConfigError(
-            "the distill stage needs a distill: section in the recipe (at least distill.student)"
-        )
-    return distill(cfg.distill, last_trained_model(cfg, layout), layout.docs, layout.path("distill"))
-
-
-def _distill_settings(cfg: RecipeConfig) -> dict[str, Any]:
-    d = cfg.distill
-    files = [p for p in (d.teacher, d.student, *d.data) if p] if d is not None else []
-    return {
-        "distill": None if d is None else to_dict(d),
-        "last": "align" if cfg.align is not None else "sft" if cfg.sft is not None else "pretrain",
-        "files": _local_input_fingerprint(files),
-    }
 
 
 def sample_texts(cfg: RecipeConfig, model_dir: Path) -> list[tuple[str, str]]:
@@ -394,7 +315,7 @@ def _data_settings(cfg: RecipeConfig) -> dict[str, Any]:
     # the mix only shapes the pack stage: changing it re-packs and retrains, but keeps the documents
     # and the tokenizer; local inputs count by size and mtime, so editing a corpus reruns the stage
     data = {k: v for k, v in to_dict(cfg.data).items() if k != "mix"}
-    return {"data": data, "inputs": _local_input_fingerprint(cfg.data.sources)}
+    return {"data": data, "inputs": local_input_fingerprint(cfg.data.sources)}
 
 
 def _pack_settings(cfg: RecipeConfig) -> dict[str, Any]:
@@ -503,9 +424,9 @@ STAGES: tuple[Stage, ...] = (
         ("pretrain", "sft", "align"),
         "quantized",
         "quant/quant_config.json",
-        _quantize_settings,
+        quantize_settings,
         run_quantize_stage,
-        _quantize_summary,
+        quantize_summary,
         enabled=lambda cfg: cfg.quantize_config() is not None,
     ),
     # its verb is `danlu distill --teacher ... --student ...` (danlu.compress.commands); `danlu run`
@@ -516,7 +437,7 @@ STAGES: tuple[Stage, ...] = (
         ("pretrain", "sft", "align"),
         "distill",
         "model/config.json",
-        _distill_settings,
+        distill_settings,
         run_distill_stage,
         lambda r, out: f"distilled student: {r['model_dir']}  val loss {r['val_loss']:.4f}",
         enabled=lambda cfg: cfg.distill is not None,
