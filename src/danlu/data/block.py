@@ -107,9 +107,13 @@ class DocBlock:
         """Kept documents; counts go into `stats`, and removals per (source, reason) into `by_source`.
 
         Each document is shallow-copied with its own meta dict first, so the caller's documents are never
-        modified by a filter that rewrites text or writes scores.
+        modified by a filter that rewrites text or writes scores. A filter with `expand(doc)` (an
+        augmentation block keeping originals) adds the documents it returns right after `doc`; they count
+        in documents_out and in counts["documents_added"].
         """
         stats.name = self.name
+        expand = getattr(self.filt, "expand", None)  # augmentation: documents added after each one
+        take_counts = getattr(self.filt, "take_counts", None)
         for doc in docs:
             original = doc.get("text")
             if not isinstance(original, str):
@@ -120,10 +124,17 @@ class DocBlock:
             doc = {**doc, "meta": dict(doc.get("meta") or {})}
             keep, reason = self.filt.filter(doc)
             stats.record(doc, keep, reason, original)
+            added = expand(doc) if keep and expand is not None else []
+            if take_counts is not None:
+                stats.counts.update(take_counts())
             if keep:
                 yield doc
             elif by_source is not None:
                 by_source[removal_key(doc["source"], reason or "removed")] += 1
+            for extra in added:
+                stats.n_out += 1
+                stats.counts["documents_added"] += 1
+                yield extra
 
 
 def run_filter(filt: DocFilter, docs: Iterable[Document], stats: Stats | None = None) -> Iterator[Document]:

@@ -8,7 +8,9 @@ is either complete or absent):
   manifest.json                per-source counts (removals by reason, malformed input), per-block
                                counts with examples of removed documents, PII counts, split sizes, hashes
 The validation split holds out whole documents, chosen per source by a seeded hash of the document id,
-so every source is represented and adding documents does not reshuffle the others. Splitting and
+so every source is represented and adding documents does not reshuffle the others. A document that an
+augmentation block added beside its source goes with its source: into train, or, if the source is held
+out, nowhere (validation holds original text); the manifest's `augmented_added` counts both. Splitting and
 writing stream the documents (only ids are held), so memory stays bounded on large inputs.
 """
 
@@ -33,6 +35,7 @@ from danlu.data.executors import ShardTask, make_executor, merge_stats, read_sha
 from danlu.data.hf_datasets import PREFIX as HF_PREFIX
 from danlu.data.hf_datasets import read_hf_spec
 from danlu.data.lineage import input_lineage, lineage
+from danlu.data.paraphrase import ModelGenerator
 from danlu.data.pipeline import build_pipeline, default_pipeline, pipeline_fingerprint, segments
 from danlu.data.readers import ReadReport, input_files, read_path
 from danlu.data.sources import SOURCES, Document, read_source
@@ -203,13 +206,17 @@ def _work_dir(out_dir: Path, fingerprint: str) -> Path:
 
 
 def run_pipeline(
-    cfg: DataConfig, work: Path, specs: list[dict[str, Any]], model_scorer: ModelScorer | None = None
+    cfg: DataConfig,
+    work: Path,
+    specs: list[dict[str, Any]],
+    model_scorer: ModelScorer | None = None,
+    model_generator: ModelGenerator | None = None,
 ) -> tuple[list[Path], dict[str, Any]]:
     """Ingest, then run each segment over all shards with a barrier (global decision) between them.
 
     Returns the final shard files (in order) and the counts for the manifest.
     """
-    blocks = build_pipeline(specs, model_scorer)
+    blocks = build_pipeline(specs, model_scorer, model_generator)
     segs = segments(blocks)
     ingest = _ingest(cfg, work)
     executor = make_executor(cfg.executor, cfg.workers, cfg.ray_address)
@@ -218,7 +225,10 @@ def run_pipeline(
     pii: Counter[str] = Counter()
     markers: list[dict[str, Any]] = []
     for s, (_, global_block) in enumerate(segs):
-        tasks = [ShardTask(tuple(specs), s, i, str(work), model_scorer) for i in range(ingest["shards"])]
+        tasks = [
+            ShardTask(tuple(specs), s, i, str(work), model_scorer, model_generator)
+            for i in range(ingest["shards"])
+        ]
         markers = executor.map(run_shard, tasks)
         for m in markers:
             for st in m["blocks"]:
@@ -261,25 +271,48 @@ def run_pipeline(
     }
 
 
+def _is_added(doc: Document) -> bool:
+    """A document an augmentation block added beside its source (danlu.data.augment)."""
+    mark = doc["meta"].get("augmented")
+    return isinstance(mark, dict) and mark.get("added") is True
+
+
 def _final_ids(files: list[Path]) -> Iterator[Document]:
-    """The pipeline's output in order, with ids made unique (two local files may reuse ids)."""
+    """The pipeline's output in order, with ids made unique (two local files may reuse ids).
+
+    `group` is the id the split decides by: a document's own, or for an added (augmented) document
+    its source's, so the two always land in the same split."""
     seen_ids: set[str] = set()
+    group_of: dict[str, str] = {}  # id in the shards -> the group of the last document with it
     for f in files:
         for doc in read_shard(f):
             doc_id = doc["id"]
             if doc_id in seen_ids:
                 doc_id = f"{doc_id}#{doc['ord']}"
             seen_ids.add(doc_id)
-            yield {"id": doc_id, "text": doc["text"], "source": doc["source"], "meta": doc["meta"]}
+            group = doc_id
+            if _is_added(doc):  # a copy of a copy joins the first one's group
+                source_id = str(doc["meta"]["augmented"].get("source_id", doc_id))
+                group = group_of.get(source_id, source_id)
+            group_of[doc["id"]] = group
+            yield {
+                "id": doc_id,
+                "text": doc["text"],
+                "source": doc["source"],
+                "meta": doc["meta"],
+                "group": group,
+            }
 
 
 def _val_ids(files: list[Path], val_fraction: float, seed: int) -> set[str]:
-    """split_documents' choice, computed from ids alone so texts need not be held in memory."""
-    by_source: dict[str, list[str]] = {}
+    """split_documents' choice, computed from ids alone so texts need not be held in memory: the
+    groups held out (an original with the documents augmentation added beside it is one group)."""
+    by_source: dict[str, dict[str, None]] = {}
     for d in _final_ids(files):
-        by_source.setdefault(d["source"], []).append(d["id"])
+        by_source.setdefault(d["source"], {})[d["group"]] = None
     val: set[str] = set()
-    for ids in by_source.values():
+    for groups in by_source.values():
+        ids = list(groups)
         n_val = min(max(round(val_fraction * len(ids)), 1), len(ids) - 1)
         val.update(sorted(ids, key=lambda i: _split_rank(i, seed))[:n_val])
     return val
@@ -300,21 +333,27 @@ def _check_splittable(cfg: DataConfig, sources: dict[str, Any]) -> None:
     )
 
 
-def run_data(cfg: DataConfig, out_dir: str | Path, model_scorer: ModelScorer | None = None) -> dict[str, Any]:
+def run_data(
+    cfg: DataConfig,
+    out_dir: str | Path,
+    model_scorer: ModelScorer | None = None,
+    model_generator: ModelGenerator | None = None,
+) -> dict[str, Any]:
     """Build the documents directory with the recipe's pipeline; return its manifest.
 
     `model_scorer` scores documents with a model dir where a block names one (`perplexity`); the run
-    layer passes danlu.eval.perplexity.model_dir_scorer.
+    layer passes danlu.eval.perplexity.model_dir_scorer. `model_generator` generates text with one
+    (`paraphrase`); the run layer passes danlu.run_paraphrase.model_dir_generator.
     """
     out_dir = Path(out_dir)
     specs = cfg.pipeline if cfg.pipeline is not None else default_pipeline(cfg.min_chars)
-    build_pipeline(specs, model_scorer)  # validate every block before reading anything
+    build_pipeline(specs, model_scorer, model_generator)  # validate every block before reading anything
     for spec in cfg.sources:
         if spec not in SOURCES and spec not in CORPORA and not Path(spec).expanduser().exists():
             read_source_or_path(spec)  # raises the not-found error
     work = _work_dir(out_dir, _plan_fingerprint(cfg, specs))
     try:
-        files, counts = run_pipeline(cfg, work, specs, model_scorer)
+        files, counts = run_pipeline(cfg, work, specs, model_scorer, model_generator)
         _check_splittable(cfg, counts["sources"])
     except DataError:
         # bad input, not an interruption: nothing worth resuming from
@@ -334,8 +373,17 @@ def run_data(cfg: DataConfig, out_dir: str | Path, model_scorer: ModelScorer | N
     }
     with atomic_dir(out_dir) as tmp:
         writers = {name: _SplitWriter(tmp / f"{name}.parquet") for name in SPLITS}
+        added: Counter[str] = Counter()
         for doc in _final_ids(files):
-            writers["val" if doc["id"] in val_ids else "train"].add(doc)
+            split = "val" if doc["group"] in val_ids else "train"
+            if _is_added(doc):
+                # validation measures the original text: an added document of a held-out one is dropped
+                added["dropped_from_val" if split == "val" else "train"] += 1
+                if split == "val":
+                    continue
+            writers[split].add(doc)
+        if added:
+            manifest["augmented_added"] = {k: added[k] for k in ("train", "dropped_from_val")}
         for name, w in writers.items():
             w.close()
             manifest["splits"][name] = {

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from danlu.data.block import ModelScorer, Stats
+from danlu.data.paraphrase import ModelGenerator
 from danlu.data.pipeline import build_pipeline, segments
 from danlu.data.sources import Document
 from danlu.errors import ConfigError
@@ -128,13 +129,14 @@ def merge_stats(into: dict[str, Any], part: dict[str, Any], max_examples: int = 
 @dataclass(frozen=True)
 class ShardTask:
     """Segment `segment` of the pipeline on shard `shard`: everything a worker needs, picklable (the
-    model scorer factory is a module-level function, pickled by name)."""
+    model scorer and generator factories are module-level functions, pickled by name)."""
 
     specs: tuple[dict[str, Any], ...]
     segment: int
     shard: int
     work: str
     model_scorer: ModelScorer | None = None
+    model_generator: ModelGenerator | None = None
 
     def path(self, stage: str, suffix: str) -> Path:
         return Path(self.work) / stage / f"shard-{self.shard:05d}{suffix}"
@@ -143,12 +145,16 @@ class ShardTask:
 _BLOCK_CACHE: dict[str, list[Any]] = {}
 
 
-def _blocks(specs: tuple[dict[str, Any], ...], model_scorer: ModelScorer | None) -> list[Any]:
-    # one build per worker process: language, PII and scoring models load once, not per shard
-    scorer = f"{model_scorer.__module__}.{model_scorer.__qualname__}" if model_scorer else None
-    key = json.dumps([list(specs), scorer], sort_keys=True, default=str)
+def _blocks(
+    specs: tuple[dict[str, Any], ...],
+    model_scorer: ModelScorer | None,
+    model_generator: ModelGenerator | None = None,
+) -> list[Any]:
+    # one build per worker process: language, PII, scoring and generating models load once, not per shard
+    names = [f"{f.__module__}.{f.__qualname__}" if f else None for f in (model_scorer, model_generator)]
+    key = json.dumps([list(specs), *names], sort_keys=True, default=str)
     if key not in _BLOCK_CACHE:
-        _BLOCK_CACHE[key] = build_pipeline(list(specs), model_scorer)
+        _BLOCK_CACHE[key] = build_pipeline(list(specs), model_scorer, model_generator)
     return _BLOCK_CACHE[key]
 
 
@@ -158,7 +164,7 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
     done = task.path(stage, ".done.json")
     if done.exists():
         return json.loads(done.read_text())
-    blocks = _blocks(task.specs, task.model_scorer)
+    blocks = _blocks(task.specs, task.model_scorer, task.model_generator)
     doc_blocks, global_block = segments(blocks)[task.segment]
     src = (
         task.path("ingest", ".parquet")

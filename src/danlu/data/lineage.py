@@ -24,8 +24,8 @@ from danlu.io import sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
-# blocks whose output holds text that was not in the input (danlu.data.augment)
-AUGMENTING_BLOCKS = frozenset({"noise"})
+# blocks whose output holds text that was not in the input (danlu.data.augment, .eda, .paraphrase)
+AUGMENTING_BLOCKS = frozenset({"noise", "eda", "paraphrase"})
 
 
 def _files(root: Path, files: Sequence[Path]) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ dedup blocks and the registry. Texts need not be in memory together, except for 
 whose suffix array spans the corpus.
 `build_pipeline(specs)` validates each spec ({"block": name, **options}) against the registry: an unknown
 block or option is a ConfigError naming the valid ones. A `perplexity` block naming a danlu model
-directory scores with the `model_scorer` factory the run layer passes in (data loads no models).
+directory scores with the `model_scorer` factory the run layer passes in, and a `paraphrase` block
+generates with its `model_generator` factory (data loads no models).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from danlu.data.block import (
     stale_decision,
 )
 from danlu.data.clean import normalize, text_hash
+from danlu.data.eda import EdaAugmenter
 from danlu.data.filters import (
     C4QualityFilter,
     GopherQualityFilter,
@@ -40,6 +42,7 @@ from danlu.data.filters import (
     Normalizer,
     ToxicityFilter,
 )
+from danlu.data.paraphrase import ModelGenerator, ParaphraseAugmenter
 from danlu.data.sources import Document
 from danlu.errors import ConfigError, DataError
 
@@ -403,9 +406,20 @@ BLOCKS: dict[str, Callable[..., Any]] = {
     "substring_dedup": SubstringDedupBlock,
     "semantic_dedup": _semantic_dedup,
     "noise": NoiseAugmenter,
+    "eda": EdaAugmenter,
+    "paraphrase": ParaphraseAugmenter,
 }
 # options a recipe may not set: Python objects, not data
-_HIDDEN = {"classifier", "identifier", "scrubber", "shingling", "model_scorer"}
+_HIDDEN = {
+    "classifier",
+    "identifier",
+    "scrubber",
+    "shingling",
+    "model_scorer",
+    "model_generator",
+    "thesaurus",
+    "stop_list",
+}
 
 
 def default_pipeline(min_chars: int) -> list[dict[str, Any]]:
@@ -419,9 +433,13 @@ def block_options(name: str) -> list[str]:
     return [p for p in sig.parameters if p not in _HIDDEN and p != "self"]
 
 
-def build_block(spec: dict[str, Any], model_scorer: ModelScorer | None = None) -> DocBlock | GlobalBlock:
+def build_block(
+    spec: dict[str, Any],
+    model_scorer: ModelScorer | None = None,
+    model_generator: ModelGenerator | None = None,
+) -> DocBlock | GlobalBlock:
     """One block from its spec {"block": name, **options}; `model_scorer` goes to the blocks that score
-    with a model directory."""
+    with a model directory, `model_generator` to those that generate text with one (paraphrase)."""
     if not isinstance(spec, dict) or "block" not in spec:
         raise ConfigError(
             f"data.pipeline: each entry needs a 'block' name, e.g. {{block: clean}}; got {spec!r}"
@@ -439,6 +457,8 @@ def build_block(spec: dict[str, Any], model_scorer: ModelScorer | None = None) -
         )
     if "model_scorer" in inspect.signature(BLOCKS[name]).parameters:
         options["model_scorer"] = model_scorer
+    if "model_generator" in inspect.signature(BLOCKS[name]).parameters:
+        options["model_generator"] = model_generator
     try:
         made = BLOCKS[name](**options)
     except TypeError as e:
@@ -449,14 +469,16 @@ def build_block(spec: dict[str, Any], model_scorer: ModelScorer | None = None) -
 
 
 def build_pipeline(
-    specs: Sequence[dict[str, Any]], model_scorer: ModelScorer | None = None
+    specs: Sequence[dict[str, Any]],
+    model_scorer: ModelScorer | None = None,
+    model_generator: ModelGenerator | None = None,
 ) -> list[DocBlock | GlobalBlock]:
     """Blocks from a recipe's data.pipeline list (validated up front, before any work)."""
     if not specs:
         raise ConfigError(
             "data.pipeline is empty; list at least one block, or leave it unset for the default"
         )
-    blocks = [build_block(s, model_scorer) for s in specs]
+    blocks = [build_block(s, model_scorer, model_generator) for s in specs]
     names = [b.name for b in blocks]
     for n in set(names):
         if names.count(n) > 1:

@@ -1,0 +1,54 @@
+"""The text generator the run layer gives the data stage's `paraphrase` block: a danlu model dir (a
+danlu chat model, or an imported one such as runs/smollm2) on danlu's inference engine.
+
+data loads no models (its import contract); this factory is a module-level function, so the local
+executor's worker processes and Ray tasks receive it by name and each builds its own engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from danlu.data.paraphrase import TextGenerator
+from danlu.errors import ConfigError
+
+# one request at a time (the block asks per document); a slot this long holds a 2,000-character document,
+# the instruction and the reply, and keeps the preallocated KV cache small
+MAX_LEN = 2048
+
+
+def model_dir_generator(path: str | Path, device: str = "cpu") -> TextGenerator:
+    """generate(user_messages, seeds, max_new_tokens, temperature) -> the model's reply to each message,
+    rendered under the model's chat template (danlu.finetune.templates "auto") and sampled with its seed
+    (top-p 0.95; temperature 0 is greedy)."""
+    import multiprocessing
+
+    import torch
+
+    from danlu.finetune import templates
+    from danlu.infer.engine import Engine
+    from danlu.infer.params import SamplingParams
+
+    if multiprocessing.parent_process() is not None:
+        # a pool worker, one per core: a forked copy of a parent's torch thread pool hangs on first use
+        torch.set_num_threads(1)
+    engine = Engine.from_dir(path, device=device, max_batch=1, max_len=MAX_LEN, prefix_cache=True)
+    template = templates.resolve("auto", engine.tokenizer)
+
+    def generate(
+        messages: Sequence[str], seeds: Sequence[int], max_new_tokens: int, temperature: float
+    ) -> list[str]:
+        if len(messages) != len(seeds):
+            raise ConfigError(f"paraphrase: {len(messages)} messages but {len(seeds)} seeds")
+        prompts = [
+            templates.prompt_ids(engine.tokenizer, [{"role": "user", "content": m}], template)
+            for m in messages
+        ]
+        params = [
+            SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=0.95, seed=s)
+            for s in seeds
+        ]
+        return [c.text for c in engine.generate(prompts, params)]
+
+    return generate
