@@ -20,6 +20,7 @@ import numpy as np
 from danlu.errors import TokenizerError
 from danlu.io import atomic_dir, read_json_object
 from danlu.tokenizer import chat
+from danlu.tokenizer.config import TRAINERS
 from danlu.tokenizer.ranks import (
     GPT2_PATTERN,
     bpe_model_parts,
@@ -27,6 +28,7 @@ from danlu.tokenizer.ranks import (
     inconsistent_merges,
     mergeable_ranks,
 )
+from danlu.tokenizer.subword import SUBWORD_TRAINERS, subword_kind, subword_token_bytes, train_subword
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,6 @@ OBJECTIVE_TOKENS = (
 )
 ALL_SPECIAL_TOKENS = SPECIAL_TOKENS + OBJECTIVE_TOKENS
 HF_FILE, META_FILE = "tokenizer.json", "danlu_tokenizer.json"
-TRAINERS = ("hf", "danlu")
 CHAT_TEMPLATE = "danlu-v1"
 
 
@@ -73,6 +74,19 @@ class Tokenizer:
     """Byte-level BPE with fixed special tokens; `encode` is exact against HF's ids."""
 
     def __init__(self, hf: Any):
+        self._init_specials(hf)
+        vocab, merges = bpe_model_parts(self._json)
+        self._ranks = mergeable_ranks(vocab, set(self.special_tokens.values()))
+        self.inconsistent = inconsistent_merges(self._ranks, merges)
+        if self.inconsistent:
+            log.warning(
+                "%d merges (e.g. %r) make tiktoken's rank rule differ from HF's BPE: encoding through HF",
+                len(self.inconsistent),
+                self.inconsistent[:3],
+            )
+        self._enc = None if self.inconsistent else self._tiktoken()
+
+    def _init_specials(self, hf: Any) -> None:
         self.hf = hf
         self.hf.encode_special_tokens = True  # "<|bos|>" typed in plain text is text, not a special
         self._json = hf.to_str()
@@ -87,16 +101,6 @@ class Tokenizer:
         self._special_ids = frozenset(self.special_tokens.values())
         self.vocab_size: int = hf.get_vocab_size()
         self.bos_id, self.eos_id, self.pad_id = (self.special_tokens[t] for t in SPECIAL_TOKENS[:3])
-        vocab, merges = bpe_model_parts(self._json)
-        self._ranks = mergeable_ranks(vocab, set(self.special_tokens.values()))
-        self.inconsistent = inconsistent_merges(self._ranks, merges)
-        if self.inconsistent:
-            log.warning(
-                "%d merges (e.g. %r) make tiktoken's rank rule differ from HF's BPE: encoding through HF",
-                len(self.inconsistent),
-                self.inconsistent[:3],
-            )
-        self._enc = None if self.inconsistent else self._tiktoken()
 
     def _tiktoken(self) -> Any:
         import tiktoken
@@ -116,7 +120,8 @@ class Tokenizer:
         cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2, trainer: str = "hf"
     ) -> Tokenizer:
         """Train on texts with HF `tokenizers` (trainer "hf", fast) or danlu's own trainer ("danlu",
-        danlu.tokenizer.bpe_trainer: pure Python, the same merges and the same tokenizer.json)."""
+        danlu.tokenizer.bpe_trainer: pure Python, the same merges and the same tokenizer.json); or a
+        byte-level WordPiece or Unigram through `tokenizers` ("wordpiece", "unigram": see subword.py)."""
         if trainer not in TRAINERS:
             raise TokenizerError(f"tokenizer.trainer must be one of {', '.join(TRAINERS)}, got {trainer!r}")
         floor = len(ALL_SPECIAL_TOKENS) + 256
@@ -134,6 +139,8 @@ class Tokenizer:
                 word_counts(counted or texts), vocab_size, min_frequency, ALL_SPECIAL_TOKENS
             )
             hf = hf_bpe_from_merges(vocab, merges, ALL_SPECIAL_TOKENS)
+        elif trainer in SUBWORD_TRAINERS:
+            hf = train_subword(trainer, counted or texts, vocab_size, min_frequency, ALL_SPECIAL_TOKENS)
         else:
             hf = _new_hf_bpe()
             hf.train_from_iterator(counted or texts, trainer=hf_trainer(vocab_size, min_frequency))
@@ -149,20 +156,25 @@ class Tokenizer:
                 f"{got} tokens at min_frequency={min_frequency}, fewer than vocab_size={vocab_size}: "
                 "lower tokenizer.vocab_size or add data"
             )
-        return cls(hf)
+        return SubwordTokenizer(hf) if trainer in SUBWORD_TRAINERS else cls(hf)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
+        """Write the directory atomically; extra_meta (e.g. the stage's compression report) goes into
+        danlu_tokenizer.json beside the fixed fields."""
         with atomic_dir(path) as tmp:
             (tmp / HF_FILE).write_text(self._json, encoding="utf-8")
-            meta = {
-                "special_tokens": self.special_tokens,
-                "chat_template": CHAT_TEMPLATE,
-                "fingerprint": self.fingerprint(),
-                "vocab_size": self.vocab_size,
-                "tiktoken_exact": not self.inconsistent,
-            }
+            meta = self._meta() | (extra_meta or {})
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return Path(path)
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "special_tokens": self.special_tokens,
+            "chat_template": CHAT_TEMPLATE,
+            "fingerprint": self.fingerprint(),
+            "vocab_size": self.vocab_size,
+            "tiktoken_exact": not self.inconsistent,
+        }
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
@@ -189,7 +201,7 @@ class Tokenizer:
             raise TokenizerError(
                 f"{path} holds a corrupt tokenizer ({str(e).splitlines()[0]}); retrain it"
             ) from None
-        tok = cls(hf)
+        tok = SubwordTokenizer(hf) if kind in SUBWORD_TRAINERS else cls(hf)
         if meta.get("fingerprint") != tok.fingerprint():
             raise TokenizerError(
                 f"{path / HF_FILE} does not match the fingerprint in {META_FILE}; it was modified"
@@ -283,6 +295,33 @@ class Tokenizer:
             ids += [self.special_tokens[chat.role_token(m["role"])], *body]
             mask += [0] + [learn] * len(body)
         return ids, mask
+
+
+class SubwordTokenizer(Tokenizer):
+    """A byte-level WordPiece or Unigram (danlu.tokenizer.subword) with danlu's special tokens and chat
+    template: the same interface and directory as the BPE, "kind" naming the model; encodes through HF."""
+
+    def __init__(self, hf: Any):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        # a Unigram's scores reparse one ulp off (-7.3752942957213685 -> ...368): one round trip reaches
+        # the fixed point, so the saved file's fingerprint is what loading it gives
+        self._init_specials(HFTokenizer.from_str(hf.to_str()))
+        kind = subword_kind(self._json)
+        if kind is None:
+            raise TokenizerError("the tokenizer.json holds neither a WordPiece nor a Unigram model")
+        self.kind: str = kind
+        self.inconsistent: list[str] = []
+        self._enc = None
+        self._token_bytes = subword_token_bytes(hf, set(self._special_ids))
+
+    def _meta(self) -> dict[str, Any]:
+        meta = super()._meta() | {"kind": self.kind}
+        del meta["tiktoken_exact"]
+        return meta
+
+    def token_bytes(self) -> np.ndarray:
+        return self._token_bytes
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from danlu.errors import check
 
+TRAINERS = ("hf", "danlu", "wordpiece", "unigram")
+
 
 @dataclass
 class TokenizerConfig:
@@ -13,8 +15,10 @@ class TokenizerConfig:
     vocab_size: int = 4096
     # A pair must occur at least this often to be merged.
     min_frequency: int = 2
-    # Who learns the merges: "hf" (HF tokenizers, fast) or "danlu" (danlu.tokenizer.bpe_trainer, pure
-    # Python, meant to be read). Both write the same tokenizer.json from the same text.
+    # Who learns the vocabulary: "hf" (HF tokenizers' BPE, fast) or "danlu" (danlu.tokenizer.bpe_trainer,
+    # pure Python, meant to be read), which write the same tokenizer.json from the same text; or, to
+    # compare with them, a byte-level "wordpiece" or "unigram" through HF tokenizers (subword.py; Unigram
+    # ignores min_frequency). The tokenizer stage reports each one's bytes per token on the val split.
     trainer: str = "hf"
 
     def __post_init__(self) -> None:
@@ -24,6 +28,8 @@ class TokenizerConfig:
             f"must be in [300, 2^32), got {self.vocab_size}",
         )
         check(
-            self.trainer in ("hf", "danlu"), "tokenizer.trainer", f"must be hf or danlu, got {self.trainer!r}"
+            self.trainer in TRAINERS,
+            "tokenizer.trainer",
+            f"must be one of {', '.join(TRAINERS)}, got {self.trainer!r}",
         )
         check(self.min_frequency >= 1, "tokenizer.min_frequency", f"must be >= 1, got {self.min_frequency}")

@@ -9,18 +9,39 @@ from typing import Any
 
 import numpy as np
 
-from danlu.tokenizer.bpe import Tokenizer
+from danlu.errors import TokenizerError
+from danlu.io import read_json_object
+from danlu.tokenizer.bpe import META_FILE, Tokenizer
 from danlu.tokenizer.config import TokenizerConfig
 
 log = logging.getLogger(__name__)
 
 
-def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, out_dir: str | Path) -> Tokenizer:
-    """Train on texts (the run layer passes the documents' train split) and save to out_dir (atomically)."""
+def train_tokenizer(
+    texts: Iterable[str], cfg: TokenizerConfig, out_dir: str | Path, held_out: Iterable[str] | None = None
+) -> Tokenizer:
+    """Train on texts (the run layer passes the documents' train split) and save to out_dir (atomically).
+    With held_out texts (the validation split), their compression is measured and saved in
+    danlu_tokenizer.json under "held_out", beside the trainer's name: tokenizer_report reads both."""
     tok = Tokenizer.train(texts, cfg.vocab_size, cfg.min_frequency, cfg.trainer)
-    tok.save(out_dir)
-    log.info("tokenizer: %d tokens, saved to %s", tok.vocab_size, out_dir)
+    extra: dict[str, Any] = {"trainer": cfg.trainer}
+    if held_out is not None:
+        extra["held_out"] = tokenizer_stats(tok, held_out)
+    tok.save(out_dir, extra)
+    log.info(
+        "tokenizer (%s): %d tokens, saved to %s%s",
+        cfg.trainer,
+        tok.vocab_size,
+        out_dir,
+        f"; held-out {extra['held_out']['bytes_per_token']:.3f} bytes/token" if held_out is not None else "",
+    )
     return tok
+
+
+def tokenizer_report(tok_dir: str | Path) -> dict[str, Any]:
+    """The trainer and held-out compression that train_tokenizer saved ({} for a directory without them)."""
+    meta = read_json_object(Path(tok_dir) / META_FILE, TokenizerError, "retrain the tokenizer")
+    return {k: meta[k] for k in ("trainer", "held_out") if k in meta}
 
 
 def tokenizer_stats(tok: Tokenizer, texts: Iterable[str]) -> dict[str, Any]:
