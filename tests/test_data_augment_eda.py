@@ -100,7 +100,10 @@ def test_fraction_picks_the_same_documents_whatever_the_order():
 def test_kept_originals_and_their_copies_share_a_split(tmp_path):
     src = tmp_path / "c.jsonl"
     src.write_text(
-        "".join(json.dumps({"text": f"a happy dog called number {i} ran"}) + "\n" for i in range(20))
+        "".join(
+            json.dumps({"id": f"c{i}", "text": f"a happy dog called number {i} ran"}) + "\n"
+            for i in range(20)
+        )
     )
     spec = {"block": "eda", "synonym_replace": 0.5, "keep_original": True, "seed": 1}
     m = run_data(DataConfig(sources=[str(src)], pipeline=[spec], val_fraction=0.2), tmp_path / "out")
@@ -119,10 +122,28 @@ def test_kept_originals_and_their_copies_share_a_split(tmp_path):
     assert all(originals[d["meta"]["augmented"]["source_id"]] != d["text"] for d in copies)
 
 
+def test_copies_of_copies_stay_with_their_original(tmp_path):
+    src = tmp_path / "c.jsonl"
+    src.write_text(
+        "".join(json.dumps({"id": f"c{i}", "text": f"a happy dog called {i}"}) + "\n" for i in range(20))
+    )
+    spec = {"block": "eda", "synonym_replace": 0.5, "keep_original": True}
+    m = run_data(DataConfig(sources=[str(src)], pipeline=[spec, spec], val_fraction=0.2), tmp_path / "out")
+    assert m["augmented_added"] == {"train": 48, "dropped_from_val": 12}
+    val_ids = {d["id"] for d in read_documents(tmp_path / "out", "val")}
+    train = list(read_documents(tmp_path / "out", "train"))
+    assert len(val_ids) == 4 and len(train) == 64
+    twice = [d for d in train if d["id"].endswith("~eda~eda")]
+    assert len(twice) == 16 and all(d["meta"]["augmented"]["of"]["block"] == "eda" for d in twice)
+    assert not any(d["id"].split("~")[0] in val_ids for d in train)
+
+
 def test_in_place_rewrite_without_keep_original(tmp_path):
     src = tmp_path / "c.jsonl"
     src.write_text(
-        "".join(json.dumps({"text": f"a happy dog called number {i} ran"}) + "\n" for i in range(6))
+        "".join(
+            json.dumps({"id": f"c{i}", "text": f"a happy dog called number {i} ran"}) + "\n" for i in range(6)
+        )
     )
     spec = {"block": "eda", "synonym_replace": 0.5}
     m = run_data(DataConfig(sources=[str(src)], pipeline=[spec], val_fraction=0.2), tmp_path / "out")

@@ -94,7 +94,11 @@ def test_limits_skip_documents_and_are_counted(tmp_path):
 
 def test_the_block_keeps_originals_and_marks_lineage(tmp_path):
     src = tmp_path / "c.jsonl"
-    src.write_text("".join(json.dumps({"text": f"the story number {i} ends well"}) + "\n" for i in range(10)))
+    src.write_text(
+        "".join(
+            json.dumps({"id": f"c{i}", "text": f"the story number {i} ends well"}) + "\n" for i in range(10)
+        )
+    )
     spec = {"block": "paraphrase", "model": str(tmp_path), "fraction": 0.5, "keep_original": True, "seed": 2}
     cfg = DataConfig(sources=[str(src)], pipeline=[spec], val_fraction=0.2)
     m = run_data(cfg, tmp_path / "out", model_generator=recording_generator)
@@ -113,6 +117,22 @@ def test_the_block_keeps_originals_and_marks_lineage(tmp_path):
         source = d["meta"]["augmented"]["source_id"]
         assert d["id"] == f"{source}~paraphrase" and d["meta"]["augmented"]["added"] is True
         assert d["text"].startswith(" ".join(by_id[source].split()[::-1]))
+
+
+def test_output_does_not_depend_on_shards_or_workers(tmp_path):
+    src = tmp_path / "c.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"id": f"c{i}", "text": f"the story number {i} ends well"}) + "\n" for i in range(12)
+        )
+    )
+    spec = {"block": "paraphrase", "model": str(tmp_path), "fraction": 0.5, "seed": 2}
+    hashes = []
+    for shard_docs, workers in ((100, 1), (3, 2)):
+        cfg = DataConfig(sources=[str(src)], pipeline=[spec], shard_docs=shard_docs, workers=workers)
+        m = run_data(cfg, tmp_path / f"out-{workers}", model_generator=recording_generator)
+        hashes.append({k: v["sha256"] for k, v in m["splits"].items()})
+    assert hashes[0] == hashes[1]
 
 
 @pytest.mark.parametrize(
@@ -154,14 +174,16 @@ def test_danlu_data_runs_the_block_on_a_model_dir(chat_model, tmp_path, monkeypa
 
     src = tmp_path / "c.jsonl"
     src.write_text(
-        "".join(json.dumps({"text": f"the cat number {i} sat on the mat"}) + "\n" for i in range(6))
+        "".join(
+            json.dumps({"id": f"c{i}", "text": f"the cat number {i} sat on the mat"}) + "\n" for i in range(6)
+        )
     )
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         f"run_dir: {tmp_path / 'run'}\n"
         f"data:\n  sources: [{src}]\n  val_fraction: 0.2\n  pipeline:\n"
         f"    - {{block: paraphrase, model: {chat_model}, fraction: 1.0, max_new_tokens: 8, seed: 1}}\n"
-        "    - {block: eda, synonym_replace: 0.3, fraction: 0.5, keep_original: true}\n"
+        "    - {block: eda, synonym_replace: 0.3, fraction: 1.0, keep_original: true}\n"
     )
     monkeypatch.chdir(tmp_path)
     main(["data", str(recipe)])
@@ -172,7 +194,9 @@ def test_danlu_data_runs_the_block_on_a_model_dir(chat_model, tmp_path, monkeypa
     marks = [d["meta"]["augmented"] for d in train if "augmented" in d["meta"]]
     assert {m["block"] for m in marks} == {"paraphrase", "eda"}
     # copies of copies (eda of a paraphrase) stay with their original: validation holds originals only
-    assert any(m["block"] == "eda" and m.get("of", {}).get("block") == "paraphrase" for m in marks)
+    eda_marks = [m for m in marks if m["block"] == "eda"]
+    assert len(eda_marks) >= 5 and all(m["source_id"].startswith("c") for m in eda_marks)
+    assert all(m["of"]["block"] == "paraphrase" for m in eda_marks if m["source_id"].endswith("~paraphrase"))
     val = list(read_documents(tmp_path / "run" / "data", "val"))
     assert val and not any("augmented" in d["meta"] for d in val)
     assert all(m["model"] == "model" for m in marks if m["block"] == "paraphrase")

@@ -33,7 +33,9 @@ def model_dir_generator(path: str | Path, device: str = "cpu") -> TextGenerator:
     if multiprocessing.parent_process() is not None:
         # a pool worker, one per core: a forked copy of a parent's torch thread pool hangs on first use
         torch.set_num_threads(1)
-    engine = Engine.from_dir(path, device=device, max_batch=1, max_len=MAX_LEN, prefix_cache=True)
+    # no prefix cache: a reply then never depends on which document ran before it (a cached prefix is
+    # computed in another shape of matmul, which may round differently)
+    engine = Engine.from_dir(path, device=device, max_batch=1, max_len=MAX_LEN, prefix_cache=False)
     template = templates.resolve("auto", engine.tokenizer)
 
     def generate(
