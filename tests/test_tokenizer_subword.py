@@ -121,3 +121,33 @@ def test_bad_trainer_and_too_small_vocabularies_are_one_clear_error():
         Tokenizer.train(TRAIN, 400, trainer="wordpiece")
     with pytest.raises(TokenizerError, match="supports only"):
         Tokenizer.train(["tiny text"] * 3, 4096, trainer="unigram")
+
+
+# the tiny corpus holds few distinct words: a Unigram of it has at most ~310 pieces
+@pytest.mark.parametrize(("trainer", "vocab"), [("wordpiece", 560), ("unigram", 300)])
+def test_the_recipe_stage_trains_it_and_reports_compression(trainer, vocab, tmp_path, word_lines, capsys):
+    from danlu.cli import main
+    from danlu.run import RunLayout, read_stamp
+    from run_support import tiny_recipe
+
+    recipe = str(tiny_recipe(tmp_path, word_lines, "t") / "r.yaml")
+    assert main(["data", recipe]) == 0
+    over = [f"--tokenizer.trainer={trainer}", f"--tokenizer.vocab_size={vocab}"]
+    assert main(["tokenizer", "train", recipe, *over]) == 0
+    out = capsys.readouterr().out
+    result = read_stamp(RunLayout(tmp_path / "out"), "tokenizer")["result"]
+    assert result["trainer"] == trainer and result["vocab_size"] == vocab
+    assert f"{trainer}, {result['held_out']['bytes_per_token']:.3f} bytes/token on val" in out
+    tok = Tokenizer.load(tmp_path / "out" / "tokenizer")
+    assert isinstance(tok, SubwordTokenizer) and tok.kind == trainer
+    assert main(["pack", recipe, *over]) == 0  # the next stage reads it
+
+
+def test_an_unknown_trainer_on_the_command_line_is_one_error_line(tmp_path, word_lines, capsys):
+    from danlu.cli import main
+    from run_support import tiny_recipe
+
+    recipe = str(tiny_recipe(tmp_path, word_lines, "t") / "r.yaml")
+    assert main(["tokenizer", "train", recipe, "--tokenizer.trainer=bpe2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "hf, danlu, wordpiece, unigram" in err and "'bpe2'" in err

@@ -187,9 +187,21 @@ def run_data_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
 def run_tokenizer_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
     from danlu.data.documents import document_texts
     from danlu.tokenizer import train_tokenizer
+    from danlu.tokenizer.tools import tokenizer_report
 
-    tok = train_tokenizer(document_texts(layout.docs, "train"), cfg.tokenizer, layout.tokenizer)
-    return {"vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()}
+    val = document_texts(layout.docs, "val") if (layout.docs / "val.parquet").exists() else None
+    tok = train_tokenizer(document_texts(layout.docs, "train"), cfg.tokenizer, layout.tokenizer, val)
+    # the trainer and its compression (bytes per token) on the val split, to compare trainers by
+    return {"vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()} | tokenizer_report(
+        layout.tokenizer
+    )
+
+
+def _tokenizer_summary(result: dict[str, Any], out: Path) -> str:
+    line = f"tokenizer written to {out}: vocab {result['vocab_size']}"
+    if "held_out" in result:
+        line += f", {result['trainer']}, {result['held_out']['bytes_per_token']:.3f} bytes/token on val"
+    return line
 
 
 def training_tokens(cfg: RecipeConfig) -> int:
@@ -368,11 +380,17 @@ STAGES: tuple[Stage, ...] = (
         ("data",),
         "tokenizer",
         "tokenizer.json",
-        # both trainers write the same tokenizer.json (tests/test_tokenizer_trainer.py), so the choice
-        # leaves the key, and a run's tokenizer is not made out of date by it
-        lambda cfg: {"tokenizer": {k: v for k, v in to_dict(cfg.tokenizer).items() if k != "trainer"}},
+        # both BPE trainers write the same tokenizer.json (tests/test_tokenizer_trainer.py), so choosing
+        # between them leaves the key, and a run's tokenizer is not made out of date by it
+        lambda cfg: {
+            "tokenizer": {
+                k: v
+                for k, v in to_dict(cfg.tokenizer).items()
+                if not (k == "trainer" and v in ("hf", "danlu"))
+            }
+        },
         run_tokenizer_stage,
-        lambda result, out: f"tokenizer written to {out}: vocab {result['vocab_size']}",
+        _tokenizer_summary,
         current=_tokenizer_current,
     ),
     Stage(
