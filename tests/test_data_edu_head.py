@@ -163,3 +163,21 @@ def test_embedder_truncates_and_rejects_bad_layers(tiny):
     for layers in ([0], [4], []):
         with pytest.raises(ConfigError):
             ModelEmbedder(tiny, ByteTok(), layers)
+
+
+def test_pipeline_edu_score_block_reads_a_head_with_the_injected_embedder(tmp_path):
+    from danlu.data.pipeline import build_block, build_pipeline
+
+    texts = ["a lesson to explain an exercise", "lol haha haha"]
+    embed = word_count_embedder("m", "cpu", [1], 8)
+    head = EduEmbeddingHead(l2=1.0, embedding={"model": "judge", "layers": [2], "max_tokens": 16})
+    path = str(head.fit(embed(texts), [4.0, 1.0]).save(tmp_path / "head.npz"))
+    spec = {"block": "edu_score", "model": path, "threshold": 2.5}
+    block = build_block(spec, model_embedder=word_count_embedder)
+    docs = [{"id": str(i), "text": t, "source": "", "meta": {}} for i, t in enumerate(texts)]
+    assert [block.filt.filter(d)[0] for d in docs] == [True, False]
+    assert docs[0]["meta"]["edu_score"] > 2.5
+    with pytest.raises(ConfigError, match="no embedder"):
+        build_pipeline([spec])
+    with pytest.raises(ConfigError, match="no option model_embedder"):
+        build_block({**spec, "model_embedder": "x"}, model_embedder=word_count_embedder)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from danlu.data.block import ModelScorer
 from danlu.data.config import DataConfig
 from danlu.data.corpora import CORPORA, read_corpus
+from danlu.data.edu_head import EmbedderFactory
 from danlu.data.executors import ShardTask, make_executor, merge_stats, read_shard, run_shard, write_shard
 from danlu.data.hf_datasets import PREFIX as HF_PREFIX
 from danlu.data.hf_datasets import read_hf_spec
@@ -211,12 +212,13 @@ def run_pipeline(
     specs: list[dict[str, Any]],
     model_scorer: ModelScorer | None = None,
     model_generator: ModelGenerator | None = None,
+    model_embedder: EmbedderFactory | None = None,
 ) -> tuple[list[Path], dict[str, Any]]:
     """Ingest, then run each segment over all shards with a barrier (global decision) between them.
 
     Returns the final shard files (in order) and the counts for the manifest.
     """
-    blocks = build_pipeline(specs, model_scorer, model_generator)
+    blocks = build_pipeline(specs, model_scorer, model_generator, model_embedder)
     segs = segments(blocks)
     ingest = _ingest(cfg, work)
     executor = make_executor(cfg.executor, cfg.workers, cfg.ray_address)
@@ -226,7 +228,7 @@ def run_pipeline(
     markers: list[dict[str, Any]] = []
     for s, (_, global_block) in enumerate(segs):
         tasks = [
-            ShardTask(tuple(specs), s, i, str(work), model_scorer, model_generator)
+            ShardTask(tuple(specs), s, i, str(work), model_scorer, model_generator, model_embedder)
             for i in range(ingest["shards"])
         ]
         markers = executor.map(run_shard, tasks)
@@ -338,22 +340,24 @@ def run_data(
     out_dir: str | Path,
     model_scorer: ModelScorer | None = None,
     model_generator: ModelGenerator | None = None,
+    model_embedder: EmbedderFactory | None = None,
 ) -> dict[str, Any]:
     """Build the documents directory with the recipe's pipeline; return its manifest.
 
     `model_scorer` scores documents with a model dir where a block names one (`perplexity`); the run
     layer passes danlu.eval.perplexity.model_dir_scorer. `model_generator` generates text with one
-    (`paraphrase`); the run layer passes danlu.run_paraphrase.model_dir_generator.
+    (`paraphrase`); the run layer passes danlu.run_paraphrase.model_dir_generator. `model_embedder`
+    embeds documents for an `edu_score` head on model embeddings (danlu.eval.edu_embed.model_dir_embedder).
     """
     out_dir = Path(out_dir)
     specs = cfg.pipeline if cfg.pipeline is not None else default_pipeline(cfg.min_chars)
-    build_pipeline(specs, model_scorer, model_generator)  # validate every block before reading anything
+    build_pipeline(specs, model_scorer, model_generator, model_embedder)  # validate before reading anything
     for spec in cfg.sources:
         if spec not in SOURCES and spec not in CORPORA and not Path(spec).expanduser().exists():
             read_source_or_path(spec)  # raises the not-found error
     work = _work_dir(out_dir, _plan_fingerprint(cfg, specs))
     try:
-        files, counts = run_pipeline(cfg, work, specs, model_scorer, model_generator)
+        files, counts = run_pipeline(cfg, work, specs, model_scorer, model_generator, model_embedder)
         _check_splittable(cfg, counts["sources"])
     except DataError:
         # bad input, not an interruption: nothing worth resuming from

@@ -128,6 +128,15 @@ class EduEmbeddingHead:
         return head
 
 
+def is_edu_head(path: str | Path) -> bool:
+    """Whether `path` is an EduEmbeddingHead file (else the edu_score block reads an EduRegressor)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "format" in z.files and str(z["format"]) == _FORMAT
+    except Exception:  # missing or not an .npz: the regressor's loader says what is wrong
+        return False
+
+
 def edu_head_block(
     model: str,
     embedder: EmbedderFactory | None,

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from danlu.data.block import ModelScorer, Stats
+from danlu.data.edu_head import EmbedderFactory
 from danlu.data.paraphrase import ModelGenerator
 from danlu.data.pipeline import build_pipeline, segments
 from danlu.data.sources import Document
@@ -137,6 +138,7 @@ class ShardTask:
     work: str
     model_scorer: ModelScorer | None = None
     model_generator: ModelGenerator | None = None
+    model_embedder: EmbedderFactory | None = None
 
     def path(self, stage: str, suffix: str) -> Path:
         return Path(self.work) / stage / f"shard-{self.shard:05d}{suffix}"
@@ -149,12 +151,14 @@ def _blocks(
     specs: tuple[dict[str, Any], ...],
     model_scorer: ModelScorer | None,
     model_generator: ModelGenerator | None = None,
+    model_embedder: EmbedderFactory | None = None,
 ) -> list[Any]:
     # one build per worker process: language, PII, scoring and generating models load once, not per shard
-    names = [f"{f.__module__}.{f.__qualname__}" if f else None for f in (model_scorer, model_generator)]
+    factories = (model_scorer, model_generator, model_embedder)
+    names = [f"{f.__module__}.{f.__qualname__}" if f else None for f in factories]
     key = json.dumps([list(specs), *names], sort_keys=True, default=str)
     if key not in _BLOCK_CACHE:
-        _BLOCK_CACHE[key] = build_pipeline(list(specs), model_scorer, model_generator)
+        _BLOCK_CACHE[key] = build_pipeline(list(specs), model_scorer, model_generator, model_embedder)
     return _BLOCK_CACHE[key]
 
 
@@ -164,7 +168,7 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
     done = task.path(stage, ".done.json")
     if done.exists():
         return json.loads(done.read_text())
-    blocks = _blocks(task.specs, task.model_scorer, task.model_generator)
+    blocks = _blocks(task.specs, task.model_scorer, task.model_generator, task.model_embedder)
     doc_blocks, global_block = segments(blocks)[task.segment]
     src = (
         task.path("ingest", ".parquet")

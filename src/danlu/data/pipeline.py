@@ -7,7 +7,8 @@ whose suffix array spans the corpus.
 `build_pipeline(specs)` validates each spec ({"block": name, **options}) against the registry: an unknown
 block or option is a ConfigError naming the valid ones. A `perplexity` block naming a danlu model
 directory scores with the `model_scorer` factory the run layer passes in, and a `paraphrase` block
-generates with its `model_generator` factory (data loads no models).
+generates with its `model_generator` factory, and an `edu_score` head on model embeddings embeds with
+its `model_embedder` factory (data loads no models).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from danlu.data.block import (
 )
 from danlu.data.clean import normalize, text_hash
 from danlu.data.eda import EdaAugmenter
+from danlu.data.edu_head import EmbedderFactory
 from danlu.data.filters import (
     C4QualityFilter,
     GopherQualityFilter,
@@ -346,10 +348,18 @@ def _toxicity(
 
 
 def _edu_score(
-    model: str, threshold: float | None = None, keep_top: float | None = None, annotate_only: bool = False
+    model: str,
+    threshold: float | None = None,
+    keep_top: float | None = None,
+    annotate_only: bool = False,
+    device: str = "cpu",
+    model_embedder: EmbedderFactory | None = None,
 ) -> Any:
     from danlu.data.edu import edu_score_block
+    from danlu.data.edu_head import edu_head_block, is_edu_head
 
+    if is_edu_head(model):  # a head on model embeddings: the injected embedder makes them
+        return edu_head_block(model, model_embedder, threshold, keep_top, annotate_only, device)
     return edu_score_block(model, threshold=threshold, keep_top=keep_top, annotate_only=annotate_only)
 
 
@@ -417,6 +427,7 @@ _HIDDEN = {
     "shingling",
     "model_scorer",
     "model_generator",
+    "model_embedder",
     "thesaurus",
     "stop_list",
 }
@@ -437,6 +448,7 @@ def build_block(
     spec: dict[str, Any],
     model_scorer: ModelScorer | None = None,
     model_generator: ModelGenerator | None = None,
+    model_embedder: EmbedderFactory | None = None,
 ) -> DocBlock | GlobalBlock:
     """One block from its spec {"block": name, **options}; `model_scorer` goes to the blocks that score
     with a model directory, `model_generator` to those that generate text with one (paraphrase)."""
@@ -459,6 +471,8 @@ def build_block(
         options["model_scorer"] = model_scorer
     if "model_generator" in inspect.signature(BLOCKS[name]).parameters:
         options["model_generator"] = model_generator
+    if "model_embedder" in inspect.signature(BLOCKS[name]).parameters:
+        options["model_embedder"] = model_embedder
     try:
         made = BLOCKS[name](**options)
     except TypeError as e:
@@ -472,13 +486,14 @@ def build_pipeline(
     specs: Sequence[dict[str, Any]],
     model_scorer: ModelScorer | None = None,
     model_generator: ModelGenerator | None = None,
+    model_embedder: EmbedderFactory | None = None,
 ) -> list[DocBlock | GlobalBlock]:
     """Blocks from a recipe's data.pipeline list (validated up front, before any work)."""
     if not specs:
         raise ConfigError(
             "data.pipeline is empty; list at least one block, or leave it unset for the default"
         )
-    blocks = [build_block(s, model_scorer, model_generator) for s in specs]
+    blocks = [build_block(s, model_scorer, model_generator, model_embedder) for s in specs]
     names = [b.name for b in blocks]
     for n in set(names):
         if names.count(n) > 1:
