@@ -175,11 +175,16 @@ def _run_stage(
 
 def run_data_stage(cfg: RecipeConfig, layout: RunLayout) -> dict[str, Any]:
     from danlu.data.documents import run_data
+    from danlu.eval.edu_embed import model_dir_embedder
     from danlu.eval.perplexity import model_dir_scorer
     from danlu.run_paraphrase import model_dir_generator
 
     manifest = run_data(
-        cfg.data, layout.docs, model_scorer=model_dir_scorer, model_generator=model_dir_generator
+        cfg.data,
+        layout.docs,
+        model_scorer=model_dir_scorer,
+        model_generator=model_dir_generator,
+        model_embedder=model_dir_embedder,
     )
     return {"splits": manifest.get("splits", {})}
 
