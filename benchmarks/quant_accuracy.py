@@ -49,6 +49,9 @@ ROWS: dict[str, dict[str, object] | None] = {
     "rtn-int3-g128": {"method": "rtn", "bits": 3, "group_size": 128},
     "gptq-int3-g128": {"method": "gptq", "bits": 3, "group_size": 128},
     "awq-int3-g128": {"method": "awq", "bits": 3, "group_size": 128},
+    "rtn-int2-g128": {"method": "rtn", "bits": 2, "group_size": 128},
+    "gptq-int2-g128": {"method": "gptq", "bits": 2, "group_size": 128},
+    "awq-int2-g128": {"method": "awq", "bits": 2, "group_size": 128},
 }
 CALIBRATED = ("gptq", "awq", "smoothquant")
 TASKS = ("hellaswag", "arc_easy")

@@ -31,7 +31,7 @@ from danlu.infer.params import SamplingParams
 from danlu.model_dir import load_model
 from danlu.quant.apply import quantize_model, targets
 from danlu.quant.config import QuantConfig
-from danlu.quant.linear import Int4Linear
+from danlu.quant.linear import QuantLinear
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time, in a land far away,"
 
@@ -52,15 +52,18 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of every tensor the model holds (each storage once)."""
+    """Bytes of every tensor the model holds, each storage once: parameters, buffers, what a quantized
+    kernel keeps beside them, and torch's packed dynamic-quantization weights. Read from the modules,
+    not from state_dict(), which hands an Int4Linear's codes back in the saved layout."""
     seen: dict[int, int] = {}
-    for value in model.state_dict().values():
-        for t in _tensors(value):
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    tensors = [*model.parameters(), *model.buffers()]
     for m in model.modules():
-        if isinstance(m, Int4Linear) and m._kernel_weights is not None:
-            for t in m._kernel_weights:
-                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        if isinstance(m, QuantLinear):
+            tensors += m.kernel_tensors()
+        elif hasattr(m, "_packed_params"):  # torch.ao dynamic quantized Linear
+            tensors += _tensors(m._packed_params._weight_bias())
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     return sum(seen.values())
 
 

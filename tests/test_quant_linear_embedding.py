@@ -1,6 +1,7 @@
 """The quantized embedding table (danlu.quant.embedding): gathers equal the dequantized rows, the tied
 head is one module at both names and equals its reference product, quantized model dirs keep it, and
-the int8 kernel's bf16 scales follow a changed scale."""
+the int8 kernel's bf16 scales follow a changed scale. The int4 kernel's layout (danlu.quant.int4_layout)
+reads back as torch's converter wrote it, and an Int4Linear holds its codes once after its kernel ran."""
 
 from __future__ import annotations
 
@@ -97,3 +98,53 @@ def test_int8_kernel_scale_follows_a_changed_scale():
         layer.scale.mul_(2)
         after = layer(x)
     assert torch.allclose(after, 2 * before, rtol=1e-2)
+
+
+@pytest.mark.parametrize("rows", [16, 48, 64, 80, 208])  # whole 64-row blocks and a smaller last one
+def test_the_int4_kernel_layout_reads_back_as_the_converter_wrote_it(rows):
+    from danlu.quant.int4_layout import kernel_pack, kernel_rows, kernel_unpack
+
+    torch.manual_seed(rows)
+    codes = torch.randint(0, 16, (rows, 96), dtype=torch.int32)
+    packed = kernel_pack(codes)  # torch._convert_weight_to_int4pack_for_cpu
+    assert torch.equal(kernel_unpack(packed).int(), codes)
+    some = torch.tensor([0, rows - 1, rows // 2, 1, rows // 2])
+    assert torch.equal(kernel_rows(packed, some, rows).int(), codes[some])
+
+
+def test_int4_codes_are_held_once_after_the_kernel_runs(tmp_path, tiny_packed):
+    from danlu.model_dir import load_model, save_model_dir
+    from danlu.quant.stage import save_quantized
+    from danlu.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    layer = Int4Linear.from_qtensor(quantize(torch.randn(80, 200), QuantSpec(4, False, "group", 64)))
+    packed, ref_w = layer.qweight.clone(), layer.dequantize()
+    with torch.no_grad():
+        layer(torch.randn(1, 200))
+    assert layer.in_kernel_layout and not torch.equal(layer.qweight, packed)
+    held = [layer.qweight, layer.scale, layer.offset, *layer.kernel_tensors()]
+    # the codes once (in the kernel's layout, 200 columns padded to 4 groups of 64), not beside the
+    # packed copy; fp32 scale and offset, and the kernel's bf16 (scale, zero) pairs, per group
+    codes, fp32_scales, kernel_scales = 80 * 256 // 2, 2 * 80 * 4 * 4, 4 * 80 * 2 * 2
+    assert sum(t.numel() * t.element_size() for t in held) == codes + fp32_scales + kernel_scales
+    assert torch.equal(layer.dequantize(), ref_w)
+    assert torch.equal(layer.state_dict()["qweight"], packed)  # the state dict is in the packed layout
+    # a tied int4 table that has run its kernel still gathers rows, saves and loads
+    _, tok_dir = tiny_packed
+    vocab = Tokenizer.load(tok_dir).vocab_size
+    model = _model(vocab)
+    base = save_model_dir(tmp_path / "base", model, model.cfg, tok_dir)
+    qmodel, _, _ = load_model(base)
+    quantize_model(qmodel, QuantConfig(method="rtn", bits=4, group_size=32, skip=("*norm*",)))
+    ids = torch.randint(0, vocab, (1, 12))
+    with torch.no_grad():
+        before = qmodel(ids)
+        table = qmodel.embed.table
+        assert isinstance(table, Int4Linear) and (table.in_kernel_layout or vocab % 16)
+        assert torch.equal(qmodel.embed(ids), qmodel.embed.weight[ids])
+        assert torch.equal(qmodel(ids), before)
+    out = save_quantized(tmp_path / "q4", qmodel, {**model.cfg.__dict__}, tok_dir, {"method": "rtn"})
+    loaded, _, _ = load_model(out)
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids), before, atol=1e-5)

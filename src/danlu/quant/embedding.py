@@ -18,7 +18,7 @@ from torch import nn
 
 from danlu.errors import ConfigError
 from danlu.quant.linear import Int4Linear, Int8Linear, QuantLinear
-from danlu.quant.quantizers import QuantSpec, dequantize, error_report, quantize, unpack_int4
+from danlu.quant.quantizers import QuantSpec, dequantize, error_report, quantize
 
 
 class QuantEmbedding(nn.Module):
@@ -40,8 +40,7 @@ class QuantEmbedding(nn.Module):
         flat = ids.reshape(-1)
         t = self.table
         if isinstance(t, Int4Linear):
-            codes = unpack_int4(t.qweight[flat], t.in_features)
-            out = dequantize(codes, t.scale[flat], t.offset[flat], t.spec())
+            out = dequantize(t.row_codes(flat), t.scale[flat], t.offset[flat], t.spec())
         else:
             out = t.qweight[flat].float() * t.scale[flat, None]
         return out.view(*ids.shape, self.embedding_dim)

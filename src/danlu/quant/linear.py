@@ -7,9 +7,11 @@ reference path.
   Kernel: `torch._int_mm` (int32 accumulation).
 - `Int4Linear`: codes of 2 to 4 bits packed two per byte [out, ceil(in/2)], scale and offset per group
   of `group_size` input columns (w = u * scale + offset). Kernel: `torch._weight_int4pack_mm_for_cpu`,
-  which takes w = (u - 8) * s + z, so z = offset + 8 * scale; its layout is made once, on the first
-  kernel call, and kept beside the buffers (never saved). The input dimension is padded to a whole
-  number of groups for it (zero inputs times whatever the padded codes hold add nothing).
+  which takes w = (u - 8) * s + z, so z = offset + 8 * scale. On the first kernel call the codes are
+  converted to the kernel's layout (`danlu.quant.int4_layout`) and kept in that layout only, in place
+  of the packed ones: the codes are held once. `state_dict` converts them back to the packed layout,
+  so a saved model dir never holds the kernel's layout. The input dimension is padded to a whole
+  number of groups for the kernel (zero inputs times whatever the padded codes hold add nothing).
 
 In torch 2.13 on CPU both kernels are fast only for bf16 activations (with fp32 inputs they fall back
 to a path about 50x slower than fp32 `F.linear`): the kernel path rounds the activations to bf16 and
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from danlu.quant.int4_layout import kernel_pack, kernel_rows, kernel_unpack
 from danlu.quant.quantizers import QTensor, QuantSpec, dequantize, pack_int4, unpack_int4
 
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
@@ -48,17 +51,24 @@ class QuantLinear(nn.Module):
     def kernel(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def kernel_tensors(self) -> list[torch.Tensor]:
+        """Tensors the kernel path keeps beside the buffers (counted by memory reports)."""
+        return []
+
     def _use_kernel(self, x: torch.Tensor) -> bool:
         return not self.reference and x.device.type == "cpu" and not torch.is_grad_enabled()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._use_kernel(x):
             return F.linear(x, self.dequantize().to(x.dtype), self.bias)
+        # one decode step calls this ~120 times on a [1, 1, d] input: every op here is a dispatch
         shape = x.shape
-        y = self.kernel(x.reshape(-1, shape[-1]).to(torch.bfloat16)).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.view(*shape[:-1], self.out_features)
+        flat = x if x.dim() == 2 else x.view(-1, shape[-1]) if x.is_contiguous() else x.reshape(-1, shape[-1])
+        y = self.kernel(flat.to(torch.bfloat16)).to(x.dtype)
+        bias = self._parameters["bias"]
+        if bias is not None:
+            y = y + bias.to(x.dtype)
+        return y if x.dim() == 2 else y.view((*shape[:-1], self.out_features))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}"
@@ -90,9 +100,8 @@ class Int8Linear(QuantLinear):
             "qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device)
         )
         self.register_buffer("scale", torch.empty(out_features, device=device))
-        self._kernel_scale: tuple[tuple[int, int], torch.Tensor] | None = (
-            None  # (scale's version, its bf16 copy)
-        )
+        # (the scale tensor, its version, its bf16 copy): the kernel takes bf16 scales
+        self._kernel_scale: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     @classmethod
     def from_qtensor(cls, q: QTensor, bias: torch.Tensor | None = None) -> Int8Linear:
@@ -110,11 +119,16 @@ class Int8Linear(QuantLinear):
         return self.qweight.float() * self.scale[:, None]
 
     def kernel(self, x: torch.Tensor) -> torch.Tensor:
-        # the kernel takes bf16 scales: converted once, again only if the scale tensor changed
-        version = (self.scale.data_ptr(), self.scale._version)
-        if self._kernel_scale is None or self._kernel_scale[0] != version:
-            self._kernel_scale = (version, self.scale.to(torch.bfloat16))
-        return torch._weight_int8pack_mm(x, self.qweight, self._kernel_scale[1])
+        # converted once, again only if the scale tensor was replaced or changed in place; the
+        # buffers are read from _buffers directly: Module.__getattr__ costs microseconds per call
+        scale = self._buffers["scale"]
+        cached = self._kernel_scale
+        if cached is None or cached[0] is not scale or cached[1] != scale._version:
+            cached = self._kernel_scale = (scale, scale._version, scale.to(torch.bfloat16))
+        return torch._weight_int8pack_mm(x, self._buffers["qweight"], cached[2])
+
+    def kernel_tensors(self) -> list[torch.Tensor]:
+        return [self._kernel_scale[2]] if self._kernel_scale is not None else []
 
 
 class Int4Linear(QuantLinear):
@@ -138,7 +152,7 @@ class Int4Linear(QuantLinear):
         self.register_buffer("qweight", torch.empty(out_features, packed, dtype=torch.uint8, device=device))
         self.register_buffer("scale", torch.empty(out_features, groups, device=device))
         self.register_buffer("offset", torch.empty(out_features, groups, device=device))
-        self._kernel_weights: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._kernel_sz: torch.Tensor | None = None  # set while qweight is in the kernel's layout
 
     @classmethod
     def from_qtensor(cls, q: QTensor, bias: torch.Tensor | None = None) -> Int4Linear:
@@ -157,14 +171,43 @@ class Int4Linear(QuantLinear):
     def spec(self) -> QuantSpec:
         return QuantSpec(self.bits, True, "group", self.group_size)
 
+    @property
+    def in_kernel_layout(self) -> bool:
+        return self._kernel_sz is not None
+
     def codes(self) -> torch.Tensor:
+        if self.in_kernel_layout:
+            return kernel_unpack(self.qweight)[:, : self.in_features]
         return unpack_int4(self.qweight, self.in_features)
+
+    def row_codes(self, rows: torch.Tensor) -> torch.Tensor:
+        """Codes [len(rows), in] of some output rows (an embedding lookup), without unpacking the rest."""
+        if self.in_kernel_layout:
+            return kernel_rows(self.qweight, rows, self.out_features)[:, : self.in_features]
+        return unpack_int4(self.qweight[rows], self.in_features)
 
     def dequantize(self) -> torch.Tensor:
         return dequantize(self.codes(), self.scale, self.offset, self.spec())
 
+    def kernel_tensors(self) -> list[torch.Tensor]:
+        return [self._kernel_sz] if self._kernel_sz is not None else []
+
+    def to_packed_layout(self) -> None:
+        """Back from the kernel's layout to the packed codes of the state dict (no-op if there)."""
+        if self.in_kernel_layout:
+            self.qweight = pack_int4(self.codes())
+            self._kernel_sz = None
+
+    def _save_to_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.to_packed_layout()  # one packed tensor, so a tied table's two names still share it
+        super()._save_to_state_dict(*args, **kwargs)
+
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        self._kernel_weights = None  # new codes: the kernel layout is made again
+        if self.in_kernel_layout:  # new codes arrive in the packed layout
+            self.qweight = torch.empty(
+                self.out_features, (self.in_features + 1) // 2, dtype=torch.uint8, device=self.qweight.device
+            )
+            self._kernel_sz = None
         super()._load_from_state_dict(*args, **kwargs)
 
     def _use_kernel(self, x: torch.Tensor) -> bool:
@@ -176,16 +219,15 @@ class Int4Linear(QuantLinear):
     def kernel(self, x: torch.Tensor) -> torch.Tensor:
         gs = self.group_size
         padded = self.scale.shape[1] * gs
-        if self._kernel_weights is None:
-            codes = F.pad(self.codes().to(torch.int32), (0, padded - self.in_features))
-            packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
+        if self._kernel_sz is None:
+            codes = F.pad(self.codes(), (0, padded - self.in_features))
             zeros = self.offset + 8 * self.scale
             sz = torch.stack([self.scale.T, zeros.T], dim=-1).contiguous().to(torch.bfloat16)
-            self._kernel_weights = (packed, sz)
-        packed, sz = self._kernel_weights
+            self.qweight = kernel_pack(codes)
+            self._kernel_sz = sz
         if padded != self.in_features:
             x = F.pad(x, (0, padded - self.in_features))
-        return torch._weight_int4pack_mm_for_cpu(x, packed, gs, sz)
+        return torch._weight_int4pack_mm_for_cpu(x, self.qweight, gs, self._kernel_sz)
 
     def layout(self) -> dict[str, object]:
         return super().layout() | {"group_size": self.group_size, "bits": self.bits}
