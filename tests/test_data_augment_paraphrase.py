@@ -11,30 +11,36 @@ import pytest
 
 from danlu.data.config import DataConfig
 from danlu.data.documents import read_documents, run_data
-from danlu.data.paraphrase import DEFAULT_PROMPT, ParaphraseAugmenter
+from danlu.data.paraphrase import DEFAULT_PROMPT, ParaphraseAugmenter, Reply
 from danlu.data.pipeline import build_block
 from danlu.errors import ConfigError
 from danlu.run_paraphrase import model_dir_generator
 from serve_support import tiny_chat_model
 
 CALLS: list[tuple[str, int]] = []
+BATCHES: list[int] = []
 
 
-def recording_generator(model: str, device: str):
-    """A stand-in model: the reply names the seed and reverses the document's words."""
+def recording_generator(model: str, device: str, max_batch: int):
+    """A stand-in model: the reply reverses the document's words and names the seed."""
 
     def generate(messages, seeds, max_new_tokens, temperature):
         CALLS.extend(zip(messages, seeds, strict=True))
+        BATCHES.append(len(messages))
+        assert len(messages) <= max_batch
         return [
-            " ".join(m.split("Text:\n", 1)[1].split()[::-1]) + f" [{s}]"
+            Reply(" ".join(m.split("Text:\n", 1)[1].split()[::-1]) + f" [{s}]", True)
             for m, s in zip(messages, seeds, strict=True)
         ]
 
     return generate
 
 
-def empty_generator(model: str, device: str):
-    return lambda messages, seeds, n, t: [" "] * len(messages)
+def canned_generator(text: str, ended: bool):
+    def factory(model: str, device: str, max_batch: int):
+        return lambda messages, seeds, n, t: [Reply(text, ended)] * len(messages)
+
+    return factory
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +94,16 @@ def test_limits_skip_documents_and_are_counted(tmp_path):
     added = [timed.expand(d) for d in _docs(3)]
     assert len(added[0]) == 1 and added[1:] == [[], []]
     assert timed.take_counts()["documents_past_time_limit"] == 2
-    empty = _block(tmp_path, generator=empty_generator)
-    assert empty.expand(_docs(1)[0]) == [] and empty.take_counts()["documents_empty_reply"] == 1
+    doc = _docs(1)[0]
+    for reply, ended, count in (
+        (" ", True, "documents_empty_reply"),
+        ("document number zero says hello, but it was cut", False, "documents_cut_reply"),
+        ("Sure.", True, "documents_length_rejected"),  # under half the document's length
+    ):
+        block = _block(tmp_path, generator=canned_generator(reply, ended))
+        assert block.expand(doc) == [] and block.take_counts()[count] == 1
+    kept_cut = _block(tmp_path, generator=canned_generator("a cut paraphrase of it", False), drop_cut=False)
+    assert [d["text"] for d in kept_cut.expand(doc)] == ["a cut paraphrase of it"]
 
 
 def test_the_block_keeps_originals_and_marks_lineage(tmp_path):
@@ -119,6 +133,25 @@ def test_the_block_keeps_originals_and_marks_lineage(tmp_path):
         assert d["text"].startswith(" ".join(by_id[source].split()[::-1]))
 
 
+def test_batches_give_the_replies_one_at_a_time_gives(tmp_path):
+    src = tmp_path / "c.jsonl"
+    lines = (json.dumps({"id": f"c{i}", "text": f"the story number {i} ends well"}) for i in range(12))
+    src.write_text("".join(line + "\n" for line in lines))
+    hashes = []
+    for batch_size in (1, 4):
+        BATCHES.clear()
+        spec = {"block": "paraphrase", "model": str(tmp_path), "batch_size": batch_size}
+        m = run_data(
+            DataConfig(sources=[str(src)], pipeline=[spec]),
+            tmp_path / f"o{batch_size}",
+            model_generator=recording_generator,
+        )
+        hashes.append({k: v["sha256"] for k, v in m["splits"].items()})
+        added = m["blocks"]["paraphrase"]["counts"]["documents_added"]
+        assert [batch_size] * (12 // batch_size) == BATCHES and added == 12
+    assert hashes[0] == hashes[1]
+
+
 def test_output_does_not_depend_on_shards_or_workers(tmp_path):
     src = tmp_path / "c.jsonl"
     src.write_text(
@@ -144,6 +177,9 @@ def test_output_does_not_depend_on_shards_or_workers(tmp_path):
         ({"fraction": 2}, "fraction must be in"),
         ({"prompt": "Paraphrase this"}, "prompt must contain {text}"),
         ({"time_limit_s": 0}, "time_limit_s must be > 0"),
+        ({"length_ratio": [2, 1]}, "length_ratio must be"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"drop_cut": "no"}, "drop_cut must be true or false"),
         ({"model_generator": "x"}, "has no option model_generator"),
     ],
 )
@@ -164,9 +200,12 @@ def test_a_chat_model_paraphrases_deterministically_under_the_seed(chat_model):
         DEFAULT_PROMPT.format(text="hello there"),
     ]
     first = generate(prompts, [11, 12], 12, 0.8)
-    assert first == generate(prompts, [11, 12], 12, 0.8) and all(t.strip() for t in first)
+    assert first == generate(prompts, [11, 12], 12, 0.8) and all(r.text.strip() for r in first)
+    assert not any(r.ended for r in first)  # this model never ends its turn: every reply is cut
     assert first != generate(prompts, [13, 14], 12, 0.8)
     assert generate(prompts[:1], [11], 12, 0.8) == first[:1]  # a reply depends on its own seed only
+    batched = model_dir_generator(str(chat_model), max_batch=2)
+    assert [r.text for r in batched(prompts, [11, 12], 12, 0.8)] == [r.text for r in first]
 
 
 def test_danlu_data_runs_the_block_on_a_model_dir(chat_model, tmp_path, monkeypatch):
@@ -182,7 +221,7 @@ def test_danlu_data_runs_the_block_on_a_model_dir(chat_model, tmp_path, monkeypa
     recipe.write_text(
         f"run_dir: {tmp_path / 'run'}\n"
         f"data:\n  sources: [{src}]\n  val_fraction: 0.2\n  pipeline:\n"
-        f"    - {{block: paraphrase, model: {chat_model}, fraction: 1.0, max_new_tokens: 8, seed: 1}}\n"
+        f"    - {{block: paraphrase, model: {chat_model}, max_new_tokens: 8, drop_cut: false, length_ratio: [0, 99]}}\n"
         "    - {block: eda, synonym_replace: 0.3, fraction: 1.0, keep_original: true}\n"
     )
     monkeypatch.chdir(tmp_path)

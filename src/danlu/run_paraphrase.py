@@ -10,18 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from danlu.data.paraphrase import TextGenerator
+from danlu.data.paraphrase import Reply, TextGenerator
 from danlu.errors import ConfigError
 
-# one request at a time (the block asks per document); a slot this long holds a 2,000-character document,
-# the instruction and the reply, and keeps the preallocated KV cache small
+# a slot this long holds a 2,000-character document, the instruction and the reply, and keeps the
+# preallocated KV cache small (max_batch slots)
 MAX_LEN = 2048
 
 
-def model_dir_generator(path: str | Path, device: str = "cpu") -> TextGenerator:
-    """generate(user_messages, seeds, max_new_tokens, temperature) -> the model's reply to each message,
+def model_dir_generator(path: str | Path, device: str = "cpu", max_batch: int = 1) -> TextGenerator:
+    """generate(user_messages, seeds, max_new_tokens, temperature) -> the model's Reply to each message,
     rendered under the model's chat template (danlu.finetune.templates "auto") and sampled with its seed
-    (top-p 0.95; temperature 0 is greedy)."""
+    (top-p 0.95; temperature 0 is greedy), up to max_batch of them at once."""
     import multiprocessing
 
     import torch
@@ -35,7 +35,7 @@ def model_dir_generator(path: str | Path, device: str = "cpu") -> TextGenerator:
         torch.set_num_threads(1)
     # no prefix cache: a reply then never depends on which document ran before it (a cached prefix is
     # computed in another shape of matmul, which may round differently)
-    engine = Engine.from_dir(path, device=device, max_batch=1, max_len=MAX_LEN, prefix_cache=False)
+    engine = Engine.from_dir(path, device=device, max_batch=max_batch, max_len=MAX_LEN, prefix_cache=False)
     template = templates.resolve("auto", engine.tokenizer)
 
     def generate(
@@ -51,6 +51,6 @@ def model_dir_generator(path: str | Path, device: str = "cpu") -> TextGenerator:
             SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=0.95, seed=s)
             for s in seeds
         ]
-        return [c.text for c in engine.generate(prompts, params)]
+        return [Reply(c.text, c.finish_reason == "stop") for c in engine.generate(prompts, params)]
 
     return generate

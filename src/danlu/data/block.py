@@ -15,6 +15,7 @@ Counter keyed by `removal_key`. The blocks themselves live in danlu.data.filters
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -109,11 +110,15 @@ class DocBlock:
         Each document is shallow-copied with its own meta dict first, so the caller's documents are never
         modified by a filter that rewrites text or writes scores. A filter with `expand(doc)` (an
         augmentation block keeping originals) adds the documents it returns right after `doc`; they count
-        in documents_out and in counts["documents_added"].
+        in documents_out and in counts["documents_added"]. A filter with `prefetch(docs)` and a
+        `batch_size` above 1 (paraphrase) sees each batch of documents before they go through it.
         """
         stats.name = self.name
         expand = getattr(self.filt, "expand", None)  # augmentation: documents added after each one
         take_counts = getattr(self.filt, "take_counts", None)
+        prefetch, batch = getattr(self.filt, "prefetch", None), getattr(self.filt, "batch_size", 1)
+        if prefetch is not None and batch > 1:
+            docs = _prefetched(docs, batch, prefetch)
         for doc in docs:
             original = doc.get("text")
             if not isinstance(original, str):
@@ -135,6 +140,16 @@ class DocBlock:
                 stats.n_out += 1
                 stats.counts["documents_added"] += 1
                 yield extra
+
+
+def _prefetched(
+    docs: Iterable[Document], batch: int, prefetch: Callable[[list[Document]], None]
+) -> Iterator[Document]:
+    """`docs` again, `batch` at a time, each batch shown to `prefetch` first (a model batches them)."""
+    it = iter(docs)
+    while chunk := list(itertools.islice(it, batch)):
+        prefetch(chunk)
+        yield from chunk
 
 
 def run_filter(filt: DocFilter, docs: Iterable[Document], stats: Stats | None = None) -> Iterator[Document]:
