@@ -1,23 +1,42 @@
-"""Greedy decode speed and weight memory of a model in fp32, int8 and int4 through danlu's Engine, beside
-torch's dynamic int8 quantization of the same Linears, in one run.
+"""Greedy decode speed and weight memory of SmolLM2-135M in fp32, int8 and int4 through danlu's Engine,
+beside torch's dynamic int8 quantization and llama.cpp on the GGUF, in one run that ends with every
+goal's ratio and verdict.
 
-    .venv/bin/python benchmarks/quant_inference.py MODEL_DIR [--tokens 32] [--repeats 3] [--batch 1,8]
+    .venv/bin/python benchmarks/quant_inference.py runs/smollm2 --threads 1 \\
+        --llama-python /work/peers/llama-venv/bin/python [--tokens 32] [--repeats 5] [--batch 1,8]
 
-Variants: fp32 (the model dir as loaded), danlu int8 (RTN, symmetric per channel: Int8Linear on
-torch._weight_int8pack_mm), danlu int4 (RTN g128: Int4Linear on torch._weight_int4pack_mm_for_cpu) and
-torch.ao.quantization.quantize_dynamic (qint8) of the same Linears; the skip-list (embeddings, the tied
-lm_head, norms) stays fp32 in all of them. Every variant runs the same prompt through its own Engine
-(prefix cache off, ignore_eos), the variants interleaved in each repeat; tokens/s is the median over
-repeats of generated tokens over wall time (the short prompt's prefill included). Weight memory counts
-every tensor the model keeps (parameters, buffers, packed weights, the int4 kernel's own layout).
+Variants, each generating the same prompt's greedy continuation (end of sequence ignored):
+
+- danlu fp32: the model dir as loaded (SmolLM2's GGUF import: its Q4_1 weights dequantized to fp32).
+- danlu int8: RTN, symmetric per output channel (Int8Linear on torch._weight_int8pack_mm), and with the
+  default --skip (`*norm*`, what a recipe's `quantize.skip: ["*norm*"]` does) the tied embedding table
+  as an int8 QuantEmbedding that also runs the LM head on that kernel.
+- danlu int4 g128: RTN g128 (Int4Linear on torch._weight_int4pack_mm_for_cpu); the table int4 g128.
+- torch quantize_dynamic int8: torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, qint8), its
+  standard use: every Linear, the tied LM head included (as its own int8 copy); the embedding stays fp32.
+- llama.cpp Q4_1: the GGUF itself, through llama-cpp-python in its own virtualenv (--llama-python; the
+  worker of benchmarks/generate.py). llama.cpp Q8_0: the same file requantized by llama.cpp's own
+  llama_model_quantize (Q4_1 -> Q8_0: the fp32 weights danlu starts from, on an 8-bit grid).
+
+Every danlu and torch variant runs its own Engine (prefix cache off), the variants interleaved in each
+repeat; tokens/s is the median over repeats of generated tokens over wall time (the short prompt's
+prefill included), for llama.cpp too. Weight memory counts every tensor a model holds (parameters,
+buffers, what a kernel keeps beside them, torch's packed weights); llama.cpp's is its file's size. The
+matmul table times each variant's own Linears of one kind over all blocks at batch 1 (real weights, one
+[1, d] input per call): the matmul time of one decode step by layer kind, the rest of a step being
+attention, norms, RoPE and the engine.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import platform
+import os
+import shlex
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -26,21 +45,26 @@ from typing import Any
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_markdown, markdown_table
 from danlu.infer.engine import Engine
 from danlu.infer.params import SamplingParams
 from danlu.model_dir import load_model
-from danlu.quant.apply import quantize_model, targets
+from danlu.quant.apply import quantize_model
 from danlu.quant.config import QuantConfig
 from danlu.quant.linear import QuantLinear
+from generate import LLAMA_INSTALL, LlamaProcess
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time, in a land far away,"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
+FP32, INT8, INT4, TORCH = "danlu fp32", "danlu int8", "danlu int4 g128", "torch quantize_dynamic int8"
+Q4_1, Q8_0 = "llama.cpp Q4_1", "llama.cpp Q8_0"
+MEMORY_GOAL, SPEED_GOAL = 0.30, 1.80
+QUANTIZE_Q8_0 = """
+import sys, llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype, p.allow_requantize, p.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, True, int(sys.argv[3])
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))
+"""
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
@@ -55,32 +79,65 @@ def weight_bytes(model: nn.Module) -> int:
     """Bytes of every tensor the model holds, each storage once: parameters, buffers, what a quantized
     kernel keeps beside them, and torch's packed dynamic-quantization weights. Read from the modules,
     not from state_dict(), which hands an Int4Linear's codes back in the saved layout."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
+
     seen: dict[int, int] = {}
     tensors = [*model.parameters(), *model.buffers()]
     for m in model.modules():
         if isinstance(m, QuantLinear):
             tensors += m.kernel_tensors()
-        elif hasattr(m, "_packed_params"):  # torch.ao dynamic quantized Linear
-            tensors += _tensors(m._packed_params._weight_bias())
+        elif isinstance(m, DynamicQuantLinear):
+            tensors += _tensors(m._weight_bias())
     for t in tensors:
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     return sum(seen.values())
 
 
-def torch_dynamic(model: nn.Module, names: list[str]) -> nn.Module:
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+def torch_dynamic(model: nn.Module) -> nn.Module:
+    from torch.ao.quantization import quantize_dynamic
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {n: default_dynamic_qconfig for n in names}, dtype=torch.qint8)
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
-def decode(engine: Engine, prompt: list[int], batch: int, tokens: int) -> tuple[float, list[int]]:
-    params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
-    t0 = time.perf_counter()
-    done = engine.generate([prompt] * batch, params)
-    seconds = time.perf_counter() - t0
-    return batch * tokens / seconds, list(done[0].token_ids)
+def make_q8_0(python: str, gguf: Path, work: Path, threads: int) -> Path:
+    out = work / "SmolLM2-135M-Instruct.Q8_0.gguf"
+    if not out.is_file():
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        done = subprocess.run(
+            [python, "-c", QUANTIZE_Q8_0, str(gguf), str(out), str(threads)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0 or not out.is_file():
+            raise SystemExit(
+                f"llama_model_quantize to Q8_0 failed ({done.returncode}): {done.stderr[-2000:]}"
+            )
+    return out
+
+
+class DanluRun:
+    def __init__(self, model: nn.Module, tok: Any, batches: list[int], max_len: int):
+        self.engines = {
+            b: Engine(model, tok, max_batch=b, max_len=max_len, prefix_cache=False) for b in batches
+        }
+
+    def decode(self, prompt: list[int], batch: int, tokens: int) -> tuple[float, list[int]]:
+        params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
+        t0 = time.perf_counter()
+        done = self.engines[batch].generate([prompt] * batch, params)
+        return batch * tokens / (time.perf_counter() - t0), list(done[0].token_ids)
+
+
+class LlamaRun:
+    def __init__(self, proc: LlamaProcess):
+        self.proc = proc
+
+    def decode(self, prompt: list[int], batch: int, tokens: int) -> tuple[float, list[int]]:
+        out = self.proc.generate([prompt] * batch, tokens)
+        return batch * tokens / out["seconds"], out["tokens"][0]
 
 
 def agree(a: list[int], b: list[int]) -> int:
@@ -90,63 +147,151 @@ def agree(a: list[int], b: list[int]) -> int:
     return n
 
 
+def matmul_ms(model: nn.Module, name: str, repeats: int) -> float:
+    """ms of one [1, d] input through the model's Linear `name` of every block (or the LM head), median
+    of repeats."""
+    mods = [model.lm_head] if name == "lm_head" else [b.get_submodule(name) for b in model.blocks]
+    x = torch.randn(1, getattr(mods[0], "in_features", None) or mods[0].embedding_dim)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            for m in mods:
+                m(x)
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times[1:])
+
+
+def verdict(ok: bool | None) -> str:
+    return "recorded" if ok is None else ("met" if ok else "NOT met")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="an fp32 danlu model dir (e.g. danlu import smollm2-135m-instruct OUT)")
+    p.add_argument("model", help="SmolLM2's fp32 danlu model dir (danlu import smollm2-135m-instruct OUT)")
     p.add_argument("--tokens", type=int, default=32, help="new tokens per request")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (the goals read batch 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch (and llama.cpp) threads")
+    p.add_argument("--skip", default="*norm*", help="quantize.skip of the danlu variants, comma-separated")
+    p.add_argument("--llama-python", help=f"python with llama-cpp-python (install: {LLAMA_INSTALL})")
+    p.add_argument("--gguf", help="the GGUF (default: the registry's smollm2-135m-instruct)")
+    p.add_argument("--work", help="where the Q8_0 GGUF is made (default: a temp dir)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    load_start = os.getloadavg()[0]
+    skip = tuple(s.strip() for s in args.skip.split(",") if s.strip())
     fp32, tok, cfg = load_model(args.model)
-    names = targets(fp32, QuantConfig())
-    variants: dict[str, nn.Module] = {"danlu fp32": fp32}
+    models: dict[str, nn.Module] = {FP32: fp32}
     for label, qcfg in (
-        ("danlu int8", QuantConfig(method="rtn", bits=8)),
-        ("danlu int4 g128", QuantConfig(method="rtn", bits=4, group_size=128)),
+        (INT8, QuantConfig(method="rtn", bits=8, skip=skip)),
+        (INT4, QuantConfig(method="rtn", bits=4, group_size=128, skip=skip)),
     ):
-        variants[label] = copy.deepcopy(fp32)
-        quantize_model(variants[label], qcfg)
-    variants["torch quantize_dynamic int8"] = torch_dynamic(copy.deepcopy(fp32), names)
+        models[label] = copy.deepcopy(fp32)
+        quantize_model(models[label], qcfg)
+    models[TORCH] = torch_dynamic(copy.deepcopy(fp32))
     prompt = tok.encode(PROMPT)
     batches = [int(b) for b in args.batch.split(",")]
     max_len = len(prompt) + args.tokens + 1
-    print(f"# {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    print(f"# model {args.model}: {cfg.n_layer} layers, d {cfg.n_embd}; {len(names)} Linears quantized")
+    runs: dict[str, Any] = {label: DanluRun(m, tok, batches, max_len) for label, m in models.items()}
+    mem = {label: weight_bytes(m) for label, m in models.items()}
+    procs: list[LlamaProcess] = []
+    llama_version = None
+    if args.llama_python:
+        from danlu.interop.gguf import registry_gguf
+
+        gguf = Path(args.gguf) if args.gguf else registry_gguf("smollm2-135m-instruct")
+        work = Path(args.work or tempfile.mkdtemp(prefix="danlu-bench-quant-"))
+        work.mkdir(parents=True, exist_ok=True)
+        for label, file in ((Q4_1, gguf), (Q8_0, make_q8_0(args.llama_python, gguf, work, threads))):
+            procs.append(LlamaProcess(args.llama_python, file, threads, max(batches), max_len))
+            runs[label], mem[label] = LlamaRun(procs[-1]), file.stat().st_size
+            llama_version = procs[-1].version
+    speeds: dict[tuple[str, int], list[float]] = {}
+    outputs: dict[str, list[int]] = {}
+    try:
+        for run in runs.values():  # warm-up: kernel layouts, allocator, llama.cpp's graph
+            for b in batches:
+                run.decode(prompt, b, 4)
+        for _ in range(args.repeats):
+            for label, run in runs.items():
+                for b in batches:
+                    tps, out = run.decode(prompt, b, args.tokens)
+                    speeds.setdefault((label, b), []).append(tps)
+                    outputs.setdefault(label, out)
+    finally:
+        for proc in procs:
+            proc.close()
+    kinds = ["attn.qkv", "attn.proj", "mlp.gate_up", "mlp.down", "lm_head"]
+    matmuls = {label: {k: matmul_ms(m, k, args.repeats) for k in kinds} for label, m in models.items()}
+    load_end = os.getloadavg()[0]
+
+    tps = {key: statistics.median(v) for key, v in speeds.items()}
+    print(
+        f"# model {args.model}: {cfg.n_layer} layers, d {cfg.n_embd}, vocab {cfg.vocab_size}; danlu skip-list {list(skip)}"
+    )
     print(
         f"# prompt {len(prompt)} tokens, {args.tokens} new tokens, greedy; median of {args.repeats} repeats"
     )
-    speeds: dict[tuple[str, int], list[float]] = {}
-    outputs: dict[str, list[int]] = {}
-    engines = {
-        (label, b): Engine(m, tok, max_batch=b, max_len=max_len, prefix_cache=False)
-        for label, m in variants.items()
-        for b in batches
-    }
-    for (_label, b), engine in engines.items():  # warm-up: kernel layouts, allocator
-        decode(engine, prompt, b, 4)
-    for _ in range(args.repeats):
-        for (label, b), engine in engines.items():
-            tps, out = decode(engine, prompt, b, args.tokens)
-            speeds.setdefault((label, b), []).append(tps)
-            outputs.setdefault(label, out)
-    mem = {label: weight_bytes(m) for label, m in variants.items()}
-    base_mem = mem["danlu fp32"]
-    head = " | ".join(f"batch {b} tok/s | vs fp32" for b in batches)
-    print(f"\n| variant | weight MB | vs fp32 | {head} | greedy tokens equal to fp32 |")
-    print("|---|---|---|" + "---|---|" * len(batches) + "---|")
-    for label in variants:
-        cells = []
+    print(
+        f"# {threads} torch threads; llama.cpp: {'llama-cpp-python ' + llama_version if llama_version else 'absent (--llama-python)'}"
+    )
+    head = ["variant", "weight MB", "vs fp32"]
+    for b in batches:
+        head += [f"batch {b} tok/s", "vs fp32"]
+    head.append(f"greedy tokens equal to fp32 (of {args.tokens})")
+    rows = []
+    for label in runs:
+        row = [label, f"{mem[label] / 2**20:.1f}" + (" (file)" if label in (Q4_1, Q8_0) else "")]
+        row.append(f"{mem[label] / mem[FP32]:.2f}x")
         for b in batches:
-            tps = statistics.median(speeds[(label, b)])
-            cells.append(f"{tps:.1f} | {tps / statistics.median(speeds[('danlu fp32', b)]):.2f}x")
-        same = agree(outputs[label], outputs["danlu fp32"])
-        print(
-            f"| {label} | {mem[label] / 2**20:.1f} | {mem[label] / base_mem:.2f}x | {' | '.join(cells)} "
-            f"| {same}/{args.tokens} |"
+            row += [f"{tps[(label, b)]:.1f}", f"{tps[(label, b)] / tps[(FP32, b)]:.2f}x"]
+        row.append(str(agree(outputs[label], outputs[FP32])))
+        rows.append(row)
+    print("\n" + markdown_table(head, rows))
+
+    step_ms = {label: 1e3 / tps[(label, 1)] for label in models}
+    mm_rows = []
+    for label in models:
+        total = sum(matmuls[label].values())
+        mm_rows.append(
+            [label, *(f"{matmuls[label][k]:.2f}" for k in kinds), f"{total:.2f}", f"{step_ms[label]:.2f}"]
         )
+    print("\n## matmul ms per decode step at batch 1, by Linear kind (all blocks), against the whole step")
+    print(markdown_table(["variant", *kinds, "all matmuls", "whole step (1 / tok/s)"], mm_rows))
+
+    b1 = batches[0]
+    goals: list[tuple[str, float, bool | None]] = [
+        (
+            f"int8 weight memory <= {MEMORY_GOAL:.2f}x fp32",
+            mem[INT8] / mem[FP32],
+            mem[INT8] / mem[FP32] <= MEMORY_GOAL,
+        )
+    ]
+    for b in batches:
+        r = tps[(INT8, b)] / tps[(FP32, b)]
+        goals.append((f"int8 decode >= {SPEED_GOAL:.2f}x danlu fp32, batch {b}", r, r >= SPEED_GOAL))
+        r = tps[(INT8, b)] / tps[(TORCH, b)]
+        goals.append((f"int8 decode >= torch quantize_dynamic, batch {b}", r, r >= 1.0))
+        r = tps[(INT4, b)] / tps[(INT8, b)]
+        goals.append((f"int4 decode faster than int8, batch {b}", r, r > 1.0))
+    for b in batches:
+        for ours, theirs in ((INT4, Q4_1), (INT8, Q8_0)):
+            if (theirs, b) in tps:
+                goals.append((f"{ours} / {theirs}, batch {b}", tps[(ours, b)] / tps[(theirs, b)], None))
+    if not procs:
+        goals.append(("ratio to llama.cpp", float("nan"), False))
+    print(f"\n## goals (batch {b1} is the goal; other batches reported beside it)")
+    print(
+        markdown_table(
+            ["goal", "measured ratio", "verdict"], [[g, f"{r:.2f}x", verdict(ok)] for g, r, ok in goals]
+        )
+    )
+    print(f"\nload average (1 min) at start / end: {load_start:.1f} / {load_end:.1f}")
+    print(machine_markdown())
+    print("command: .venv/bin/python benchmarks/quant_inference.py " + shlex.join(sys.argv[1:]))
 
 
 if __name__ == "__main__":
