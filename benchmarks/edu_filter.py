@@ -20,6 +20,7 @@ of about --chunk-chars characters at paragraph (else line) breaks, pieces under 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import os
@@ -56,13 +57,21 @@ def pieces(text: str, chars: int) -> list[str]:
     return out
 
 
-def corpus_chunks(chunk_chars: int = 1000, min_chars: int = 200) -> list[dict]:
+def corpus_chunks(
+    chunk_chars: int = 1000, min_chars: int = 200, sources: tuple = SOURCES, corpora: tuple = ()
+) -> list[dict]:
+    """Chunks of the default corpus's sources (and of offline `corpora`, danlu.data.corpora names;
+    Brown chunks are labelled with their genre, brown/<genre>)."""
+    from danlu.data.corpora import read_corpus
+
     docs = []
-    for source in SOURCES:
-        for doc in read_source(source):
+    read = [(s, read_source(s)) for s in sources] + [(c, read_corpus(c)) for c in corpora]
+    for name, documents in read:
+        for doc in documents:
+            label = f"{name}/{doc['meta']['genre']}" if name == "brown" else name
             for i, text in enumerate(pieces(normalize(doc["text"]), chunk_chars)):
                 if len(text) >= min_chars:
-                    docs.append({"id": f"{doc['id']}#{i}", "text": text, "source": source, "meta": {}})
+                    docs.append({"id": f"{doc['id']}#{i}", "text": text, "source": label, "meta": {}})
     return docs
 
 
@@ -74,6 +83,12 @@ def annotate_main(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     docs = corpus_chunks(args.chunk_chars)
     sample = random.Random(args.seed).sample(docs, args.n)
+    for extra in args.extra:  # NAME:N, N seeded chunks of an offline corpus beside the default one
+        name, n = extra.split(":")
+        others = corpus_chunks(args.chunk_chars, sources=(), corpora=(name,))
+        sample += random.Random(args.seed).sample(others, int(n))
+    if args.extra:  # the held-out cut takes the last rows: every source in both parts
+        random.Random(args.seed).shuffle(sample)
     if args.prompt == "contrast":
         judge = EduContrastJudge.from_dir(args.judge, max_doc_tokens=args.doc_tokens)
     else:
@@ -85,8 +100,85 @@ def annotate_main(args: argparse.Namespace) -> None:
     print(f"annotated {len(rows)} of {len(docs)} chunks with {args.judge} in {took:.0f} s -> {args.out}")
 
 
+def embed_main(args: argparse.Namespace) -> None:
+    """Mean-pooled judge hidden states of each annotation's text (the text the judge read), one .npz
+    per annotations file: {ids, layers, embeddings [n, len(layers) * n_embd]}."""
+    import numpy as np
+    import torch
+
+    from danlu.data.edu import read_annotations
+    from danlu.eval.edu_embed import ModelEmbedder
+
+    torch.set_num_threads(1)
+    embedder = ModelEmbedder.from_dir(args.judge, args.layers, max_tokens=args.max_tokens)
+    args.out.mkdir(parents=True, exist_ok=True)
+    known = known_embeddings(args.out, embedder.layers, args.judge, args.max_tokens)
+    for path in args.annotations:
+        rows = read_annotations(path)
+        start = time.monotonic()
+        keys = [(r["id"], text_sha(r["text"])) for r in rows]
+        todo = [i for i, k in enumerate(keys) if k not in known]
+        known.update(zip([keys[i] for i in todo], embedder([rows[i]["text"] for i in todo]), strict=True))
+        x = np.stack([known[k] for k in keys])
+        out = args.out / f"{path.stem}.npz"
+        np.savez(
+            out,
+            ids=np.array([r["id"] for r in rows]),
+            text_sha=np.array([k[1] for k in keys]),
+            layers=np.array(embedder.layers),
+            embeddings=x,
+            model=np.array(str(args.judge)),
+            max_tokens=np.array(args.max_tokens),
+        )
+        took = time.monotonic() - start
+        print(
+            f"embedded {len(todo)} of {len(rows)} annotations of {path} (others known) in {took:.0f} s -> {out}"
+        )
+
+
+def merge_main(args: argparse.Namespace) -> None:
+    """Annotation files of one judge and settings as one file, rows in a seeded random order (so the
+    held-out cut is a random part of all of them); a chunk annotated twice is kept once."""
+    from danlu.data.edu import read_annotations
+    from danlu.eval.edu_judge import write_annotations
+
+    rows, seen = [], set()
+    for path in args.annotations:
+        for row in read_annotations(path):
+            if row["id"] not in seen:
+                seen.add(row["id"])
+                rows.append(row)
+    random.Random(args.seed).shuffle(rows)
+    write_annotations(rows, args.out)
+    print(f"merged {len(rows)} annotations from {len(args.annotations)} files -> {args.out}")
+
+
+def text_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def known_embeddings(folder: Path, layers: list[int], judge: str, max_tokens: int) -> dict:
+    """(id, text) -> embedding from the .npz files already in `folder` made with the same settings."""
+    import numpy as np
+
+    known = {}
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path) as z:
+            same = [int(v) for v in z["layers"]] == list(layers)
+            if not same or embedding_settings(path) != {"model": str(judge), "max_tokens": max_tokens}:
+                continue
+            if "text_sha" in z.files:
+                keys = zip(list(z["ids"]), list(z["text_sha"]), strict=True)
+                known.update(zip(keys, z["embeddings"], strict=True))
+    return known
+
+
 def agreement_main(args: argparse.Namespace) -> None:
-    """Spearman of the hashed n-gram ridge regressor against the judge on held-out annotations."""
+    """Spearman against the judge on held-out annotations, for the hashed n-gram ridge regressor and
+    (with --embeddings) the head on the judge's mean-pooled hidden states, each with the settings that
+    5-fold cross-validation on the training annotations chose (the held-out rows are not looked at)."""
+    import numpy as np
+
     from _machine import machine_markdown
     from danlu.data.edu import read_annotations, spearman, train_edu_regressor
 
@@ -94,16 +186,105 @@ def agreement_main(args: argparse.Namespace) -> None:
         rows = read_annotations(path)
         cut = int(len(rows) * args.train_fraction)
         train, test = rows[:cut], rows[cut:]
-        for norm, link in (("l2", "identity"), ("l1", "logit")):
-            for ngrams in (1, 2):
-                for l2 in (0.1, 1.0, 10.0):
-                    reg = train_edu_regressor(train, l2=l2, ngrams=ngrams, norm=norm, link=link)
-                    rho = spearman(reg.predict([r["text"] for r in test]), [r["score"] for r in test])
-                    print(
-                        f"{path}: train {len(train)}, held out {len(test)}, norm {norm}, link {link}, "
-                        f"ngrams {ngrams}, l2 {l2:g}: Spearman {rho:.3f}"
-                    )
+        y_test = [r["score"] for r in test]
+        options = select_by_cv(train)
+        reg = train_edu_regressor(train, **options)
+        rho = spearman(reg.predict([r["text"] for r in test]), y_test)
+        print(
+            f"{path}: train {len(train)}, held out {len(test)}; hashed n-gram ridge {options}: "
+            f"held-out Spearman {rho:.3f}"
+        )
+        if args.embeddings is None:
+            continue
+        x, layers = load_embeddings(args.embeddings / f"{path.stem}.npz", rows)
+        options = select_head_by_cv(x[:cut], [r["score"] for r in train], layers)
+        head = fit_head(x[:cut], [r["score"] for r in train], layers, options)
+        rho = spearman(head.predict(head_columns(x[cut:], layers, options["layers"])), y_test)
+        print(
+            f"{path}: train {len(train)}, held out {len(test)}; embedding head {options}: "
+            f"held-out Spearman {rho:.3f}"
+        )
+        per_source = sorted({r["source"] for r in test})
+        if len(per_source) > 1:
+            pred = head.predict(head_columns(x[cut:], layers, options["layers"]))
+            for source in per_source:
+                mask = np.array([r["source"] == source for r in test])
+                if mask.sum() > 2:
+                    rho_s = spearman(pred[mask], np.asarray(y_test)[mask])
+                    print(f"    within {source} ({mask.sum()} held out): Spearman {rho_s:.3f}")
     print(machine_markdown())
+
+
+def load_embeddings(path: Path, rows: list[dict]) -> tuple:
+    """The `embed` subcommand's embeddings of these annotation rows, in their order, and the layers."""
+    import numpy as np
+
+    z = np.load(path)
+    if list(z["ids"]) != [r["id"] for r in rows]:
+        raise SystemExit(f"{path} does not hold the embeddings of these annotations; run `embed` again")
+    return z["embeddings"], [int(v) for v in z["layers"]]
+
+
+def embedding_settings(path: Path) -> dict:
+    """The judge dir and token limit the `embed` subcommand used (files without them: its defaults)."""
+    import numpy as np
+
+    with np.load(path) as z:
+        model = str(z["model"]) if "model" in z.files else str(ROOT / "runs/smollm2")
+        max_tokens = int(z["max_tokens"]) if "max_tokens" in z.files else 256
+    return {"model": model, "max_tokens": max_tokens}
+
+
+def head_columns(x, layers: list[int], chosen: list[int]):
+    """The columns of the chosen layers in an [n, len(layers) * d] embedding matrix."""
+    import numpy as np
+
+    d = x.shape[1] // len(layers)
+    return np.concatenate(
+        [x[:, layers.index(layer) * d : (layers.index(layer) + 1) * d] for layer in chosen], 1
+    )
+
+
+HEAD_L2 = (10.0, 100.0, 1000.0, 10000.0)
+
+
+def head_grid(layers: list[int]) -> list[dict]:
+    sets = [[layer] for layer in layers] + [layers]
+    return [
+        {"layers": chosen, "l2": l2, "link": link}
+        for chosen in sets
+        for l2 in HEAD_L2
+        for link in ("identity", "logit")
+    ]
+
+
+def fit_head(x, scores, layers: list[int], options: dict, embedding: dict | None = None):
+    from danlu.data.edu_head import EduEmbeddingHead
+
+    head = EduEmbeddingHead(options["l2"], options["link"], embedding)
+    return head.fit(head_columns(x, layers, options["layers"]), scores)
+
+
+def select_head_by_cv(x, scores, layers: list[int], folds: int = 5) -> dict:
+    """The head_grid setting with the best mean Spearman over `folds` folds of the training rows."""
+    import numpy as np
+
+    from danlu.data.edu import spearman
+
+    y = np.asarray(scores, np.float64)
+    fold = np.arange(len(y)) % folds
+    best, best_rho = None, -2.0
+    for options in head_grid(layers):
+        rhos = []
+        for f in range(folds):
+            head = fit_head(x[fold != f], y[fold != f], layers, options)
+            pred = head.predict(head_columns(x[fold == f], layers, options["layers"]))
+            rhos.append(spearman(pred, y[fold == f]))
+        rho = float(np.mean(rhos))
+        if rho > best_rho:
+            best, best_rho = options, rho
+    print(f"chosen by {folds}-fold CV on the training annotations: {best} (CV Spearman {best_rho:.3f})")
+    return best
 
 
 def brown_learned_chunks(chunk_chars: int, min_chars: int = 200) -> list[str]:
@@ -167,6 +348,34 @@ def slice_loss(model, tok, texts: list[str], seq_len: int) -> float:
     return total / count
 
 
+GRID = [
+    {"norm": norm, "link": link, "ngrams": ngrams, "l2": l2}
+    for norm, link in (("l2", "identity"), ("l1", "logit"))
+    for ngrams in (1, 2)
+    for l2 in (0.1, 1.0, 10.0)
+]
+
+
+def select_by_cv(train: list[dict], folds: int = 5) -> dict:
+    """The GRID setting with the best mean Spearman over `folds` folds of the training annotations
+    (the held-out annotations are not looked at)."""
+    from danlu.data.edu import spearman, train_edu_regressor
+
+    best, best_rho = GRID[0], -2.0
+    for options in GRID:
+        rhos = []
+        for f in range(folds):
+            fit = [r for i, r in enumerate(train) if i % folds != f]
+            val = [r for i, r in enumerate(train) if i % folds == f]
+            reg = train_edu_regressor(fit, **options)
+            rhos.append(spearman(reg.predict([r["text"] for r in val]), [r["score"] for r in val]))
+        rho = float(sum(rhos) / folds)
+        if rho > best_rho:
+            best, best_rho = options, rho
+    print(f"chosen by {folds}-fold CV on the training annotations: {best} (CV Spearman {best_rho:.3f})")
+    return best
+
+
 def bench_main(args: argparse.Namespace) -> None:
     """Agreement on held-out annotations, then kept half vs random half on the educational slices."""
     import numpy as np
@@ -181,14 +390,18 @@ def bench_main(args: argparse.Namespace) -> None:
     rows = read_annotations(args.annotations)
     cut = int(len(rows) * args.train_fraction)
     train, test = rows[:cut], rows[cut:]
-    model_path = args.out / "edu_regressor.npz"
-    reg = train_edu_regressor(
-        train, model_path, l2=args.l2, ngrams=args.ngrams, norm=args.norm, link=args.link
-    )
-    rho = spearman(reg.predict([r["text"] for r in test]), [r["score"] for r in test])
+    if args.embeddings is not None:
+        block, rho, what = head_classifier(args, rows, train)
+    else:
+        model_path = args.out / "edu_regressor.npz"
+        options = select_by_cv(train) if args.select else {
+            "l2": args.l2, "ngrams": args.ngrams, "norm": args.norm, "link": args.link,
+        }  # fmt: skip
+        reg = train_edu_regressor(train, model_path, **options)
+        rho = spearman(reg.predict([r["text"] for r in test]), [r["score"] for r in test])
+        block, what = edu_score_block(str(model_path), keep_top=0.5), f"hashed n-gram ridge {options}"
     print(
-        f"classifier: hashed n-gram ridge (ngrams {args.ngrams}, norm {args.norm}, link {args.link}, "
-        f"l2 {args.l2:g}) on {len(train)} annotations; "
+        f"classifier: {what} on {len(train)} annotations; "
         f"Spearman with the judge on {len(test)} held-out annotations: {rho:.3f}"
     )
 
@@ -198,9 +411,12 @@ def bench_main(args: argparse.Namespace) -> None:
     edu_slice = [r["text"] for r in test if r["score"] >= q]
     control = [r["text"] for r in test]
     chunks = [d for d in corpus_chunks(args.chunk_chars) if d["id"] not in held_ids]
-    block = edu_score_block(str(model_path), keep_top=0.5)
+    if args.pool and args.pool < len(chunks):  # a seeded sample of the corpus, when scoring all is too slow
+        chunks = random.Random(args.seed + 1).sample(chunks, args.pool)
     texts = [d["text"] for d in chunks]
+    t0 = time.monotonic()
     keep = block.decide([block.keys(texts)])[0]["keep"]
+    print(f"scored {len(texts)} pool chunks in {time.monotonic() - t0:.0f} s; {load_line()}")
     kept = [t for t, k in zip(texts, keep, strict=True) if k]
     rand = random.Random(args.seed).sample(texts, len(kept))
     share = {
@@ -233,6 +449,30 @@ def bench_main(args: argparse.Namespace) -> None:
     print(machine_markdown())
 
 
+def head_classifier(args: argparse.Namespace, rows: list[dict], train: list[dict]) -> tuple:
+    """The embedding head chosen by CV on the training annotations, saved, as an `edu_score` block
+    that embeds the pool through danlu.eval.edu_embed.model_dir_embedder."""
+    from danlu.data.edu import spearman
+    from danlu.data.edu_head import edu_head_block
+    from danlu.eval.edu_embed import model_dir_embedder
+
+    path = args.embeddings / f"{args.annotations.stem}.npz"
+    x, layers = load_embeddings(path, rows)
+    cut, y = len(train), [r["score"] for r in rows]
+    options = select_head_by_cv(x[:cut], y[:cut], layers)
+    embedding = {"layers": options["layers"], **embedding_settings(path)}
+    if args.embed_tokens:  # the pool is embedded as far as the judge read the annotations
+        embedding["max_tokens"] = args.embed_tokens
+    head = fit_head(x[:cut], y[:cut], layers, options, embedding)
+    rho = spearman(head.predict(head_columns(x[cut:], layers, options["layers"])), y[cut:])
+    path = head.save(args.out / "edu_head.npz")
+    return (
+        edu_head_block(str(path), model_dir_embedder, keep_top=0.5),
+        rho,
+        f"embedding head {embedding} {options}",
+    )
+
+
 def load_line() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -250,18 +490,34 @@ def main() -> None:
         help="fineweb (the verbatim rubric), short, or contrast (the rubric's two ends as descriptions)",
     )
     a.add_argument("--doc-tokens", type=int, default=256)
+    a.add_argument("--extra", nargs="*", default=[], help="NAME:N chunks of offline corpora (brown:150)")
     a.add_argument("--time-limit", type=float, default=1800.0)
     a.add_argument("--out", type=Path, required=True)
     for p in (a,):
         p.add_argument("--chunk-chars", type=int, default=1000)
         p.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("embed")
+    e.add_argument("annotations", nargs="+", type=Path)
+    e.add_argument("--judge", default=str(ROOT / "runs/smollm2"))
+    e.add_argument("--layers", type=int, nargs="+", default=[4, 8, 12, 16, 20, 24, 30])
+    e.add_argument("--max-tokens", type=int, default=256)
+    e.add_argument("--out", type=Path, required=True)
+    m = sub.add_parser("merge")
+    m.add_argument("annotations", nargs="+", type=Path)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", type=Path, required=True)
     g = sub.add_parser("agreement")
     g.add_argument("annotations", nargs="+", type=Path)
     g.add_argument("--train-fraction", type=float, default=0.75)
+    g.add_argument("--embeddings", type=Path, help="folder of the `embed` subcommand's .npz files")
     b = sub.add_parser("bench")
     b.add_argument("--annotations", type=Path, required=True)
     b.add_argument("--out", type=Path, required=True, help="folder for the trained regressor")
     b.add_argument("--train-fraction", type=float, default=0.75)
+    b.add_argument("--select", action="store_true", help="choose the regressor's settings by CV")
+    b.add_argument("--embeddings", type=Path, help="the `embed` folder: use the embedding head (CV-chosen)")
+    b.add_argument("--embed-tokens", type=int, default=0, help="embed pool chunks up to N tokens")
+    b.add_argument("--pool", type=int, default=0, help="score a seeded sample of this many chunks (0: all)")
     b.add_argument("--l2", type=float, default=1.0)
     b.add_argument("--ngrams", type=int, default=2)
     b.add_argument("--norm", default="l2", choices=("l1", "l2"))
@@ -279,6 +535,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "annotate":
         annotate_main(args)
+    elif args.cmd == "merge":
+        merge_main(args)
+    elif args.cmd == "embed":
+        embed_main(args)
     elif args.cmd == "bench":
         args.out.mkdir(parents=True, exist_ok=True)
         print(load_line())
