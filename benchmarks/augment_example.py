@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--model", default="runs/smollm2", help="a danlu chat model dir")
     ap.add_argument("--out", default="runs/augment-example")
     ap.add_argument("--docs", type=int, default=6)
-    ap.add_argument("--max-new-tokens", type=int, default=120)
+    ap.add_argument("--max-new-tokens", type=int, default=160)
+    ap.add_argument("--batch-size", type=int, default=1, help="documents per engine batch")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--time-limit", type=float, default=900.0, help="seconds of paraphrasing at most")
     args = ap.parse_args()
@@ -63,6 +64,7 @@ def main() -> None:
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "seed": 0,
+        "batch_size": args.batch_size,
         "time_limit_s": args.time_limit,
     }
     eda = {"block": "eda", "synonym_replace": 0.1, "fraction": 0.5, "keep_original": True, "seed": 0}
