@@ -486,3 +486,35 @@ def test_cli_final_fits_equal_token_runs_and_refuses_unequal_ones(capsys, tmp_pa
     bad = _cli(capsys, "fit", *runs, short, "--final")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "same tokens" in bad.stderr
+
+
+def test_size_law_over_seeds_resamples_the_seeds_of_each_size():
+    """Five sizes, three seeds each around a known law: the law is fitted to the means, the bootstrap
+    draws seeds (a resampled mean's spread is the seed spread / sqrt(k), as for fresh seeds), the
+    intervals widen with the seed noise, and one seed anywhere falls back to the residual bootstrap."""
+    from danlu.plan.fit import _scaled_deviations, fit_size_seeds
+
+    def true(n):
+        return 3.0 + 40.0 / n**0.3
+
+    n = np.array([1e5, 2.2e5, 6e5, 9.3e5, 1.8e6])
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0, 1.0, (len(n), 3))
+    losses = [true(v) + 0.004 * e for v, e in zip(n, noise, strict=True)]
+    report = fit_size_seeds(n, losses, n_boot=300)
+    assert report.resampling == "seeds" and len(report.boots) == 300
+    means = np.array([v.mean() for v in losses])
+    direct = fit_size_seeds(n, [[m] for m in means], n_boot=50)
+    assert direct.resampling == "residuals"
+    assert report.law.alpha == pytest.approx(direct.law.alpha)
+    assert math.isclose(report.law.E, direct.law.E, rel_tol=1e-9)
+    pred, lo, hi = report.predict(3.2e6)
+    assert lo <= true(3.2e6) <= hi and pred == pytest.approx(true(3.2e6), rel=0.01)
+    elo, ehi = report.error_interval(3.2e6, true(3.2e6) + 0.004 * rng.normal(0, 1.0, 3))
+    assert elo < 0 < ehi
+    noisier = fit_size_seeds(n, [true(v) + 0.02 * e for v, e in zip(n, noise, strict=True)], n_boot=300)
+    width = [r.predict(3.2e6)[2] - r.predict(3.2e6)[1] for r in (report, noisier)]
+    assert width[1] > 3 * width[0]
+    seeds = np.array([4.0, 4.03, 3.98])
+    draws = [rng.choice(_scaled_deviations(seeds), 3).mean() for _ in range(20000)]
+    assert np.std(draws) == pytest.approx(np.std(seeds, ddof=1) / math.sqrt(3), rel=0.05)

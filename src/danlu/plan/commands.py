@@ -324,7 +324,7 @@ def do_fit(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 def _fit_final(runs: list[Any], held: list[Any], args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from danlu.plan.fit import fit_size_runs, plot_size_fit
+    from danlu.plan.fit import SizePoint, fit_size_runs, plot_size_fit
 
     tokens = {r.final_tokens for r in [*runs, *held]}
     if max(tokens) > 1.01 * min(tokens):
@@ -363,7 +363,10 @@ def _fit_final(runs: list[Any], held: list[Any], args: argparse.Namespace) -> di
             }
         )
     if args.plot:
-        out["plot"] = str(plot_size_fit(report, runs, held, args.plot))
+        points = [
+            [SizePoint(Path(r.path).name, r.n_params, (r.final_loss,)) for r in rs] for rs in (runs, held)
+        ]
+        out["plot"] = str(plot_size_fit(report, *points, args.plot))
     return out
 
 

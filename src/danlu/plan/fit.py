@@ -285,11 +285,24 @@ class SizeLawReport:
     law: SizeLaw
     intervals: dict[str, tuple[float, float]]  # 95% of E, A, alpha
     boots: list[SizeLaw]
+    resampling: str = "residuals"  # what the bootstrap drew: "residuals" or "seeds" (fit_size_seeds)
 
     def predict(self, n: float) -> tuple[float, float, float]:
         """(prediction, 95% low, 95% high) of the final loss at N parameters."""
         lo, hi = interval([float(b.loss(n)) for b in self.boots])
         return float(self.law.loss(n)), lo, hi
+
+    def error_interval(self, n: float, measured: np.ndarray, seed: int = 1) -> tuple[float, float]:
+        """95% interval of (law / measured mean - 1) at N, where `measured` are one size's final losses
+        over its seeds: each bootstrap law set against a mean of that size's resampled seeds, so the
+        measurement's own seed noise counts as well as the fit's."""
+        rng = np.random.default_rng(seed)
+        measured = np.asarray(measured, dtype=np.float64)
+        dev = _scaled_deviations(measured)
+        errors = [
+            float(b.loss(n)) / (measured.mean() + rng.choice(dev, len(dev)).mean()) - 1 for b in self.boots
+        ]
+        return interval(errors)
 
 
 def fit_size_runs(n: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 0) -> SizeLawReport:
@@ -299,6 +312,43 @@ def fit_size_runs(n: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 
     boots = bootstrap(law, (n,), y, lambda f, a: f.loss(a), fit_size_law, n_boot, seed, n_coef=3)
     intervals = {k: interval([getattr(b, k) for b in boots]) for k in ("E", "A", "alpha")}
     return SizeLawReport(law, intervals, boots)
+
+
+def _scaled_deviations(losses: np.ndarray) -> np.ndarray:
+    """Deviations from the mean scaled by sqrt(k / (k - 1)): a mean of k values resampled from k is
+    less spread than a mean of k fresh seeds by that factor (the residual scaling's small-sample twin)."""
+    k = len(losses)
+    if k < 2:
+        return np.zeros(1)
+    return (losses - losses.mean()) * math.sqrt(k / (k - 1))
+
+
+def fit_size_seeds(
+    n: np.ndarray, losses: list[np.ndarray], n_boot: int = 1000, seed: int = 0
+) -> SizeLawReport:
+    """L(N) fitted to each size's final loss averaged over its seeds (`losses[i]`: size i's final losses,
+    one per seed). With two or more seeds at every size the bootstrap resamples the seeds within each
+    size (the spread between seeds is the noise a mean carries); with one seed anywhere it falls back to
+    the residual bootstrap of fit_size_runs."""
+    n = np.asarray(n, dtype=np.float64)
+    losses = [np.asarray(v, dtype=np.float64) for v in losses]
+    if len(losses) != len(n) or any(len(v) == 0 for v in losses):
+        raise DataError("fit_size_seeds needs one non-empty list of final losses per size")
+    means = np.array([v.mean() for v in losses])
+    if min(len(v) for v in losses) < 2:
+        return fit_size_runs(n, means, n_boot, seed)
+    law = fit_size_law(n, means)
+    rng = np.random.default_rng(seed)
+    devs = [_scaled_deviations(v) for v in losses]
+    boots = []
+    for _ in range(n_boot):
+        y_star = means + np.array([rng.choice(d, len(d)).mean() for d in devs])
+        try:
+            boots.append(fit_size_law(n, y_star))
+        except DataError:
+            continue
+    intervals = {k: interval([getattr(b, k) for b in boots]) for k in ("E", "A", "alpha")}
+    return SizeLawReport(law, intervals, boots, "seeds")
 
 
 # ----------------------------------------------------------------------------------------- IsoFLOPs
@@ -476,29 +526,72 @@ def plot_fit(report: FitReport, holdout: list[RunCurve], png: str | Path) -> Pat
     return out
 
 
+@dataclass(frozen=True)
+class SizePoint:
+    """One model size of an equal-token sweep: its label, N and final loss per seed."""
+
+    label: str
+    n: float
+    losses: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.losses))
+
+    @property
+    def spread(self) -> float:
+        """The sample standard deviation over seeds (0 with one seed)."""
+        return float(np.std(self.losses, ddof=1)) if len(self.losses) > 1 else 0.0
+
+
 def plot_size_fit(
-    report: SizeLawReport, runs: list[RunCurve], holdout: list[RunCurve], png: str | Path
+    report: SizeLawReport,
+    fitted: list[SizePoint],
+    held: list[SizePoint],
+    png: str | Path,
+    curves: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] | None = None,
+    curves_title: str = "runs",
 ) -> Path:
-    """Final loss against N: the fitted L(N), its 95% bootstrap band, the fitted and held-out runs."""
+    """Final loss against N: the fitted L(N) and its 95% bootstrap band, each size's mean with a bar of
+    one seed standard deviation and its seeds as dots; beside it, when given, each run's validation
+    curve (label -> (tokens, losses))."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ns = [r.n_params for r in [*runs, *holdout]]
+    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(12 if curves else 6, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    ns = [p.n for p in [*fitted, *held]]
     grid = np.geomspace(min(ns) / 1.3, max(ns) * 1.3, 100)
     band = np.array([b.loss(grid) for b in report.boots])
     ax.fill_between(grid, *np.quantile(band, [0.025, 0.975], axis=0), color="C0", alpha=0.2, lw=0)
     law = report.law
     ax.plot(grid, law.loss(grid), "-", color="C0", label=f"L = {law.E:.3f} + {law.A:.3g} / N^{law.alpha:.3f}")
-    ax.plot([r.n_params for r in runs], [r.final_loss for r in runs], "o", color="C0", label="fitted")
-    if holdout:
-        ax.plot(
-            [r.n_params for r in holdout], [r.final_loss for r in holdout], "s", color="C3", label="held out"
+    for points, marker, color, label in ((fitted, "o", "C0", "fitted"), (held, "s", "C3", "held out")):
+        if not points:
+            continue
+        ax.errorbar(
+            [p.n for p in points],
+            [p.mean for p in points],
+            yerr=[p.spread for p in points],
+            fmt=marker,
+            color=color,
+            capsize=3,
+            label=f"{label} (mean, seed sd)" if max(len(p.losses) for p in points) > 1 else label,
         )
+        for p in points:
+            if len(p.losses) > 1:
+                ax.plot([p.n] * len(p.losses), p.losses, ".", color=color, alpha=0.4, ms=4)
+            ax.annotate(p.label, (p.n, p.mean), textcoords="offset points", xytext=(4, 6), fontsize=7)
     ax.set(xscale="log", xlabel="parameters N", ylabel="final validation loss (nats)")
     ax.legend(fontsize=7)
+    if curves:
+        ax2, cmap = axes[0, 1], plt.get_cmap("viridis")
+        for i, (label, (tokens, losses)) in enumerate(curves.items()):
+            ax2.plot(tokens, losses, "o-", ms=3, color=cmap(i / max(len(curves) - 1, 1)), label=label)
+        ax2.set(xscale="log", xlabel="tokens trained", ylabel="validation loss (nats)", title=curves_title)
+        ax2.legend(fontsize=7)
     fig.tight_layout()
     out = Path(png)
     out.parent.mkdir(parents=True, exist_ok=True)
