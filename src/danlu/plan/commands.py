@@ -324,7 +324,7 @@ def do_fit(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 def _fit_final(runs: list[Any], held: list[Any], args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from danlu.plan.fit import SizePoint, fit_size_runs, plot_size_fit
+    from danlu.plan.fit import SizePoint, fit_size_runs, holdout_record, plot_size_fit
 
     tokens = {r.final_tokens for r in [*runs, *held]}
     if max(tokens) > 1.01 * min(tokens):
@@ -349,19 +349,7 @@ def _fit_final(runs: list[Any], held: list[Any], args: argparse.Namespace) -> di
         "holdout": [],
     }
     for r in held:
-        pred, lo, hi = report.predict(r.n_params)
-        out["holdout"].append(
-            {
-                "path": r.path,
-                "params": r.n_params,
-                "tokens": r.final_tokens,
-                "measured": r.final_loss,
-                "predicted": pred,
-                "predicted_lo": lo,
-                "predicted_hi": hi,
-                "error": pred / r.final_loss - 1,
-            }
-        )
+        out["holdout"].append(holdout_record(r, *report.predict(r.n_params)))
     if args.plot:
         points = [
             [SizePoint(Path(r.path).name, r.n_params, (r.final_loss,)) for r in rs] for rs in (runs, held)

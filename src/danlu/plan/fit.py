@@ -438,6 +438,20 @@ class FitReport:
         }
 
 
+def holdout_record(run: RunCurve, predicted: float, lo: float, hi: float) -> dict[str, float | str]:
+    """A held-out run's measured final loss beside the law's prediction and 95% interval."""
+    return {
+        "path": run.path,
+        "params": run.n_params,
+        "tokens": run.final_tokens,
+        "measured": run.final_loss,
+        "predicted": predicted,
+        "predicted_lo": lo,
+        "predicted_hi": hi,
+        "error": predicted / run.final_loss - 1,
+    }
+
+
 def fit_runs(
     runs: list[RunCurve], holdout: list[RunCurve] | None = None, n_boot: int = 200, seed: int = 0
 ) -> FitReport:
@@ -453,18 +467,7 @@ def fit_runs(
     for r in holdout or []:
         pred = float(law.loss(r.n_params, r.final_tokens))
         lo, hi = interval([float(b.loss(r.n_params, r.final_tokens)) for b in boots])
-        held.append(
-            {
-                "path": r.path,
-                "params": r.n_params,
-                "tokens": r.final_tokens,
-                "measured": r.final_loss,
-                "predicted": pred,
-                "predicted_lo": lo,
-                "predicted_hi": hi,
-                "error": pred / r.final_loss - 1,
-            }
-        )
+        held.append(holdout_record(r, pred, lo, hi))
     isos = isoflop_curves(runs)
     opt = [(c.flops, c.n_opt) for c in isos if math.isfinite(c.n_opt)]
     n_opt_law = n_opt_interval = None
