@@ -148,3 +148,57 @@ def test_int4_codes_are_held_once_after_the_kernel_runs(tmp_path, tiny_packed):
     loaded, _, _ = load_model(out)
     with torch.no_grad():
         assert torch.allclose(loaded(ids), before, atol=1e-5)
+
+
+def test_damaged_quantized_dirs_with_a_table_are_refused_in_one_line(tmp_path, tiny_packed, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from danlu.cli import main
+    from danlu.errors import CheckpointCorrupt
+    from danlu.model_dir import MODEL_FILE, load_model, save_model_dir
+    from danlu.quant.stage import save_quantized
+    from danlu.quant.store import QUANT_CONFIG, QUANT_DIR
+    from danlu.tokenizer import Tokenizer
+
+    _, tok_dir = tiny_packed
+    model = _model(Tokenizer.load(tok_dir).vocab_size)
+    base = save_model_dir(tmp_path / "base", model, model.cfg, tok_dir)
+    qmodel, _, _ = load_model(base)
+    quantize_model(qmodel, QuantConfig(method="rtn", bits=4, group_size=32, skip=("*norm*",)))
+    good = save_quantized(tmp_path / "q4", qmodel, {**model.cfg.__dict__}, tok_dir, {"method": "rtn"})
+    assert main(["generate", str(good), "--prompt", "a", "--max-new-tokens", "1"]) == 0
+    capsys.readouterr()
+
+    def damaged(name, damage):
+        bad = tmp_path / name
+        shutil.copytree(good, bad)
+        damage(bad)
+        return bad
+
+    def table_scale_cut(d):  # scales of half the table's groups: they do not fit its codes
+        tensors = load_file(d / MODEL_FILE)
+        key = "embed.table.scale"
+        tensors[key] = tensors[key][:, : tensors[key].shape[1] // 2].contiguous()
+        save_file(tensors, d / MODEL_FILE)
+
+    def truncated(d):
+        data = (d / MODEL_FILE).read_bytes()
+        (d / MODEL_FILE).write_bytes(data[: len(data) // 2])
+
+    def layout_truncated(d):
+        file = d / QUANT_DIR / QUANT_CONFIG
+        file.write_text(file.read_text()[:40])
+
+    for name, damage, says in (
+        ("scale", table_scale_cut, "does not fit"),
+        ("trunc", truncated, str(tmp_path / "trunc")),
+        ("layout", layout_truncated, "not JSON"),
+    ):
+        bad = damaged(name, damage)
+        with pytest.raises(CheckpointCorrupt, match=says.replace(".", r"\.")):
+            load_model(bad)
+        assert main(["generate", str(bad), "--prompt", "a", "--max-new-tokens", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err and says in err, err
