@@ -1,20 +1,31 @@
 """Educational-value filtering as FineWeb-Edu does it, on the default corpus (Shakespeare + chitchat).
 
     annotate  the judge (runs/smollm2, SmolLM2-135M-Instruct) scores a seeded sample of corpus chunks
-              with the additive 0-5 rubric (danlu.eval.edu_judge; next-token distribution over 0..5,
-              documents cut to --doc-tokens tokens), written as JSONL annotations.
-    bench     trains the fast classifier (danlu.data.edu: hashed n-gram ridge regression) on the first
-              part of the annotations and prints its Spearman correlation with the judge on the held-out
-              rest; then scores the corpus with it, keeps the top half (the `edu_score` block), draws a
-              random half of the same size, and trains one tiny model on each for the same steps. Both
-              are evaluated on the "educational" slice: held-out annotated chunks the judge scored in
-              its top quarter, which neither training set contains.
+              (--extra brown:200 adds chunks of offline corpora, for a sample with real spread) with the
+              additive 0-5 rubric or the contrast protocol (danlu.eval.edu_judge), written as JSONL.
+    merge     annotation files of one judge as one file, in a seeded random order.
+    embed     mean-pooled judge hidden states of every annotation text at several layers
+              (danlu.eval.edu_embed), one .npz per annotation file.
+    agreement Spearman with the judge on the held-out last quarter of the annotations, for the hashed
+              n-gram ridge regressor (danlu.data.edu) and, with --embeddings, the embedding head
+              (danlu.data.edu_head); each with the settings 5-fold CV on the training rows chose.
+    bench     the same classifier, then scores the corpus (or a seeded --pool of it) with it, keeps the
+              top half (the `edu_score` block), draws a random half of the same size, and trains one
+              tiny model on each for the same steps. Both are evaluated on the "educational" slice:
+              held-out annotated chunks the judge scored in its top quarter, which neither training
+              set contains; and on all held-out annotations and Brown's "learned" genre.
 
 The corpus: every document of the default recipe's sources, cleaned (clean.normalize), cut into pieces
 of about --chunk-chars characters at paragraph (else line) breaks, pieces under 200 characters dropped.
 
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/edu_filter.py annotate --n 400 --out runs/data-edu/fw.jsonl
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/edu_filter.py bench --annotations runs/data-edu/fw.jsonl
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/edu_filter.py annotate --prompt contrast --doc-tokens 128 \
+        --seed 1 --n 150 --extra brown:200 python_docs:50 --out runs/edu26-emb/contrast_wide.jsonl
+    python benchmarks/edu_filter.py merge runs/data26-edu/contrast.jsonl runs/edu26-emb/contrast_wide.jsonl \
+        --out runs/edu26-emb/contrast_all.jsonl
+    python benchmarks/edu_filter.py embed runs/edu26-emb/contrast_all.jsonl --out runs/edu26-emb
+    python benchmarks/edu_filter.py agreement runs/edu26-emb/contrast_all.jsonl --embeddings runs/edu26-emb
+    python benchmarks/edu_filter.py bench --annotations runs/edu26-emb/contrast_all.jsonl \
+        --embeddings runs/edu26-emb --embed-tokens 128 --pool 2000 --out runs/edu26-bench
 """
 
 from __future__ import annotations
