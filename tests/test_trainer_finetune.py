@@ -257,3 +257,24 @@ def test_finetune_killed_and_resumed_matches_the_uninterrupted_run(root, tmp_pat
     assert result["val_loss"] == full_result["val_loss"]
     a, b = _state(resumed), _state(full)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_frozen_weights_count_four_flops_per_token_not_six(root, tmp_path):
+    """MFU of a LoRA run: a frozen base weight gets no weight gradient, so it costs 4 FLOPs a token."""
+    base = root / "base"
+    model_cfg = read_model_config(base)
+    full = float(build_meta(model_cfg).flops_per_token(CFG.seq_len))
+    hooks = Hooks(transform=lora, trainable=lambda name, p: "lora_" in name, init_from=base)
+    run = RunInfo(
+        tmp_path / "r", model_cfg, base / "tokenizer", load_tokenizer(base).fingerprint(), CFG, name="ft"
+    )
+    rows = torch.load(root / "rows.pt")
+    trainer = Trainer(
+        materialize(build_meta(model_cfg), "cpu", init=False), lambda m: build_optimizer(m, CFG),
+        Examples(rows[:N_TRAIN], CFG.batch_size, CFG.seed), masked_loss, CFG, run, torch.device("cpu"),
+        "fp32", hooks, flops_per_token=full,
+    )  # fmt: skip
+    linears = [m for m in trainer.model.modules() if isinstance(m, nn.Linear)]
+    assert linears and not any(m.weight.requires_grad for m in linears)  # every Linear is a frozen base
+    assert trainer.flops_per_token == full - 2 * sum(m.weight.numel() for m in linears)
+    assert 0.6 * full < trainer.flops_per_token < full

@@ -177,7 +177,14 @@ class Trainer:
         # compile after loading weights: the compiled wrapper shares the parameters of self.model
         forward = parallel.wrap_forward(self.model) if parallel is not None else self.model
         self.forward = torch.compile(forward) if cfg.compile else forward
-        self.flops_per_token = flops_per_token
+        # A frozen weight (LoRA's base, a QLoRA base) still costs its forward and its input gradient,
+        # but no weight gradient: 4 FLOPs per token, not the 6 that flops_per_token counts.
+        frozen = sum(
+            m.weight.numel()
+            for m in model.modules()
+            if isinstance(m, nn.Linear) and isinstance(m.weight, nn.Parameter) and not m.weight.requires_grad
+        )
+        self.flops_per_token = max(flops_per_token - 2 * frozen, 0.0) if flops_per_token else 0.0
         self.peak = peak_flops(device.type, dtype, torch.get_num_threads())
 
     # --- state, checkpoints, resume, rollback -------------------------------------------------------
