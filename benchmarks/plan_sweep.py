@@ -231,7 +231,8 @@ def report(args: argparse.Namespace, sizes: list[dict], results: dict) -> None:
     """The run table, the fit with its intervals, the held-out predictions against the baselines."""
     import numpy as np
 
-    from danlu.plan.fit import SizePoint, fit_size_seeds, plot_size_fit, read_run
+    from danlu.plan.fit import fit_size_seeds, read_run
+    from danlu.plan.fit_plots import SizePoint, plot_size_fit
 
     seeds = args.seed_list
     rows, points = [], {}

@@ -303,7 +303,8 @@ def _fake_run(root: Path, depth: int, law: tuple[float, ...], steps: int, noise:
 
 
 def test_fit_recovers_a_known_law_and_predicts_a_held_out_size(tmp_path):
-    from danlu.plan.fit import fit_runs, plot_fit, read_run
+    from danlu.plan.fit import fit_runs, read_run
+    from danlu.plan.fit_plots import plot_fit
 
     law = (2.0, 60.0, 0.3, 400.0, 0.35)
     runs = [read_run(_fake_run(tmp_path, k, law, 4000 // k**2, 0.002, k)) for k in (2, 3, 4, 5, 6)]

@@ -308,7 +308,8 @@ def do_layout(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 
 
 def do_fit(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
-    from danlu.plan.fit import fit_runs, plot_fit, read_run
+    from danlu.plan.fit import fit_runs, read_run
+    from danlu.plan.fit_plots import plot_fit
 
     runs = [read_run(r, args.params) for r in args.runs]
     held = [read_run(r, args.params) for r in args.holdout]
@@ -324,7 +325,8 @@ def do_fit(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 def _fit_final(runs: list[Any], held: list[Any], args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from danlu.plan.fit import SizePoint, fit_size_runs, holdout_record, plot_size_fit
+    from danlu.plan.fit import fit_size_runs, holdout_record
+    from danlu.plan.fit_plots import SizePoint, plot_size_fit
 
     tokens = {r.final_tokens for r in [*runs, *held]}
     if max(tokens) > 1.01 * min(tokens):
