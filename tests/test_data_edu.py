@@ -10,7 +10,14 @@ import pytest
 from scipy.stats import spearmanr
 
 from danlu.data.block import run_filter
-from danlu.data.edu import EduRegressor, read_annotations, spearman, train_edu_regressor
+from danlu.data.edu import (
+    EduRegressor,
+    read_annotations,
+    spearman,
+    spearman_brown,
+    spearman_ci,
+    train_edu_regressor,
+)
 from danlu.data.pipeline import build_block
 from danlu.errors import ConfigError, DataError
 
@@ -164,3 +171,22 @@ def test_logit_link_on_frequencies_learns_a_sigmoid_of_a_per_token_mean(tmp_path
     np.testing.assert_allclose(again.predict(texts[300:]), pred, rtol=1e-5)
     with pytest.raises(ConfigError):
         EduRegressor(link="probit")
+
+
+def test_spearman_ci_holds_the_estimate_and_narrows_with_more_rows():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=400)
+    y = x + rng.normal(size=400)  # true Spearman about 0.68
+    lo, hi = spearman_ci(x, y, boots=500)
+    assert lo < spearman(x, y) < hi and lo > 0.5 and hi < 0.8
+    lo_small, hi_small = spearman_ci(x[:40], y[:40], boots=500)
+    assert hi_small - lo_small > hi - lo
+    assert spearman_ci(x, x, boots=50) == (1.0, 1.0)
+    with pytest.raises(DataError):
+        spearman_ci([1, 2], [1, 2])
+
+
+def test_spearman_brown_doubles_a_half_length_reliability():
+    assert spearman_brown(0.5) == pytest.approx(2 / 3)
+    assert spearman_brown(1.0) == 1.0 and spearman_brown(0.0) == 0.0
+    assert spearman_brown(0.25, factor=3) == pytest.approx(0.5)

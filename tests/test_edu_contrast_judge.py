@@ -75,3 +75,22 @@ def test_bad_settings_are_config_errors(model):
         EduContrastJudge(model, ByteTok(), max_doc_tokens=0)
     with pytest.raises(ConfigError):
         EduContrastJudge(model, ByteTok(), max_doc_tokens=250)  # past the context with the descriptions
+
+
+def test_token_margins_are_per_token_log_ratios_whose_mean_is_the_margin(model):
+    tok = ByteTok()
+    descriptions = ("A lesson for school:\n", "Idle chat:\n")
+    judge = EduContrastJudge(model, tok, max_doc_tokens=24, descriptions=descriptions)
+    text = "Water boils at one hundred degrees."
+    doc = tok.encode(text)[:24]
+    got = judge.token_margins(text)
+    assert len(got) == 24 and got.mean() == pytest.approx(judge.margin(text), abs=1e-6)
+    # token i's log ratio is the gain in the full forward's mean over i + 1 tokens times i + 1, minus i's
+    for i in (0, 5, 23):
+        want = [
+            (i + 1) * full_forward_mean_logp(model, tok.encode(d), doc[: i + 1])
+            - i * (full_forward_mean_logp(model, tok.encode(d), doc[:i]) if i else 0.0)
+            for d in descriptions
+        ]
+        assert got[i] == pytest.approx(want[0] - want[1], abs=1e-4)
+    assert len(judge.token_margins("")) == 0 and judge.margin("") == 0.0

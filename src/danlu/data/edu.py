@@ -148,6 +148,29 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
 
 
+def spearman_ci(
+    a: Sequence[float], b: Sequence[float], boots: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """A percentile bootstrap interval of spearman(a, b): rows resampled with replacement."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) != len(b) or len(a) < 3 or boots < 1 or not 0 < level < 1:
+        raise DataError(f"spearman_ci needs two equal-length sequences of at least 3; got {len(a)}, {len(b)}")
+    rng = np.random.default_rng(seed)
+    rhos = []
+    for _ in range(boots):
+        pick = rng.integers(0, len(a), len(a))
+        rho = spearman(a[pick], b[pick])
+        if not np.isnan(rho):  # a resample of one repeated row has no ranks to correlate
+            rhos.append(rho)
+    lo, hi = np.quantile(rhos, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def spearman_brown(r: float, factor: float = 2.0) -> float:
+    """The reliability of a measure `factor` times as long as one whose parts correlate r (split-half)."""
+    return factor * r / (1 + (factor - 1) * r)
+
+
 def train_edu_regressor(
     annotations: str | Path | Sequence[dict[str, Any]], out: str | Path | None = None, **options: Any
 ) -> EduRegressor:

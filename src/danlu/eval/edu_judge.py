@@ -221,11 +221,17 @@ class EduContrastJudge:
                 self.first_logp.append(torch.log_softmax(logits[0, -1].float(), -1))
 
     @classmethod
-    def from_dir(cls, path: str | Path, device: str = "cpu", max_doc_tokens: int = 128) -> EduContrastJudge:
+    def from_dir(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        max_doc_tokens: int = 128,
+        descriptions: tuple[str, str] = (EDU_DESCRIPTION, NON_EDU_DESCRIPTION),
+    ) -> EduContrastJudge:
         from danlu.model_dir import load_model
 
         model, tok, _ = load_model(path, device)
-        return cls(model, tok, max_doc_tokens)
+        return cls(model, tok, max_doc_tokens, descriptions)
 
     def document_ids(self, text: str) -> list[int]:
         return self.tok.encode(text)[: self.max_doc_tokens]
@@ -233,11 +239,13 @@ class EduContrastJudge:
     def seen_text(self, text: str) -> str:
         return self.tok.decode(self.document_ids(text))
 
-    def margin(self, text: str) -> float:
-        """Mean per-token log P(doc | educational) - log P(doc | not educational), in nats."""
+    def token_margins(self, text: str) -> np.ndarray:
+        """Per document token, log P(token | educational, before) - log P(token | not educational,
+        before), in nats; `margin` is their mean. Parts of it (the first and second half) give the
+        judge's split-half reliability."""
         ids = self.document_ids(text)
         if not ids:
-            return 0.0
+            return np.zeros(0)
         self.cache.lengths[:] = self.prefix_lens  # later keys are stale and never attended
         x = torch.tensor([ids, ids], device=self.cache.k.device)
         with torch.no_grad():
@@ -245,10 +253,15 @@ class EduContrastJudge:
         target = x[0]
         per_row = []
         for row in range(2):
-            first = self.first_logp[row][target[0]]
+            first = self.first_logp[row][target[0]].reshape(1)
             rest = logp[row, :-1].gather(-1, target[1:, None]).squeeze(-1)
-            per_row.append((first + rest.sum()) / len(ids))
-        return float(per_row[0] - per_row[1])
+            per_row.append(torch.cat([first, rest]))
+        return (per_row[0] - per_row[1]).cpu().double().numpy()
+
+    def margin(self, text: str) -> float:
+        """Mean per-token log P(doc | educational) - log P(doc | not educational), in nats."""
+        m = self.token_margins(text)
+        return float(m.mean()) if len(m) else 0.0
 
     def label(self, text: str) -> EduLabel:
         m = self.margin(text)
