@@ -248,3 +248,45 @@ def test_the_batch_stream_resumes_where_it_stopped(tok):
     assert len(first) == 4
     for u, v in zip(rest, again, strict=True):
         assert all(torch.equal(p, q) for p, q in zip(u, v, strict=True))
+
+
+def _encode_chat_prefix_by_prefix(tk, messages):
+    """The reference: every prefix rendered and encoded whole."""
+    ids, mask = [], []
+    for i, m in enumerate(messages):
+        before = tk.encode(tk.apply_chat_template(messages[:i]), allowed_special="all") if i else []
+        upto = tk.encode(tk.apply_chat_template(messages[: i + 1]), allowed_special="all")
+        assert upto[: len(before)] == before
+        head = 0
+        if m["role"] == "assistant":
+            head = len(tk.encode(tk.apply_chat_template(messages[:i], True), allowed_special="all")) - len(
+                before
+            )
+        ids += upto[len(before) :]
+        mask += [0] * head + [int(m["role"] == "assistant")] * (len(upto) - len(before) - head)
+    return ids, mask
+
+
+# a template whose turns do not start with a special token: the encoder cannot split there
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+straddling = st.sampled_from([*"ab <|>_\n", "<|im_", "start|>", "end|>", "<|im_end|>", "<|im_start|>"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    msgs=conversations(),
+    extra=st.lists(straddling, min_size=1, max_size=6).map("".join).filter(str.strip),
+    plain=st.booleans(),
+)
+def test_encode_chat_equals_encoding_every_prefix_whole(pretrained_tok, msgs, extra, plain):
+    """encode_chat encodes only each turn's new text where the tokenizer splits anyway (at a special
+    token); the ids and mask are those of rendering and encoding every prefix whole."""
+    import copy
+
+    tk = copy.copy(pretrained_tok)
+    tk.chat_template = PLAIN_TEMPLATE if plain else SMOL_TEMPLATE
+    msgs = [*msgs[:-1], {**msgs[-1], "content": msgs[-1]["content"] + extra}]
+    assert tk.encode_chat(msgs) == _encode_chat_prefix_by_prefix(tk, msgs)

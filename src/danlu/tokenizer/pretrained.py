@@ -187,23 +187,45 @@ class PretrainedTokenizer:
         """(ids, loss mask): 1 on each assistant message's rendered text after the prompt that precedes it."""
         ids: list[int] = []
         mask: list[int] = []
+        before_text, before = "", []
         for i, m in enumerate(messages):
-            before = (
-                self.encode(self.apply_chat_template(messages[:i], False), allowed_special="all") if i else []
-            )
-            upto = self.encode(self.apply_chat_template(messages[: i + 1], False), allowed_special="all")
+            upto_text = self.apply_chat_template(messages[: i + 1], False)
+            upto = self._encode_after(before_text, before, upto_text)
             if upto[: len(before)] != before:
                 raise TokenizerError("the chat template does not render conversations prefix by prefix")
             new = upto[len(before) :]
+            head = 0
             if m["role"] == "assistant":
-                prompt = self.encode(self.apply_chat_template(messages[:i], True), allowed_special="all")
-                head = len(prompt) - len(before)
-                ids += new
-                mask += [0] * head + [1] * (len(new) - head)
-            else:
-                ids += new
-                mask += [0] * len(new)
+                prompt_text = self.apply_chat_template(messages[:i], True)
+                head = len(self._encode_after(before_text, before, prompt_text)) - len(before)
+            ids += new
+            mask += [0] * head + [int(m["role"] == "assistant")] * (len(new) - head)
+            before_text, before = upto_text, upto
         return ids, mask
+
+    def _encode_after(self, before_text: str, before: list[int], text: str) -> list[int]:
+        """encode(text, allowed_special="all") where `before` is that of its prefix before_text.
+
+        When the rest starts with a special token and no special token's spelling straddles the
+        boundary, the tokenizer splits there before anything else runs, so the ids are `before` plus
+        the rest's own: each turn's new text is encoded once, not every prefix of the conversation again."""
+        rest = text[len(before_text) :]
+        if before_text and text.startswith(before_text) and self._splits_at(text, len(before_text)):
+            return before + self.encode(rest, allowed_special="all")
+        return self.encode(text, allowed_special="all")
+
+    @cached_property
+    def _added_texts(self) -> tuple[str, ...]:
+        """Every added token's spelling: the tokenizer splits text at these before anything else."""
+        return tuple(t.content for t in self.hf.get_added_tokens_decoder().values())
+
+    def _splits_at(self, text: str, at: int) -> bool:
+        specials = self._added_texts
+        if not any(text.startswith(s, at) for s in specials):
+            return False
+        return not any(
+            text.find(s, max(0, at - len(s) + 1), at + len(s) - 1) != -1 for s in specials if len(s) > 1
+        )
 
 
 def _sha(text: str) -> str:
