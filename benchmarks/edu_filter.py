@@ -200,30 +200,37 @@ def agreement_main(args: argparse.Namespace) -> None:
         y_test = [r["score"] for r in test]
         options = select_by_cv(train)
         reg = train_edu_regressor(train, **options)
-        rho = spearman(reg.predict([r["text"] for r in test]), y_test)
+        pred = reg.predict([r["text"] for r in test])
         print(
             f"{path}: train {len(train)}, held out {len(test)}; hashed n-gram ridge {options}: "
-            f"held-out Spearman {rho:.3f}"
+            f"held-out Spearman {spearman(pred, y_test):.3f} {ci_text(pred, y_test)}"
         )
         if args.embeddings is None:
             continue
         x, layers = load_embeddings(args.embeddings / f"{path.stem}.npz", rows)
         options = select_head_by_cv(x[:cut], [r["score"] for r in train], layers)
         head = fit_head(x[:cut], [r["score"] for r in train], layers, options)
-        rho = spearman(head.predict(head_columns(x[cut:], layers, options["layers"])), y_test)
+        pred = head.predict(head_columns(x[cut:], layers, options["layers"]))
         print(
             f"{path}: train {len(train)}, held out {len(test)}; embedding head {options}: "
-            f"held-out Spearman {rho:.3f}"
+            f"held-out Spearman {spearman(pred, y_test):.3f} {ci_text(pred, y_test)}"
         )
         per_source = sorted({r["source"] for r in test})
         if len(per_source) > 1:
-            pred = head.predict(head_columns(x[cut:], layers, options["layers"]))
             for source in per_source:
                 mask = np.array([r["source"] == source for r in test])
                 if mask.sum() > 2:
                     rho_s = spearman(pred[mask], np.asarray(y_test)[mask])
                     print(f"    within {source} ({mask.sum()} held out): Spearman {rho_s:.3f}")
     print(machine_markdown())
+
+
+def ci_text(pred, target) -> str:
+    """The held-out Spearman's bootstrap 95% interval (held-out rows resampled)."""
+    from danlu.data.edu import spearman_ci
+
+    lo, hi = spearman_ci(pred, target)
+    return f"[95% CI {lo:.3f}, {hi:.3f}]"
 
 
 def load_embeddings(path: Path, rows: list[dict]) -> tuple:
@@ -402,18 +409,19 @@ def bench_main(args: argparse.Namespace) -> None:
     cut = int(len(rows) * args.train_fraction)
     train, test = rows[:cut], rows[cut:]
     if args.embeddings is not None:
-        block, rho, what = head_classifier(args, rows, train)
+        block, pred, what = head_classifier(args, rows, train)
     else:
         model_path = args.out / "edu_regressor.npz"
         options = select_by_cv(train) if args.select else {
             "l2": args.l2, "ngrams": args.ngrams, "norm": args.norm, "link": args.link,
         }  # fmt: skip
         reg = train_edu_regressor(train, model_path, **options)
-        rho = spearman(reg.predict([r["text"] for r in test]), [r["score"] for r in test])
+        pred = reg.predict([r["text"] for r in test])
         block, what = edu_score_block(str(model_path), keep_top=0.5), f"hashed n-gram ridge {options}"
     print(
         f"classifier: {what} on {len(train)} annotations; "
-        f"Spearman with the judge on {len(test)} held-out annotations: {rho:.3f}"
+        f"Spearman with the judge on {len(test)} held-out annotations: "
+        f"{spearman(pred, [r['score'] for r in test]):.3f} {ci_text(pred, [r['score'] for r in test])}"
     )
 
     # the educational slice: held-out annotated chunks the judge put in its top quarter
@@ -463,7 +471,6 @@ def bench_main(args: argparse.Namespace) -> None:
 def head_classifier(args: argparse.Namespace, rows: list[dict], train: list[dict]) -> tuple:
     """The embedding head chosen by CV on the training annotations, saved, as an `edu_score` block
     that embeds the pool through danlu.eval.edu_embed.model_dir_embedder."""
-    from danlu.data.edu import spearman
     from danlu.data.edu_head import edu_head_block
     from danlu.eval.edu_embed import model_dir_embedder
 
@@ -475,11 +482,11 @@ def head_classifier(args: argparse.Namespace, rows: list[dict], train: list[dict
     if args.embed_tokens:  # the pool is embedded as far as the judge read the annotations
         embedding["max_tokens"] = args.embed_tokens
     head = fit_head(x[:cut], y[:cut], layers, options, embedding)
-    rho = spearman(head.predict(head_columns(x[cut:], layers, options["layers"])), y[cut:])
+    pred = head.predict(head_columns(x[cut:], layers, options["layers"]))
     path = head.save(args.out / "edu_head.npz")
     return (
         edu_head_block(str(path), model_dir_embedder, keep_top=0.5),
-        rho,
+        pred,
         f"embedding head {embedding} {options}",
     )
 
