@@ -290,3 +290,14 @@ def test_encode_chat_equals_encoding_every_prefix_whole(pretrained_tok, msgs, ex
     tk.chat_template = PLAIN_TEMPLATE if plain else SMOL_TEMPLATE
     msgs = [*msgs[:-1], {**msgs[-1], "content": msgs[-1]["content"] + extra}]
     assert tk.encode_chat(msgs) == _encode_chat_prefix_by_prefix(tk, msgs)
+
+
+def test_encode_chat_with_a_token_cap_gives_the_first_tokens(pretrained_tok):
+    msgs = []
+    for k in range(40):
+        msgs += [{"role": "user", "content": f"day {k} night"}, {"role": "assistant", "content": "the king"}]
+    full = templates.encode(pretrained_tok, msgs, "model")
+    capped = templates.encode(pretrained_tok, msgs, "model", max_tokens=50)
+    assert 50 < len(capped[0]) < len(full[0])
+    assert capped == (full[0][: len(capped[0])], full[1][: len(capped[1])])
+    assert templates.encode(pretrained_tok, msgs, "model", max_tokens=10**6) == full

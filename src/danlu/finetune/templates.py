@@ -127,9 +127,16 @@ def _encode_segments(tok: Any, segs: list[Seg]) -> tuple[list[int], list[int]]:
     return ids, mask
 
 
-def encode(tok: Any, messages: Sequence[dict[str, str]], template: str) -> tuple[list[int], list[int]]:
-    """(ids, loss mask) of a conversation under a resolved template (see the module docstring)."""
-    if template in ("danlu", "model"):
+def encode(
+    tok: Any, messages: Sequence[dict[str, str]], template: str, max_tokens: int | None = None
+) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of a conversation under a resolved template (see the module docstring).
+
+    max_tokens lets an imported model's template stop rendering once the ids are past it (the
+    result is then only the first tokens, more than max_tokens): enough to tell what fits."""
+    if template == "model":
+        return tok.encode_chat(messages, max_tokens=max_tokens)
+    if template == "danlu":
         return tok.encode_chat(messages)
     return _encode_segments(tok, segments(tok, messages, template, gen_prompt=False))
 

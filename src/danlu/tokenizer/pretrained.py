@@ -183,8 +183,14 @@ class PretrainedTokenizer:
         """Tokens that end an assistant turn."""
         return {self.eos_id, *self.meta.get("chat_stop", [])}
 
-    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
-        """(ids, loss mask): 1 on each assistant message's rendered text after the prompt that precedes it."""
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], max_tokens: int | None = None
+    ) -> tuple[list[int], list[int]]:
+        """(ids, loss mask): 1 on each assistant message's rendered text after the prompt that precedes it.
+
+        With max_tokens, rendering stops after the turn that takes the ids past it (each turn renders
+        the whole prefix, so a chat of hundreds of turns costs seconds): the result is then the
+        conversation's first tokens, more than max_tokens of them."""
         ids: list[int] = []
         mask: list[int] = []
         before_text, before = "", []
@@ -201,6 +207,8 @@ class PretrainedTokenizer:
             ids += new
             mask += [0] * head + [int(m["role"] == "assistant")] * (len(new) - head)
             before_text, before = upto_text, upto
+            if max_tokens is not None and len(ids) > max_tokens:
+                break
         return ids, mask
 
     def _encode_after(self, before_text: str, before: list[int], text: str) -> list[int]:
