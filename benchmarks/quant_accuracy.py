@@ -41,6 +41,7 @@ from danlu.quant.stage import calibration_ids, calibration_text, gate_perplexity
 ROWS: dict[str, dict[str, object] | None] = {
     "fp32": None,
     "rtn-int8": {"method": "rtn", "bits": 8},
+    "rtn-int8-dynamic": {"method": "rtn", "bits": 8, "int8_kernel": "dynamic"},  # W8A8 on fbgemm
     "rtn-int4-g128": {"method": "rtn", "bits": 4, "group_size": 128},
     "gptq-int4-g128": {"method": "gptq", "bits": 4, "group_size": 128},
     "awq-int4-g128": {"method": "awq", "bits": 4, "group_size": 128},

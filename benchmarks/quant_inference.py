@@ -8,9 +8,14 @@ goal's ratio and verdict.
 Variants, each generating the same prompt's greedy continuation (end of sequence ignored):
 
 - danlu fp32: the model dir as loaded (SmolLM2's GGUF import: its Q4_1 weights dequantized to fp32).
-- danlu int8: RTN, symmetric per output channel (Int8Linear on torch._weight_int8pack_mm), and with the
-  default --skip (`*norm*`, what a recipe's `quantize.skip: ["*norm*"]` does) the tied embedding table
-  as an int8 QuantEmbedding that also runs the LM head on that kernel.
+- danlu int8 dynamic (the goals' int8): RTN, symmetric per output channel, the Linears on Int8Linear's
+  `dynamic` kernel (`quantize.int8_kernel: dynamic`: activations int8 per token on the fly, fbgemm's
+  W8A8 GEMM on danlu's codes), and with the default --skip (`*norm*`, what a recipe's
+  `quantize.skip: ["*norm*"]` does) the tied embedding table as an int8 QuantEmbedding whose LM head
+  stays on the weight-only kernel (the table keeps its codes for the gathers: one copy).
+- danlu int8 weight_only: the same codes, every Linear on torch._weight_int8pack_mm (bf16 activations).
+- with --dynamic-head, also danlu int8 dynamic with the table's head on the dynamic kernel too (the
+  table then held twice: its codes and fbgemm's packed copy).
 - danlu int4 g128: RTN g128 (Int4Linear on torch._weight_int4pack_mm_for_cpu); the table int4 g128.
 - torch quantize_dynamic int8: torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, qint8), its
   standard use: every Linear, the tied LM head included (as its own int8 copy); the embedding stays fp32.
@@ -18,10 +23,12 @@ Variants, each generating the same prompt's greedy continuation (end of sequence
   worker of benchmarks/generate.py). llama.cpp Q8_0: the same file requantized by llama.cpp's own
   llama_model_quantize (Q4_1 -> Q8_0: the fp32 weights danlu starts from, on an 8-bit grid).
 
-Every danlu and torch variant runs its own Engine (prefix cache off), the variants interleaved in each
+The model's RMSNorm, RoPE and SwiGLU take their no-autograd paths in every danlu and torch variant
+(inference mode). Every danlu and torch variant runs its own Engine (prefix cache off), the variants interleaved in each
 repeat; tokens/s is the median over repeats of generated tokens over wall time (the short prompt's
 prefill included), for llama.cpp too. Weight memory counts every tensor a model holds (parameters,
-buffers, what a kernel keeps beside them, torch's packed weights); llama.cpp's is its file's size. The
+buffers, what a kernel keeps beside them) and fbgemm's packed int8 matrices (danlu's dynamic kernel:
+out x in bytes each; torch's: the size of its unpacked weights); llama.cpp's is its file's size. The
 matmul table times each variant's own Linears of one kind over all blocks at batch 1 (real weights, one
 [1, d] input per call): the matmul time of one decode step by layer kind, the rest of a step being
 attention, norms, RoPE and the engine.
@@ -52,11 +59,12 @@ from danlu.infer.params import SamplingParams
 from danlu.model_dir import load_model
 from danlu.quant.apply import quantize_model
 from danlu.quant.config import QuantConfig
-from danlu.quant.linear import QuantLinear
+from danlu.quant.linear import QuantLinear, set_int8_kernel
 from generate import LLAMA_INSTALL, LlamaProcess
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time, in a land far away,"
-FP32, INT8, INT4, TORCH = "danlu fp32", "danlu int8", "danlu int4 g128", "torch quantize_dynamic int8"
+FP32, INT4, TORCH = "danlu fp32", "danlu int4 g128", "torch quantize_dynamic int8"
+INT8, INT8_WO, INT8_HEAD = "danlu int8 dynamic", "danlu int8 weight_only", "danlu int8 dynamic, dynamic head"
 Q4_1, Q8_0 = "llama.cpp Q4_1", "llama.cpp Q8_0"
 MEMORY_GOAL, SPEED_GOAL = 0.30, 1.80
 QUANTIZE_Q8_0 = """
@@ -83,14 +91,16 @@ def weight_bytes(model: nn.Module) -> int:
 
     seen: dict[int, int] = {}
     tensors = [*model.parameters(), *model.buffers()]
+    packed = 0
     for m in model.modules():
         if isinstance(m, QuantLinear):
             tensors += m.kernel_tensors()
+            packed += m.kernel_bytes()
         elif isinstance(m, DynamicQuantLinear):
             tensors += _tensors(m._weight_bias())
     for t in tensors:
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    return sum(seen.values())
+    return sum(seen.values()) + packed
 
 
 def torch_dynamic(model: nn.Module) -> nn.Module:
@@ -177,6 +187,7 @@ def main() -> None:
     p.add_argument("--llama-python", help=f"python with llama-cpp-python (install: {LLAMA_INSTALL})")
     p.add_argument("--gguf", help="the GGUF (default: the registry's smollm2-135m-instruct)")
     p.add_argument("--work", help="where the Q8_0 GGUF is made (default: a temp dir)")
+    p.add_argument("--dynamic-head", action="store_true", help=f"also the row {INT8_HEAD!r}")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -186,17 +197,21 @@ def main() -> None:
     fp32, tok, cfg = load_model(args.model)
     models: dict[str, nn.Module] = {FP32: fp32}
     for label, qcfg in (
-        (INT8, QuantConfig(method="rtn", bits=8, skip=skip)),
+        (INT8, QuantConfig(method="rtn", bits=8, skip=skip, int8_kernel="dynamic")),
+        (INT8_WO, QuantConfig(method="rtn", bits=8, skip=skip, int8_kernel="weight_only")),
         (INT4, QuantConfig(method="rtn", bits=4, group_size=128, skip=skip)),
     ):
         models[label] = copy.deepcopy(fp32)
         quantize_model(models[label], qcfg)
+    if args.dynamic_head:
+        models[INT8_HEAD] = copy.deepcopy(models[INT8])
+        set_int8_kernel(models[INT8_HEAD], "dynamic", tables=True)
     models[TORCH] = torch_dynamic(copy.deepcopy(fp32))
     prompt = tok.encode(PROMPT)
     batches = [int(b) for b in args.batch.split(",")]
     max_len = len(prompt) + args.tokens + 1
     runs: dict[str, Any] = {label: DanluRun(m, tok, batches, max_len) for label, m in models.items()}
-    mem = {label: weight_bytes(m) for label, m in models.items()}
+    mem: dict[str, float] = {}
     procs: list[LlamaProcess] = []
     llama_version = None
     if args.llama_python:
@@ -224,6 +239,8 @@ def main() -> None:
     finally:
         for proc in procs:
             proc.close()
+    # after the runs: the kernels' own layouts (packed weights) exist only once they have been called
+    mem |= {label: weight_bytes(m) for label, m in models.items()}
     kinds = ["attn.qkv", "attn.proj", "mlp.gate_up", "mlp.down", "lm_head"]
     matmuls = {label: {k: matmul_ms(m, k, args.repeats) for k in kinds} for label, m in models.items()}
     load_end = os.getloadavg()[0]

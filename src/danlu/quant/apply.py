@@ -76,8 +76,10 @@ def output_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float
     return float(num / den.clamp(min=1e-300))
 
 
-def _module(q: QTensor, bias: torch.Tensor | None) -> nn.Module:
-    return Int8Linear.from_qtensor(q, bias) if q.spec.bits == 8 else Int4Linear.from_qtensor(q, bias)
+def _module(q: QTensor, bias: torch.Tensor | None, int8_kernel: str = "weight_only") -> nn.Module:
+    if q.spec.bits == 8:
+        return Int8Linear.from_qtensor(q, bias, int8_kernel)
+    return Int4Linear.from_qtensor(q, bias)
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -108,6 +110,8 @@ def quantize_model(
     if table:
         four = cfg.bits <= 4 and cfg.method not in ("nf4", "bitnet")
         spec = table_spec(cfg.bits, cfg.group_size, cfg.symmetric) if four else table_spec(8)
+        # an int8 table's head stays weight_only: its gathers keep the codes, so the dynamic kernel's
+        # packed copy would hold the table twice (and its activation rounding flips top logits)
         reports |= quantize_embedding(model, spec)
     return reports
 
@@ -151,7 +155,13 @@ def _quantize_linears(
             module_for=W8A8Linear.from_qtensor,
         )
     if cfg.method == "rtn" and calib is not None:  # RTN with output errors on the calibration inputs
-        return _blockwise(model, names, calib, lambda W, _H: quantize(W, spec))
+        return _blockwise(
+            model,
+            names,
+            calib,
+            lambda W, _H: quantize(W, spec),
+            module_for=lambda q, bias: _module(q, bias, cfg.int8_kernel),
+        )
     reports: dict[str, dict[str, float]] = {}
     for name in tqdm(names, desc=cfg.method, unit="layer", leave=False):
         lin = model.get_submodule(name)
@@ -168,7 +178,7 @@ def _quantize_linears(
             W_hat = module.dequantize()
         else:
             q = quantize(W, spec_of(cfg))
-            module, W_hat = _module(q, lin.bias), q.dequantize()
+            module, W_hat = _module(q, lin.bias, cfg.int8_kernel), q.dequantize()
         reports[name] = _report(W, W_hat, None)
         _replace(model, name, module)
     return reports

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from danlu.errors import check
 
 METHODS = ("rtn", "gptq", "awq", "smoothquant", "nf4", "bitnet")
+INT8_KERNELS = ("weight_only", "dynamic")  # danlu.quant.linear.Int8Linear's kernels
 DEFAULT_SKIP = ("embed", "lm_head", "*norm*")
 
 
@@ -26,6 +27,10 @@ class QuantConfig:
     block_size: int = 128  # GPTQ: columns per lazy batch update
     act_order: bool = True  # GPTQ: visit columns in decreasing diag(H)
     smooth_alpha: float = 0.5  # SmoothQuant: migration strength (0: none, 1: all onto the weights)
+    # rtn int8 Linears: weight_only (W8A16, bf16 activations) or dynamic (W8A8, activations quantized to
+    # int8 per token at run time, fbgemm's kernel); recorded per layer in quant_config.json. An int8
+    # embedding table's head stays weight_only (the table would be held twice)
+    int8_kernel: str = "weight_only"
     seed: int = 0  # calibration window draw
     gate: bool = True  # measure the accuracy gate and refuse a model that fails it
     gate_ppl: str | None = None  # gate perplexity text (default: a held-out part of the calibration text)
@@ -52,6 +57,11 @@ class QuantConfig:
         check(self.method != "bitnet" or self.bits == 2, "quantize.bits", "bitnet is ternary: --bits 2")
         check(
             self.method != "smoothquant" or self.bits == 8, "quantize.bits", "smoothquant is W8A8: --bits 8"
+        )
+        check(
+            self.int8_kernel in INT8_KERNELS,
+            "quantize.int8_kernel",
+            f"must be one of {', '.join(INT8_KERNELS)}, got {self.int8_kernel!r}",
         )
         check(
             0 <= self.smooth_alpha <= 1,

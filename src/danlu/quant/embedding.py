@@ -29,6 +29,8 @@ class QuantEmbedding(nn.Module):
         if not isinstance(table, Int8Linear | Int4Linear) or type(table).kind not in ("int8", "int4"):
             raise TypeError("QuantEmbedding takes an Int8Linear or an Int4Linear table")
         self.table = table
+        if isinstance(table, Int8Linear):
+            table.keep_codes = True  # the gathers read rows of qweight
         self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
 
     @property
@@ -64,16 +66,21 @@ def table_spec(bits: int, group_size: int = 128, symmetric: bool = False) -> Qua
 
 
 @torch.no_grad()
-def quantize_embedding(model: nn.Module, spec: QuantSpec) -> dict[str, dict[str, float]]:
-    """Replace model.embed, and the LM head when it is tied to it, by one QuantEmbedding (RTN on spec);
-    the error report of the table, by name. An untied head stays whatever it is."""
+def quantize_embedding(
+    model: nn.Module, spec: QuantSpec, int8_kernel: str = "weight_only"
+) -> dict[str, dict[str, float]]:
+    """Replace model.embed, and the LM head when it is tied to it, by one QuantEmbedding (RTN on spec;
+    an int8 table's head product on `int8_kernel`); the error report of the table, by name. An untied
+    head stays whatever it is."""
     embed = getattr(model, "embed", None)
     if not isinstance(embed, nn.Embedding):
         raise ConfigError("the model has no plain embedding table to quantize")
     tied = getattr(getattr(model, "lm_head", None), "weight", None) is embed.weight
     W = embed.weight.detach()
     q = quantize(W, spec)
-    table: QuantLinear = Int8Linear.from_qtensor(q) if spec.bits == 8 else Int4Linear.from_qtensor(q)
+    table: QuantLinear = (
+        Int8Linear.from_qtensor(q, kernel=int8_kernel) if spec.bits == 8 else Int4Linear.from_qtensor(q)
+    )
     module = QuantEmbedding(table)
     model.embed = module
     if tied:

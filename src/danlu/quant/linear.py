@@ -1,8 +1,11 @@
 """Quantized Linear replacements for inference: int8 and int4 weight-only, with a CPU kernel path and a
 reference path.
 
-- `Int8Linear`: int8 codes [out, in] and one fp32 scale per output channel (symmetric). Kernel:
-  `torch._weight_int8pack_mm`.
+- `Int8Linear`: int8 codes [out, in] and one fp32 scale per output channel (symmetric), on one of two
+  kernels (`INT8_KERNELS`): `weight_only` (W8A16: bf16 activations, `torch._weight_int8pack_mm`) or
+  `dynamic` (W8A8: activations quantized to int8 per token on the fly, fbgemm's int8 GEMM through
+  `danlu.quant.int8_dynamic`). With `dynamic` the codes are held once, in fbgemm's packed weight, after
+  the first kernel call (a table's gathers keep them beside it); `state_dict` unpacks them.
 - `W8A8Linear`: SmoothQuant's int8 weights and dynamically quantized int8 activations (per token).
   Kernel: `torch._int_mm` (int32 accumulation).
 - `Int4Linear`: codes of 2 to 4 bits packed two per byte [out, ceil(in/2)], scale and offset per group
@@ -25,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from danlu.quant import int8_dynamic
+from danlu.quant.config import INT8_KERNELS
 from danlu.quant.int4_layout import kernel_pack, kernel_rows, kernel_unpack
 from danlu.quant.quantizers import QTensor, QuantSpec, dequantize, pack_int4, unpack_int4
 
@@ -55,6 +60,10 @@ class QuantLinear(nn.Module):
         """Tensors the kernel path keeps beside the buffers (counted by memory reports)."""
         return []
 
+    def kernel_bytes(self) -> int:
+        """Bytes the kernel path keeps outside any tensor (a packed weight of torch's)."""
+        return 0
+
     def _use_kernel(self, x: torch.Tensor) -> bool:
         return not self.reference and x.device.type == "cpu" and not torch.is_grad_enabled()
 
@@ -84,7 +93,7 @@ class QuantLinear(nn.Module):
 
 
 class Int8Linear(QuantLinear):
-    """Weight-only int8, symmetric per output channel."""
+    """int8 codes, symmetric per output channel, on the `weight_only` or the `dynamic` kernel."""
 
     kind = "int8"
 
@@ -94,6 +103,7 @@ class Int8Linear(QuantLinear):
         out_features: int,
         bias: bool = False,
         device: torch.device | str | None = None,
+        kernel: str = "weight_only",
     ):
         super().__init__(in_features, out_features, bias, device)
         self.register_buffer(
@@ -102,21 +112,60 @@ class Int8Linear(QuantLinear):
         self.register_buffer("scale", torch.empty(out_features, device=device))
         # (the scale tensor, its version, its bf16 copy): the kernel takes bf16 scales
         self._kernel_scale: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        # dynamic: (fbgemm's packed weight, the scale tensor it was made from, that tensor's version)
+        self._packed: tuple[torch.ScriptObject, torch.Tensor, int] | None = None
+        self.keep_codes = False  # keep qweight beside the packed weight (a table's gathers read it)
+        self.int8_kernel = "weight_only"
+        self.set_kernel(kernel)
 
     @classmethod
-    def from_qtensor(cls, q: QTensor, bias: torch.Tensor | None = None) -> Int8Linear:
+    def from_qtensor(
+        cls, q: QTensor, bias: torch.Tensor | None = None, kernel: str = "weight_only"
+    ) -> Int8Linear:
         spec = q.spec
         if spec.bits != 8 or not spec.symmetric or spec.granularity != "channel":
             raise ValueError("Int8Linear holds symmetric per-channel 8-bit weights")
-        m = cls(q.codes.shape[1], q.codes.shape[0], bias is not None, q.codes.device)
+        m = cls(q.codes.shape[1], q.codes.shape[0], bias is not None, q.codes.device, kernel)
         m.qweight.copy_((q.codes.to(torch.int16) - 128).to(torch.int8))
         m.scale.copy_(q.scale[:, 0])
         if bias is not None:
             m.bias.data.copy_(bias)
         return m
 
+    def set_kernel(self, kernel: str) -> None:
+        if kernel not in INT8_KERNELS:
+            raise ValueError(f"int8 kernel must be one of {', '.join(INT8_KERNELS)}, got {kernel!r}")
+        if kernel != "dynamic":
+            self.to_plain_layout()
+        self.int8_kernel = kernel
+
+    def codes(self) -> torch.Tensor:
+        """The int8 codes [out, in] (read back from the packed weight when only it holds them)."""
+        q = self._buffers["qweight"]
+        if q is None:
+            assert self._packed is not None
+            return int8_dynamic.unpack(self._packed[0])
+        return q
+
     def dequantize(self) -> torch.Tensor:
-        return self.qweight.float() * self.scale[:, None]
+        return self.codes().float() * self.scale[:, None]
+
+    def to_plain_layout(self) -> None:
+        """Drop the packed weight, the codes back in qweight (no-op without one)."""
+        if self._packed is not None:
+            self._buffers["qweight"] = self.codes()
+            self._packed = None
+
+    def _save_to_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.to_plain_layout()
+        super()._save_to_state_dict(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if self._packed is not None:  # new codes arrive: the packed weight is stale
+            if self._buffers["qweight"] is None:
+                self._buffers["qweight"] = torch.empty(self.out_features, self.in_features, dtype=torch.int8)
+            self._packed = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def kernel(self, x: torch.Tensor) -> torch.Tensor:
         # converted once, again only if the scale tensor was replaced or changed in place; the
@@ -129,6 +178,37 @@ class Int8Linear(QuantLinear):
 
     def kernel_tensors(self) -> list[torch.Tensor]:
         return [self._kernel_scale[2]] if self._kernel_scale is not None else []
+
+    def kernel_bytes(self) -> int:
+        # the packed int8 matrix; fbgemm's few bytes per row beside it (offsets, scale) are not counted
+        return self.out_features * self.in_features if self._packed is not None else 0
+
+    def _packed_weight(self) -> torch.ScriptObject:
+        scale = self._buffers["scale"]
+        p = self._packed
+        if p is None or p[1] is not scale or p[2] != scale._version:
+            p = self._packed = (int8_dynamic.pack(self.codes(), scale), scale, scale._version)
+            if not self.keep_codes:
+                self._buffers["qweight"] = None
+        return p[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int8_kernel == "weight_only":
+            return super().forward(x)
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).float()
+        if self._use_kernel(x) and int8_dynamic.available():
+            y = int8_dynamic.matmul(flat, self._packed_weight())
+        else:  # the same product in fp32; under autograd the rounding passes the gradient straight
+            xq = int8_dynamic.quantize_activations(flat)
+            y = F.linear(flat + (xq - flat).detach(), self.dequantize())
+        bias = self._parameters["bias"]
+        if bias is not None:
+            y = y + bias
+        return y.to(x.dtype).view((*shape[:-1], self.out_features))
+
+    def layout(self) -> dict[str, object]:
+        return super().layout() | {"kernel": self.int8_kernel}
 
 
 class Int4Linear(QuantLinear):
@@ -258,6 +338,18 @@ class W8A8Linear(Int8Linear):
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+    def layout(self) -> dict[str, object]:
+        return QuantLinear.layout(self)
+
+
+def set_int8_kernel(model: nn.Module, kernel: str, tables: bool = False) -> int:
+    """Put every Int8Linear of model (not W8A8Linear: its product is its own; an embedding table's only
+    with `tables`, since it then holds its codes twice) on `kernel`; how many."""
+    mods = [m for m in model.modules() if type(m) is Int8Linear and (tables or not m.keep_codes)]
+    for m in mods:
+        m.set_kernel(kernel)
+    return len(mods)
 
 
 def use_reference(model: nn.Module, reference: bool = True) -> None:

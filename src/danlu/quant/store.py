@@ -44,8 +44,10 @@ def read_layout(path: Path) -> dict[str, Any]:
 def _empty_module(linear: nn.Linear, spec: dict[str, Any]) -> nn.Module:
     kind = spec.get("kind")
     bias = linear.bias is not None
-    if kind == "int8":
-        return Int8Linear(linear.in_features, linear.out_features, bias, device="meta")
+    if kind == "int8":  # a dir written before the kernel choice existed ran weight_only
+        return Int8Linear(
+            linear.in_features, linear.out_features, bias, "meta", str(spec.get("kernel", "weight_only"))
+        )
     if kind == "w8a8":
         return W8A8Linear(linear.in_features, linear.out_features, bias, device="meta")
     if kind == "int4":
