@@ -14,11 +14,18 @@ HellaSwag, before and after, on the same items, in one run.
    Then `danlu sft RUN_DIR/recipe.yaml` runs alone as a subprocess with OMP_NUM_THREADS=2 (the user's
    path). Then the same workers evaluate RUN_DIR/sft/model, loaded as every verb loads a model dir.
 3. Held-out answer log-likelihood: mean log-probability per assistant token (with its end-of-turn
-   token) under the model's own chat template. Held-out multiple choice: each held-out olmo item's
-   choices as the assistant turn "<letter>. <text>", the pick is the highest summed log-likelihood
-   (and, beside it, per token). ARC-Easy and HellaSwag: danlu's harness (danlu.eval.harness.evaluate_mc
-   over Scorer, as `danlu eval` runs them), zero-shot, per item, so the differences are paired.
-   Accuracies carry Wilson 95% intervals, differences a paired bootstrap 95% interval.
+   token) of the stage's validation conversations, under the model's own chat template. Held-out
+   multiple choice: --mc-per-task olmo train items of each task that the SFT data did not take
+   (danlu.finetune.heldout_mc: not its ids, not its normalized questions, no 13-gram shared with any of
+   its conversations, fitting its context; the overlaps of the drawn set are printed, each must be 0).
+   Each choice is scored as the assistant turn "<letter>. <text>", the form the SFT data trains; the
+   pick is the highest summed log-likelihood (and, beside it, per token). ARC-Easy and HellaSwag:
+   danlu's harness (danlu.eval.harness.evaluate_mc over Scorer, as `danlu eval` runs them), zero-shot,
+   per item, so the differences are paired. Accuracies carry Wilson 95% intervals, differences a paired
+   bootstrap 95% interval.
+4. BEFORE results are stored per evaluation under RUN_DIR/before/, keyed by what it scores (the base
+   model's files, the template, the item set); --reuse-before (with --before-from DIR, another run dir)
+   computes only those whose key has no stored result.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ import json
 import math
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -38,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-_CHOICE_LINE = re.compile(r"^ ([A-Z])\. (.*)$")
+JOBS = ("hellaswag", "arc_easy", "heldout_mc", "heldout_ll")
 
 
 # --- scoring (worker side) ------------------------------------------------------------------------
@@ -85,13 +91,6 @@ def score_conversations(model: Any, rows: list[tuple[list[int], list[int]]], pad
     return out
 
 
-def mc_candidates(messages: list[dict[str, str]]) -> tuple[list[str], int] | None:
-    """The assistant answers "<letter>. <text>" of an olmo multiple-choice item, and the gold index."""
-    user, answer = messages[0]["content"], messages[1]["content"]
-    choices = [f"{m[1]}. {m[2]}" for m in map(_CHOICE_LINE.match, user.splitlines()) if m]
-    return (choices, choices.index(answer)) if answer in choices and len(choices) > 1 else None
-
-
 def worker(part: str, model_dir: str, spec_path: str, out_path: str) -> None:
     import torch
 
@@ -99,6 +98,7 @@ def worker(part: str, model_dir: str, spec_path: str, out_path: str) -> None:
     from danlu.eval.harness import evaluate_mc
     from danlu.eval.scoring import Scorer
     from danlu.finetune import templates
+    from danlu.finetune.heldout_mc import choice_rows, score_choices
     from danlu.model_dir import load_model
 
     spec = json.loads(Path(spec_path).read_text())
@@ -119,18 +119,8 @@ def worker(part: str, model_dir: str, spec_path: str, out_path: str) -> None:
             rows = [templates.encode(tok, c["messages"], template) for c in spec["heldout_ll"]]
             out[job] = score_conversations(model, rows, tok.pad_id)
         elif job == "heldout_mc":
-            rows, owner = [], []
-            for k, c in enumerate(spec["heldout_mc"]):
-                choices, _ = mc_candidates(c["messages"])
-                for ch in choices:
-                    msgs = [c["messages"][0], {"role": "assistant", "content": ch}]
-                    rows.append(templates.encode(tok, msgs, template))
-                    owner.append(k)
-            scores = score_conversations(model, rows, tok.pad_id)
-            per: list[list[tuple[float, int]]] = [[] for _ in spec["heldout_mc"]]
-            for k, sc in zip(owner, scores, strict=True):
-                per[k].append(sc)
-            out[job] = per
+            encode = lambda msgs: templates.encode(tok, msgs, template)  # noqa: E731
+            out[job] = score_choices(model, [choice_rows(c["messages"], encode) for c in spec["heldout_mc"]])
         out[f"{job}_seconds"] = time.perf_counter() - start
     out["seconds"] = time.perf_counter() - t0
     Path(out_path).write_text(json.dumps(out))
@@ -188,7 +178,7 @@ def recipe_text(args: argparse.Namespace, run_dir: Path) -> str:
         "base": str(Path(args.base).resolve()),
         "method": "lora",
         "data": {
-            "sources": ["olmo", "chatterbot", "chitchat"], "per_source": args.per_source,
+            "sources": args.sources.split(","), "per_source": args.per_source,
             "decontaminate": True, "val_fraction": args.val_fraction, "seed": 1234,
         },
         "lora": {"r": args.rank, "alpha": 2 * args.rank, "dropout": 0.05},
@@ -211,6 +201,7 @@ def prepare(args: argparse.Namespace, run_dir: Path) -> tuple[dict[str, Any], An
     from danlu.data.decontam import Decontaminator
     from danlu.eval import tasks as task_lib
     from danlu.finetune import templates
+    from danlu.finetune.heldout_mc import choice_rows, choices_of, draw_split
     from danlu.finetune.sft import _val_split, prepare_data
     from danlu.model_dir import load_model
     from danlu.recipe import load_recipe
@@ -223,15 +214,13 @@ def prepare(args: argparse.Namespace, run_dir: Path) -> tuple[dict[str, Any], An
     template = manifest["template"]
     lines = (run_dir / "sft" / "data" / "conversations.jsonl").read_text(encoding="utf-8").splitlines()
     convos = [json.loads(line) for line in lines]
-    fits = [
-        c for c in convos if len(templates.encode(tok, c["messages"], template)[0]) <= cfg.train.seq_len + 1
-    ]
+    limit = cfg.train.seq_len + 1
+    fits_msgs = lambda msgs: len(templates.encode(tok, msgs, template, max_tokens=limit)[0]) <= limit  # noqa: E731
+    fits = [c for c in convos if fits_msgs(c["messages"])]
     held = [c for c in fits if _val_split(c["id"], cfg.data.seed, cfg.data.val_fraction)]
     train = [c for c in fits if not _val_split(c["id"], cfg.data.seed, cfg.data.val_fraction)]
     rng = random.Random(0)
     ll = rng.sample(held, min(args.heldout_ll, len(held)))
-    mc_pool = [c for c in held if c["source"] == "olmo" and mc_candidates(c["messages"])]
-    mc = rng.sample(mc_pool, min(args.heldout_mc, len(mc_pool)))
     by_source = lambda cs: {s: sum(c["source"] == s for c in cs) for s in cfg.data.sources}  # noqa: E731
     print(
         f"conversations after the quality rules: {len(convos)}; fitting seq_len {cfg.train.seq_len}: {len(fits)}"
@@ -239,7 +228,6 @@ def prepare(args: argparse.Namespace, run_dir: Path) -> tuple[dict[str, Any], An
     print(f"  train split: {len(train)} {by_source(train)}")
     print(f"  held-out split: {len(held)} {by_source(held)}")
     print(f"  held-out answer log-likelihood set: {len(ll)} conversations {by_source(ll)}")
-    print(f"  held-out multiple-choice set: {len(mc)} olmo items (of {len(mc_pool)} held out)")
     print(f"  stage manifest: quality_dropped {manifest['quality_dropped']}, template {template!r}")
     train_ids, held_ids = {c["id"] for c in train}, {c["id"] for c in held}
     train_prompts = {c["messages"][0]["content"] for c in train}
@@ -247,54 +235,175 @@ def prepare(args: argparse.Namespace, run_dir: Path) -> tuple[dict[str, Any], An
         f"  disjoint: ids shared {len(train_ids & held_ids)}, held-out first user turns also in train "
         f"{sum(c['messages'][0]['content'] in train_prompts for c in held)}"
     )
+    mc_train = [c for c in train if c["id"].startswith("olmo/")]
+    tasks = {}
+    for c in mc_train:
+        tasks[c["id"].split("/")[1]] = tasks.get(c["id"].split("/")[1], 0) + 1
+    seen = args.max_steps * args.batch_size
+    print(
+        f"  multiple-choice (olmo) train items: {len(mc_train)} of {len(train)} ({100 * len(mc_train) / len(train):.0f}%), "
+        f"{sum(c['target'] for c in _targets(tok, template, mc_train))} of "
+        f"{sum(c['target'] for c in _targets(tok, template, train))} target tokens; by task {dict(sorted(tasks.items()))}"
+    )
+    print(
+        f"  {args.max_steps} steps of batch {args.batch_size} see {seen} examples ({seen / len(train):.2f} epochs): "
+        f"about {round(seen * len(mc_train) / len(train))} multiple-choice ones"
+    )
+    encode = lambda msgs: templates.encode(tok, msgs, template)  # noqa: E731
+    same = sum(
+        choice_rows(c["messages"], encode)[choices_of(c["messages"])[1]] == encode(c["messages"])
+        for c in mc_train
+        if choices_of(c["messages"])
+    )
+    print(
+        f"  the scored form is the trained form: {same} of {len(mc_train)} olmo train items encode their answer "
+        "exactly as the multiple-choice scoring encodes the gold choice"
+    )
+    t0 = time.perf_counter()
+    mc, mc_report = draw_split(convos, args.mc_per_task, cfg.data.seed, fits_msgs)
+    print(
+        f"held-out multiple-choice split: {len(mc)} olmo train items the SFT data did not take "
+        f"({args.mc_per_task} per task, drawn in {time.perf_counter() - t0:.0f} s)"
+    )
+    print(f"  per task: {mc_report['per_task']}")
+    print(f"  passed over: {mc_report['passed_over']}")
+    ov = mc_report["overlaps"]
+    print(
+        f"  overlaps with the {len(convos)} SFT conversations (train and validation, every source): ids {ov['ids']}, "
+        f"normalized questions {ov['questions']}, prompts sharing a 13-gram {ov['13gram']}"
+    )
+    if any(ov.values()):
+        sys.exit("the multiple-choice split is not disjoint from the SFT data")
     limits = {"arc_easy": args.arc or None, "hellaswag": args.hellaswag or None}
     texts = []
-    for name, limit in limits.items():
-        for d in task_lib.build_docs(task_lib.get_task(name), limit, 0, 1234):
+    for name, n in limits.items():
+        for d in task_lib.build_docs(task_lib.get_task(name), n, 0, 1234):
             texts += [d.contexts[0], *d.continuations]
     dec = Decontaminator(texts=texts)
     hits = sum(
         not dec.filter({"text": "\n".join(m["content"] for m in c["messages"]), "meta": {}})[0] for c in fits
     )
     print(f"  13-gram overlap with the {len(texts)} ARC-Easy/HellaSwag texts evaluated: {hits} conversations")
-    n_procs = max(1, args.eval_procs)
-    jobs = ["hellaswag", "arc_easy", "heldout_mc", "heldout_ll"]
-    parts = {str(p): jobs[p::n_procs] for p in range(n_procs)}
-    spec = {"template": template, "limits": limits, "heldout_ll": ll, "heldout_mc": mc, "parts": parts}
-    (run_dir / "eval_spec.json").write_text(json.dumps(spec))
+    spec = {"template": template, "limits": limits, "heldout_ll": ll, "heldout_mc": mc}
     return spec, cfg
 
 
-def start_workers(model_dir: str, run_dir: Path, tag: str, spec: dict[str, Any]) -> list[subprocess.Popen]:
+def _targets(tok: Any, template: str, convos: list[dict[str, Any]]) -> list[dict[str, int]]:
+    from danlu.finetune import templates
+
+    return [{"target": sum(templates.encode(tok, c["messages"], template)[1][1:])} for c in convos]
+
+
+def model_stamp(model_dir: str) -> dict[str, Any]:
+    """What identifies a model dir's weights without reading them: its files' names, sizes, mtimes."""
+    root = Path(model_dir).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {
+        "dir": str(root),
+        "files": [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+    }
+
+
+def job_key(spec: dict[str, Any], job: str, stamp: dict[str, Any]) -> str:
+    """The key of one evaluation's result: the model, and what that evaluation scores."""
+    import hashlib
+
+    what: dict[str, Any] = {"job": job, "model": stamp}
+    if job in ("arc_easy", "hellaswag"):
+        what["limit"] = spec["limits"][job]
+    else:
+        what |= {"template": spec["template"], "items": spec[job]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def legacy_before(src: Path, stamp: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{key: result} of an older run dir's BEFORE results (one eval_spec.json for all evaluations);
+    they were made with this --base."""
+    spec_path = src / "eval_spec.json"
+    if not spec_path.is_file():
+        return {}
+    old = json.loads(spec_path.read_text())
+    out = {}
+    for part, jobs in old.get("parts", {}).items():
+        f = src / f"eval_before_{part}.json"
+        if not f.is_file():
+            continue
+        got = json.loads(f.read_text())
+        for job in jobs:
+            if job == "heldout_mc" or job not in got:
+                continue  # the old multiple-choice results are per choice of another item form
+            out[job_key(old, job, stamp)] = _entry(got, job)
+    return out
+
+
+def start_workers(
+    model_dir: str, run_dir: Path, tag: str, spec: dict[str, Any], jobs: list[str], procs: int
+) -> dict[str, subprocess.Popen]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = []
+    spec = {**spec, "parts": {str(p): jobs[p::procs] for p in range(min(procs, len(jobs)))}}
+    (run_dir / f"eval_spec_{tag}.json").write_text(json.dumps(spec))
+    out = {}
     for part in spec["parts"]:
-        out = run_dir / f"eval_{tag}_{part}.json"
-        cmd = [
-            sys.executable,
-            __file__,
-            "--worker",
-            part,
-            model_dir,
-            str(run_dir / "eval_spec.json"),
-            str(out),
-        ]
+        cmd = [sys.executable, __file__, "--worker", part, model_dir, str(run_dir / f"eval_spec_{tag}.json"),
+               str(run_dir / f"eval_{tag}_{part}.json")]  # fmt: skip
         log = open(run_dir / f"eval_{tag}_{part}.log", "w")  # noqa: SIM115
-        procs.append(
-            subprocess.Popen(["nice", "-n", "5", *cmd], env=env, stdout=log, stderr=subprocess.STDOUT)
-        )
-    return procs
+        out[part] = subprocess.Popen(["nice", "-n", "5", *cmd], env=env, stdout=log, stderr=subprocess.STDOUT)
+    return out
 
 
-def collect(procs: list[subprocess.Popen], run_dir: Path, tag: str, spec: dict[str, Any]) -> dict[str, Any]:
+def collect(procs: dict[str, subprocess.Popen], run_dir: Path, tag: str) -> dict[str, Any]:
+    spec = json.loads((run_dir / f"eval_spec_{tag}.json").read_text())
     out: dict[str, Any] = {}
-    for part, p in zip(spec["parts"], procs, strict=True):
+    for part, p in procs.items():
         if p.wait() != 0:
             sys.exit(f"eval worker {tag}/{part} failed; see {run_dir}/eval_{tag}_{part}.log")
         got = json.loads((run_dir / f"eval_{tag}_{part}.json").read_text())
         print(f"{tag} eval worker {part}: {got['seconds']:.0f} s ({', '.join(spec['parts'][part])})")
         out.update(got)
+    if "heldout_mc_seconds" in out:
+        n = len(spec["heldout_mc"])
+        print(
+            f"{tag} held-out multiple choice: {n} items in {out['heldout_mc_seconds']:.0f} s, "
+            f"{out['heldout_mc_seconds'] / n:.2f} s/item (1 thread, nice 5; load average {loadavg()})"
+        )
     return out
+
+
+def before_results(args: argparse.Namespace, run_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """The base model's results: those stored under a matching key reused (--reuse-before), the rest
+    computed now and stored."""
+    stamp = model_stamp(args.base)
+    keys = {job: job_key(spec, job, stamp) for job in JOBS}
+    store = run_dir / "before"
+    store.mkdir(exist_ok=True)
+    found: dict[str, dict[str, Any]] = {}
+    if args.reuse_before:
+        src = Path(args.before_from or run_dir)
+        found = legacy_before(src, stamp)
+        for f in (src / "before").glob("*.json"):
+            found[f.stem.split("-", 1)[1]] = json.loads(f.read_text())
+    before: dict[str, Any] = {}
+    todo = []
+    for job in JOBS:
+        if keys[job] in found:
+            before.update(found[keys[job]])
+            print(f"BEFORE {job}: reused (key {keys[job]})")
+        else:
+            todo.append(job)
+    if args.reuse_before and todo:
+        print(f"BEFORE {', '.join(todo)}: no stored result for this key; computing")
+    if todo:
+        got = collect(start_workers(str(Path(args.base).resolve()), run_dir, "before", spec, todo, args.eval_procs),
+                      run_dir, "before")  # fmt: skip
+        before.update(got)
+    for job in JOBS:
+        (store / f"{job}-{keys[job]}.json").write_text(json.dumps(_entry(before, job)))
+    return before
+
+
+def _entry(results: dict[str, Any], job: str) -> dict[str, Any]:
+    """One evaluation's result (and its seconds, where measured) out of a worker's results."""
+    return {k: results[k] for k in (job, f"{job}_seconds") if k in results}
 
 
 def report(before: dict[str, Any], after: dict[str, Any], spec: dict[str, Any]) -> list[str]:
@@ -330,12 +439,19 @@ def report(before: dict[str, Any], after: dict[str, Any], spec: dict[str, Any]) 
     ])  # fmt: skip
     verdicts.append(f"held-out answer log-likelihood: raised? {'yes' if ma > mb else 'NO'} ({ma - mb:+.4f} nats/token, "
                     f"paired CI {'excludes' if lo > 0 else 'includes'} 0)")  # fmt: skip
-    golds = [mc_candidates(c["messages"])[1] for c in spec["heldout_mc"]]
+    from danlu.finetune.heldout_mc import choices_of
+
+    items = spec["heldout_mc"]
+    golds = [choices_of(c["messages"])[1] for c in items]
     for per_token, label, judge in ((False, "summed", "raise"), (True, "per token", "")):
         acc_row(
             f"held-out multiple choice acc ({label} log-lik)", mc_picks(before["heldout_mc"], golds, per_token),
             mc_picks(after["heldout_mc"], golds, per_token), judge,
         )  # fmt: skip
+    b_mc, a_mc = mc_picks(before["heldout_mc"], golds, False), mc_picks(after["heldout_mc"], golds, False)
+    for task in sorted({c["task"] for c in items}):
+        idx = [k for k, c in enumerate(items) if c["task"] == task]
+        acc_row(f"  {task} (summed)", [b_mc[k] for k in idx], [a_mc[k] for k in idx], "")
     for task in ("arc_easy", "hellaswag"):
         for metric in ("acc", "acc_norm"):
             acc_row(f"{task} {metric} (0-shot)", before[task][metric], after[task][metric], "keep")
@@ -350,7 +466,14 @@ def main() -> None:
     p.add_argument("--arc", type=int, default=0, help="ARC-Easy items (0: the whole validation split)")
     p.add_argument("--hellaswag", type=int, default=400, help="the first N HellaSwag validation items")
     p.add_argument("--heldout-ll", type=int, default=150)
-    p.add_argument("--heldout-mc", type=int, default=80)
+    p.add_argument(
+        "--mc-per-task", type=int, default=60,
+        help="held-out multiple-choice items per olmo task (9 tasks), drawn from the items the SFT data did not take",
+    )  # fmt: skip
+    p.add_argument(
+        "--sources", default="olmo,chatterbot,chitchat",
+        help="sft.data.sources, comma-separated (built-in: olmo, olmo:TASK[,TASK], chatterbot, chitchat)",
+    )  # fmt: skip
     p.add_argument("--per-source", type=int, default=2000)
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--seq-len", type=int, default=256)
@@ -365,8 +488,14 @@ def main() -> None:
     p.add_argument(
         "--reuse-before",
         action="store_true",
-        help="reuse RUN_DIR's BEFORE results made for the same eval spec",
+        help="reuse the BEFORE results stored for the same model and items; compute only the others",
     )
+    p.add_argument(
+        "--before-from", help="the run dir whose stored BEFORE results --reuse-before reads (default RUN_DIR)"
+    )
+    p.add_argument(
+        "--before-only", action="store_true", help="prepare the data and the BEFORE results, then stop (no training)"
+    )  # fmt: skip
     p.add_argument("--worker", nargs=4, metavar=("PART", "MODEL", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -384,23 +513,13 @@ def main() -> None:
     )
     (run_dir / "recipe.yaml").write_text(recipe_text(args, run_dir))
     print(f"recipe {run_dir / 'recipe.yaml'}:\n" + (run_dir / "recipe.yaml").read_text())
-    spec_path = run_dir / "eval_spec.json"
-    old_spec = spec_path.read_text() if spec_path.is_file() else None
     spec, _ = prepare(args, run_dir)
     # The evaluations run before and after training, never beside it: the 20-minute goal is for the
     # training run on the 2 cores.
-    before_files = [run_dir / f"eval_before_{part}.json" for part in spec["parts"]]
-    if args.reuse_before:
-        if old_spec != json.dumps(spec) or not all(f.is_file() for f in before_files):
-            sys.exit(f"--reuse-before: {run_dir} has no BEFORE results for this eval spec")
-        print(f"BEFORE evaluations reused from {run_dir} (the same eval_spec.json)")
-        before = {}
-        for f in before_files:
-            before.update(json.loads(f.read_text()))
-    else:
-        before = collect(
-            start_workers(str(Path(args.base).resolve()), run_dir, "before", spec), run_dir, "before", spec
-        )
+    before = before_results(args, run_dir, spec)
+    if args.before_only:
+        print(f"BEFORE results stored in {run_dir / 'before'}; --before-only: no training")
+        return
     print(f"load average before training (1/5/15 min): {loadavg()}")
     t0 = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.train_threads)}
@@ -430,7 +549,11 @@ def main() -> None:
         f"train loss: mean of first {len(head)} steps {mean(head):.4f}, of last {len(last)} {mean(last):.4f}"
     )
     model_dir = run_dir / "sft" / "model"
-    after = collect(start_workers(str(model_dir.resolve()), run_dir, "after", spec), run_dir, "after", spec)
+    after = collect(
+        start_workers(str(model_dir.resolve()), run_dir, "after", spec, list(JOBS), args.eval_procs),
+        run_dir,
+        "after",
+    )
     print("\n".join(report(before, after, spec)))
     print(
         f"goal 'training at most 20 minutes': {'met' if wall <= 1200 else 'NOT met'} ({wall / 60:.1f} min wall of danlu sft)"
