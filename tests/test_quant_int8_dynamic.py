@@ -120,3 +120,38 @@ def test_the_kernel_choice_is_configured_saved_and_loaded(tmp_path, tiny_packed)
     config.write_text(json.dumps(data))
     with pytest.raises(CheckpointCorrupt, match=r"blocks\.0\.attn\.qkv"):
         load_model(out)
+
+
+def test_danlu_quantize_takes_the_kernel_flag(tmp_path, tiny_packed, word_lines, capsys):
+    from danlu.cli import main
+    from danlu.model_dir import save_model_dir
+    from danlu.tokenizer import Tokenizer
+
+    _, tok_dir = tiny_packed
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=Tokenizer.load(tok_dir).vocab_size, n_layer=1, n_embd=64, n_head=4, max_seq_len=64
+    )
+    base = save_model_dir(tmp_path / "base", build_model(cfg).eval(), cfg, tok_dir)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(word_lines(600, seed=1)), encoding="utf-8")
+    args = ["quantize", str(base), str(tmp_path / "q8"), "--method", "rtn", "--bits", "8"]
+    args += ["--calib", str(calib), "--calib-samples", "2", "--gate-chars", "3000", "--no-gate"]
+    args += ["--int8-kernel"]
+    assert main([*args, "fast"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "quantize.int8_kernel" in err and len(err.splitlines()) == 1
+    assert main([*args, "dynamic"]) == 0
+    layers = json.loads((tmp_path / "q8" / "quant" / "quant_config.json").read_text())["layers"]
+    assert {spec["kernel"] for spec in layers.values()} == {"dynamic"}
+    prompt = [
+        "generate",
+        str(tmp_path / "q8"),
+        "--prompt",
+        "the",
+        "--max-new-tokens",
+        "3",
+        "--temperature",
+        "0",
+    ]
+    assert main(prompt) == 0
