@@ -237,6 +237,7 @@ def cmd_quantize(args: argparse.Namespace, overrides: list[str]) -> None:
         calib_samples=args.calib_samples,
         act_order=not args.no_act_order,
         smooth_alpha=args.smooth_alpha,
+        int8_kernel=args.int8_kernel,
         gate=not args.no_gate,
         gate_ppl=args.gate_ppl,
         gate_chars=args.gate_chars,
@@ -465,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-samples", type=int, default=32, help="calibration windows of 256 tokens")
     p.add_argument("--no-act-order", action="store_true", help="GPTQ: columns in their stored order")
     p.add_argument("--smooth-alpha", type=float, default=0.5, help="SmoothQuant: migration strength")
+    p.add_argument(
+        "--int8-kernel",
+        default="weight_only",
+        help="rtn --bits 8: weight_only (bf16 activations) | dynamic (W8A8, int8 activations per token)",
+    )
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN", help="Linears kept in fp32")
     p.add_argument("--no-gate", action="store_true", help="write the model without the accuracy gate")
     p.add_argument("--gate-ppl", default=None, help="held-out text of the gate (default: end of --calib)")
