@@ -78,8 +78,9 @@ def quantize_activations(x: torch.Tensor) -> torch.Tensor:
     s = _row_scale(x)
     xn = x / s
     scale, zero = torch._choose_qparams_per_tensor(xn, reduce_range())
-    qmax = 127 if reduce_range() else 255
-    codes = torch.round(xn / scale + zero).clamp_(0, qmax)
+    # the kernel clamps to uint8 even with 7-bit qparams: a row's absmax (exactly 1 here) lands on
+    # 127.5 and rounds to code 128, a value only the 8-bit clamp keeps
+    codes = torch.round(xn / scale + zero).clamp_(0, 255)
     return (codes - zero) * scale * s
 
 
