@@ -42,10 +42,16 @@ def _args(base, reuse, before_from=None):
     return argparse.Namespace(base=str(base), reuse_before=reuse, before_from=before_from, eval_procs=2)
 
 
-def test_only_the_evaluations_whose_items_changed_are_computed_again(bench, tmp_path):
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "model.safetensors").write_bytes(b"weights")
+@pytest.fixture
+def base(tmp_path):
+    """A base model dir whose weights file is all the reuse key reads of it."""
+    path = tmp_path / "base"
+    path.mkdir()
+    (path / "model.safetensors").write_bytes(b"weights")
+    return path
+
+
+def test_only_the_evaluations_whose_items_changed_are_computed_again(bench, base, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     first = bench.before_results(_args(base, False), run, _spec([{"id": "x"}]))
@@ -61,10 +67,7 @@ def test_only_the_evaluations_whose_items_changed_are_computed_again(bench, tmp_
     assert sorted(bench.computed[2]) == sorted(bench.JOBS)
 
 
-def test_an_older_run_dirs_single_spec_results_are_read_except_multiple_choice(bench, tmp_path):
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "model.safetensors").write_bytes(b"weights")
+def test_an_older_run_dirs_single_spec_results_are_read_except_multiple_choice(bench, base, tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     old_spec = {

@@ -50,12 +50,7 @@ def plot_fit(report: FitReport, holdout: list[RunCurve], png: str | Path) -> Pat
     else:  # the runs' curves never overlap three at a time in compute
         msg = "no compute level that three runs' curves pass through"
         ax2.text(0.5, 0.5, msg, ha="center", va="center", transform=ax2.transAxes)
-    fig.tight_layout()
-    out = Path(png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, png)
 
 
 @dataclass(frozen=True)
@@ -124,6 +119,13 @@ def plot_size_fit(
             ax2.plot(tokens, losses, "o-", ms=3, color=cmap(i / max(len(curves) - 1, 1)), label=label)
         ax2.set(xscale="log", xlabel="tokens trained", ylabel="validation loss (nats)", title=curves_title)
         ax2.legend(fontsize=7)
+    return _save(fig, png)
+
+
+def _save(fig, png: str | Path) -> Path:  # type: ignore[no-untyped-def]
+    """Lay out, write (making the folder) and close a figure; the path written."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(png)
     out.parent.mkdir(parents=True, exist_ok=True)
