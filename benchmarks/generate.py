@@ -226,8 +226,14 @@ class DanluRunner:
         self.engines: dict[int, Any] = {}
         try:
             from danlu.infer.engine import Engine  # noqa: F401
+            from danlu.infer.layout import decode_layout
 
-            self.kind = "infer.engine.Engine (prefix_cache=False)"
+            # what Engine.from_dir (danlu serve, chat) does to the model it loads
+            done = decode_layout(self.model.requires_grad_(False))
+            self.kind = (
+                f"infer.engine.Engine (prefix_cache=False; decode layout: {done['packed']} Linears "
+                f"oneDNN-packed, {done['transposed']} tied head transposed)"
+            )
         except ImportError:
             self.kind = "infer.sampling.generate (no engine yet: batch 1 only)"
 

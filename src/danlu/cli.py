@@ -134,10 +134,12 @@ def _read_text(path: str) -> str:
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> None:
     from danlu.infer.decoding import params_from_args, run_generate
+    from danlu.infer.layout import decode_layout
     from danlu.model_dir import load_model
 
     params_from_args(args)  # bad flags fail before the model loads
     model, tok, _ = load_model(_model_dir(args.model))
+    decode_layout(model.requires_grad_(False))
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     for piece in run_generate(args, model, tok):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from danlu.errors import ConfigError, DataError
+from danlu.infer.layout import decode_layout
 from danlu.infer.params import SamplingParams
 from danlu.infer.processors import sampling_only
 from danlu.infer.stops import TextStream
@@ -210,6 +211,7 @@ def run_generate(args: argparse.Namespace, model: Any, tokenizer: Any) -> Iterat
         return
     other_dir = args.draft or args.amateur
     other, other_tok, _ = load_model(other_dir, model.embed.weight.device)
+    decode_layout(other.requires_grad_(False))
     if other_tok.fingerprint() != tokenizer.fingerprint():
         raise ConfigError(f"{other_dir} has a different tokenizer than the model; both need the same one")
     if method == "contrastive":

@@ -12,7 +12,9 @@ its earlier turns are), or copies a longer shared prefix (a common system prompt
 prefills only the rest.
 
 Quantized or otherwise transformed weights plug in through `Engine.from_dir(..., transform=...)` (the
-model directory's transform hook): the engine only calls the model's forward.
+model directory's transform hook): the engine only calls the model's forward. `from_dir` also puts the
+Linear weights it loaded in the decode layout (danlu.infer.layout); an engine on a caller's model leaves
+its layout to the caller.
 """
 
 from __future__ import annotations
@@ -196,10 +198,13 @@ class Engine:
         transform: Callable[[Any], Any] | None = None,
         **kwargs: Any,
     ) -> Engine:
-        """An engine on a model dir; `transform` (e.g. a quantizer) is applied to the model on load."""
+        """An engine on a model dir; `transform` (e.g. a quantizer) is applied to the model on load, and
+        its Linear weights take the decode layout (danlu.infer.layout: the model is the engine's own)."""
+        from danlu.infer.layout import decode_layout
         from danlu.model_dir import load_model
 
         model, tokenizer, _ = load_model(model_dir, device or "cpu", transform=transform)
+        decode_layout(model.requires_grad_(False))
         kwargs.setdefault("model_name", Path(model_dir).resolve().name)
         return cls(model, tokenizer, **kwargs)
 
