@@ -223,6 +223,8 @@ class DanluRunner:
 
         self.max_len = max_len
         self.model, self.tokenizer, _ = load_model(model_dir)
+        # fp32 bytes a decode step reads, before the layout makes the packed weights non-parameters
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in self.model.parameters())  # tied: once
         self.engines: dict[int, Any] = {}
         try:
             from danlu.infer.engine import Engine  # noqa: F401
@@ -437,7 +439,7 @@ def main() -> None:
     prompts = make_prompts(load_tokenizer(model_dir), max([1, *streams]), args.prompt_len)
     danlu = DanluRunner(model_dir, args.prompt_len + args.new_tokens)
     hf = HFRunner(hf_dir)
-    weight_bytes = sum(t.numel() * t.element_size() for t in danlu.model.parameters())  # tied: once
+    weight_bytes = danlu.weight_bytes
     llama = None
     if args.llama_python:
         max_len = args.prompt_len + args.new_tokens
