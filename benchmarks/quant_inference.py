@@ -7,7 +7,9 @@ goal's ratio and verdict.
 
 Variants, each generating the same prompt's greedy continuation (end of sequence ignored):
 
-- danlu fp32: the model dir as loaded (SmolLM2's GGUF import: its Q4_1 weights dequantized to fp32).
+- danlu fp32: the model dir as loaded (SmolLM2's GGUF import: its Q4_1 weights dequantized to fp32),
+  in the decode layout that `Engine.from_dir` gives it (danlu.infer.layout: oneDNN-packed Linears, the
+  tied head transposed). danlu fp32, plain layout: the same weights as plain nn.Linears (recorded).
 - danlu int8 dynamic (the goals' int8): RTN, symmetric per output channel, the Linears on Int8Linear's
   `dynamic` kernel (`quantize.int8_kernel: dynamic`: activations int8 per token on the fly, fbgemm's
   W8A8 GEMM on danlu's codes), and with the default --skip (`*norm*`, what a recipe's
@@ -55,6 +57,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_markdown, markdown_table
 from danlu.infer.engine import Engine
+from danlu.infer.layout import PackedLinear, decode_layout
 from danlu.infer.params import SamplingParams
 from danlu.model_dir import load_model
 from danlu.quant.apply import quantize_model
@@ -64,6 +67,7 @@ from generate import LLAMA_INSTALL, LlamaProcess
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time, in a land far away,"
 FP32, INT4, TORCH = "danlu fp32", "danlu int4 g128", "torch quantize_dynamic int8"
+FP32_PLAIN = "danlu fp32, plain layout"
 INT8, INT8_WO, INT8_HEAD = "danlu int8 dynamic", "danlu int8 weight_only", "danlu int8 dynamic, dynamic head"
 Q4_1, Q8_0 = "llama.cpp Q4_1", "llama.cpp Q8_0"
 MEMORY_GOAL, SPEED_GOAL = 0.30, 1.80
@@ -98,6 +102,8 @@ def weight_bytes(model: nn.Module) -> int:
             packed += m.kernel_bytes()
         elif isinstance(m, DynamicQuantLinear):
             tensors += _tensors(m._weight_bias())
+        elif isinstance(m, PackedLinear):  # oneDNN's packed fp32 weight: not a storage torch exposes
+            packed += m.in_features * m.out_features * 4
     for t in tensors:
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     return sum(seen.values()) + packed
@@ -206,7 +212,10 @@ def main() -> None:
     if args.dynamic_head:
         models[INT8_HEAD] = copy.deepcopy(models[INT8])
         set_int8_kernel(models[INT8_HEAD], "dynamic", tables=True)
-    models[TORCH] = torch_dynamic(copy.deepcopy(fp32))
+    # danlu fp32 is what Engine.from_dir (danlu serve, chat) runs: the decode layout (danlu.infer.layout)
+    models[FP32_PLAIN] = copy.deepcopy(fp32)
+    models[TORCH] = torch_dynamic(copy.deepcopy(fp32))  # of plain nn.Linears, as torch users run it
+    decode_layout(fp32.requires_grad_(False))
     prompt = tok.encode(PROMPT)
     batches = [int(b) for b in args.batch.split(",")]
     max_len = len(prompt) + args.tokens + 1

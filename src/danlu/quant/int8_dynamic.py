@@ -22,11 +22,15 @@ import torch
 
 _TINY = 1e-12
 _reduce_range: bool | None = None
+_available: bool | None = None
 
 
 def available() -> bool:
-    """Whether torch here has the x86 int8 kernels (fbgemm)."""
-    return "fbgemm" in torch.backends.quantized.supported_engines
+    """Whether torch here has the x86 int8 kernels (fbgemm); asked of torch once (a list it builds)."""
+    global _available
+    if _available is None:
+        _available = "fbgemm" in torch.backends.quantized.supported_engines
+    return _available
 
 
 def pack(codes: torch.Tensor, scale: torch.Tensor) -> torch.ScriptObject:
@@ -65,7 +69,7 @@ def _row_scale(x: torch.Tensor) -> torch.Tensor:
 
 def matmul(x: torch.Tensor, packed: torch.ScriptObject) -> torch.Tensor:
     """x [rows, in] (fp32) times the packed weight, activations int8 per row; fp32 [rows, out]."""
-    rr = reduce_range()
+    rr = _reduce_range if _reduce_range is not None else reduce_range()
     if x.shape[0] == 1:
         return torch.ops.quantized.linear_dynamic(x, packed, rr)
     s = _row_scale(x)

@@ -195,6 +195,22 @@ class Int8Linear(QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.int8_kernel == "weight_only":
             return super().forward(x)
+        p = self._packed
+        if (  # a decode step calls this ~120 times: once packed, only the checks the kernel needs
+            p is not None
+            and p[2] == p[1]._version
+            and p[1] is self._buffers["scale"]
+            and not self.reference
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and not torch.is_grad_enabled()
+        ):
+            shape = x.shape
+            y = int8_dynamic.matmul(x.reshape(-1, shape[-1]), p[0])
+            bias = self._parameters["bias"]
+            if bias is not None:
+                y = y.add_(bias)
+            return y if x.dim() == 2 else y.view(*shape[:-1], self.out_features)
         shape = x.shape
         flat = x.reshape(-1, shape[-1]).float()
         if self._use_kernel(x) and int8_dynamic.available():
