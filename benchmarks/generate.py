@@ -231,10 +231,9 @@ class DanluRunner:
             from danlu.infer.layout import decode_layout
 
             # what Engine.from_dir (danlu serve, chat) does to the model it loads
-            done = decode_layout(self.model.requires_grad_(False))
+            packed = decode_layout(self.model.requires_grad_(False))
             self.kind = (
-                f"infer.engine.Engine (prefix_cache=False; decode layout: {done['packed']} Linears "
-                f"oneDNN-packed, {done['transposed']} tied head transposed)"
+                f"infer.engine.Engine (prefix_cache=False; decode layout: {packed} Linears oneDNN-packed)"
             )
         except ImportError:
             self.kind = "infer.sampling.generate (no engine yet: batch 1 only)"

@@ -1,23 +1,22 @@
-"""Weight layouts for decoding on a CPU, for a model that only decodes from now on.
+"""The weight layout for decoding on a CPU, for a model that only decodes from now on.
 
 A decode step multiplies a few activation rows (one per running request) by every weight matrix: the
 whole model is read from memory once per step, and the matmul's speed is how fast it streams the
 weights. torch's default CPU matmul on a row-major [out, in] weight streams it slowly at these shapes.
-`decode_layout` changes how the weights are held, not their values:
+`decode_layout` makes every fp32 Linear a `PackedLinear`: its weight held in oneDNN's blocked layout
+(`torch.ops.mkldnn._reorder_linear_weight`, packed for a batch of 8) and multiplied by oneDNN's linear.
+Probes on 2 AMD EPYC cores (AVX2), 2 threads (benchmarks/generate.py measures whole decodes):
 
-- an untied Linear becomes a `PackedLinear`: its weight held once, in oneDNN's blocked layout
-  (`torch.ops.mkldnn._reorder_linear_weight`, packed for a batch of 8), multiplied by oneDNN's
-  linear. Over SmolLM2-135M's block shapes on 2 AMD EPYC cores this took 18.7 ms per step against
-  27.9 for `F.linear` at batch 1, 29.1 against 44.9 at 8, 66 against 105 at 32, and the same at a
-  512-token prefill (numbers of a probe; benchmarks/generate.py measures whole decodes);
-- a weight shared with the embedding (a tied LM head) stays a plain tensor, in transposed storage (the
-  `.t()` view of a contiguous [in, out] tensor), which `F.linear` streams about 1.6x faster at batch 1;
-  the embedding's gathers read the same values.
+- SmolLM2-135M's 120 block Linears: 18.7 ms per step against 27.9 for `F.linear` at batch 1, 29.1
+  against 44.9 at 8, 66 against 105 at 32, the same at a 512-token prefill;
+- its [49152, 576] LM head: 4.9 / 7.0 / 15.1 ms at batch 1 / 8 / 32 against 9.1 / 19.7 / 29.1.
 
-A PackedLinear's `weight` is made from the packed one on each access, its state_dict holds the plain
-[out, in] weight, and loading a state_dict packs again; writing into `weight` changes nothing. Linears
-inside an adapter wrapper (LoRA merges into its base's weight) and those whose weight needs a gradient
-are left as they are.
+A PackedLinear holds its weight once (`weight` is made from the packed one on each access, its
+state_dict holds the plain [out, in] weight, and loading a state_dict packs again; writing into `weight`
+changes nothing), except a head tied to the embedding: the embedding's gathers still read the plain
+table, so the head's packed copy is memory beside it (vocab x dim x 4 bytes, 113 MB for SmolLM2).
+Linears inside an adapter wrapper (LoRA merges into its base's weight) and those whose weight needs a
+gradient are left as they are.
 """
 
 from __future__ import annotations
@@ -91,30 +90,17 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=onednn"
 
 
-def _shared_weights(model: nn.Module) -> set[int]:
-    count: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        count[id(p)] = count.get(id(p), 0) + 1
-    return {i for i, n in count.items() if n > 1}
-
-
-def decode_layout(model: nn.Module) -> dict[str, int]:
-    """Put model's CPU fp32 Linears in the decode layouts above; how many became `packed` and how many
-    tied weights were `transposed`. Idempotent."""
-    shared, done = _shared_weights(model), {"packed": 0, "transposed": 0}
-    pack = onednn_available()
+def decode_layout(model: nn.Module) -> int:
+    """Make model's CPU fp32 Linears PackedLinears (as above); how many. Idempotent."""
+    if not onednn_available():
+        return 0
+    done = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is not nn.Linear or getattr(parent, "base", None) is child:
                 continue
             w = child.weight
-            if w.device.type != "cpu" or w.dtype != torch.float32 or w.requires_grad:
-                continue
-            if id(w) in shared:
-                if w.is_contiguous() and w.shape[0] > 1 and w.shape[1] > 1:
-                    w.data = w.data.t().contiguous().t()
-                    done["transposed"] += 1
-            elif pack:
+            if w.device.type == "cpu" and w.dtype == torch.float32 and not w.requires_grad:
                 setattr(parent, name, PackedLinear(child))
-                done["packed"] += 1
+                done += 1
     return done
