@@ -2,9 +2,9 @@
 
 What limits what, honestly:
 - Enforced by the kernel: a wall-clock timeout (the whole process group is killed), CPU time
-  (RLIMIT_CPU), address space (RLIMIT_AS), size of written files (RLIMIT_FSIZE), and, for a non-root
-  user, the number of processes (RLIMIT_NPROC; root is exempt from it, so fork bombs are then only cut
-  short by the timeout). Where unprivileged user namespaces work, the code runs under
+  (RLIMIT_CPU), address space (RLIMIT_AS), size of written files (RLIMIT_FSIZE), and the number of
+  processes: RLIMIT_NPROC for a non-root user; for root, who is exempt from it, a capped pids cgroup
+  (danlu.eval.sandbox_cgroup) where one can be made, else only the timeout cuts a fork bomb short. Where unprivileged user namespaces work, the code runs under
   `unshare --user --net --pid`: no network interface but a downed loopback, and every process it
   starts, even one that left the process group, dies with it.
 - Best effort only: a preamble that runs before the code replaces socket creation and the file-writing
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from danlu.errors import ConfigError
+from danlu.eval import sandbox_cgroup
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +197,14 @@ def _user_task_count() -> int:
     return n
 
 
-def _limiter(cfg: SandboxConfig, nproc: int | None):
+def _limiter(cfg: SandboxConfig, nproc: int | None, cgroup: Path | None):
     cpu = _cpu_limit(cfg)
     mem = cfg.memory_mb * 2**20
     fsize = cfg.file_mb * 2**20
 
     def set_limits() -> None:  # runs in the child between fork and exec
+        if cgroup is not None:
+            sandbox_cgroup.join_self(cgroup)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
@@ -231,9 +234,14 @@ def run_python(code: str, config: SandboxConfig | None = None) -> SandboxResult:
             "SandboxConfig(isolate=True) but `unshare --user --net --pid` does not work here "
             "(user namespaces disabled?): use isolate=None to fall back to the Python preamble"
         )
-    # root ignores RLIMIT_NPROC, so setting it would only mislead
-    nproc = None if os.geteuid() == 0 else _user_task_count() + cfg.max_procs
+    # root ignores RLIMIT_NPROC, so setting it would only mislead: a pids cgroup caps root's children
+    # (the cap also counts the runner and, isolated, unshare)
+    root_user = os.geteuid() == 0
+    nproc = None if root_user else _user_task_count() + cfg.max_procs
     with (
+        sandbox_cgroup.capped(cfg.max_procs + (2 if isolate else 1))
+        if root_user
+        else contextlib.nullcontext() as cgroup,
         tempfile.TemporaryDirectory(prefix="danlu-sandbox-") as work,
         tempfile.TemporaryDirectory(prefix="danlu-sandbox-io-") as io_dir,
     ):
@@ -265,7 +273,7 @@ def run_python(code: str, config: SandboxConfig | None = None) -> SandboxResult:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,  # its own process group, so the kill below reaches its children
-                preexec_fn=_limiter(cfg, nproc),
+                preexec_fn=_limiter(cfg, nproc, cgroup),
             )
             rc, cpu_used = _wait(proc, start + cfg.timeout_s)
         duration = time.monotonic() - start
