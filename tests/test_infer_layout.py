@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from danlu.finetune.lora import AdapterSpec, LoRALinear, apply_lora
@@ -41,6 +42,9 @@ def test_logits_state_dict_and_loading_are_unchanged(tie):
         assert torch.allclose(fast(ids), plain(ids), atol=1e-4, rtol=1e-4)
     want, got = plain.state_dict(), fast.state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    twin = copy.deepcopy(fast)  # packed again from the plain weights
+    with torch.no_grad():
+        assert torch.equal(twin(ids), fast(ids))
     # loading other weights packs them again
     other = _model(tie, seed=1)
     fast.load_state_dict(other.state_dict())
@@ -92,3 +96,12 @@ def test_under_autograd_a_packed_linear_passes_the_gradient_to_its_input():
     x = torch.randn(4, 16, requires_grad=True)
     packed(x).sum().backward()
     assert torch.allclose(x.grad, lin.weight.sum(0).expand(4, 16), atol=1e-6)
+
+
+def test_a_bf16_input_takes_the_plain_product_in_its_own_dtype():
+    lin = nn.Linear(16, 8).requires_grad_(False)
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    with torch.no_grad():
+        got = PackedLinear(lin)(x)
+        want = F.linear(x, lin.weight.bfloat16(), lin.bias.bfloat16())
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)

@@ -21,6 +21,7 @@ gradient are left as they are.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -68,11 +69,22 @@ class PackedLinear(nn.Module):
             or x.device.type != "cpu"
             or (torch.is_grad_enabled() and x.requires_grad)
         ):
-            return F.linear(x, self.weight, self.bias)
+            bias = self.bias.to(x.device, x.dtype) if self.bias is not None else None
+            return F.linear(x, self.weight.to(x.device, x.dtype), bias)
         shape = x.shape
         flat = x if x.dim() == 2 else x.reshape(-1, shape[-1])
         y = _onednn_linear(flat, self.packed, self.bias)
         return y if x.dim() == 2 else y.view(*shape[:-1], self.out_features)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PackedLinear:
+        # oneDNN's packed tensor has no storage to copy: pack the plain weight again
+        new = PackedLinear.__new__(PackedLinear)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = self.in_features, self.out_features
+        new.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, BATCH_HINT)
+        new.bias = copy.deepcopy(self.bias, memo)
+        new.train(self.training)
+        return new
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         destination[prefix + "weight"] = self.weight
