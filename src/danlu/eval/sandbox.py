@@ -4,9 +4,10 @@ What limits what, honestly:
 - Enforced by the kernel: a wall-clock timeout (the whole process group is killed), CPU time
   (RLIMIT_CPU), address space (RLIMIT_AS), size of written files (RLIMIT_FSIZE), and the number of
   processes: RLIMIT_NPROC for a non-root user; for root, who is exempt from it, a capped pids cgroup
-  (danlu.eval.sandbox_cgroup) where one can be made, else only the timeout cuts a fork bomb short. Where unprivileged user namespaces work, the code runs under
-  `unshare --user --net --pid`: no network interface but a downed loopback, and every process it
-  starts, even one that left the process group, dies with it.
+  (danlu.eval.sandbox_cgroup) where one can be made, else only the timeout cuts a fork bomb short.
+  Where unprivileged user namespaces work, the code runs under `unshare --user --net --pid`: no
+  network interface but a downed loopback, and every process it starts, even one that left the process
+  group, dies with it.
 - Best effort only: a preamble that runs before the code replaces socket creation and the file-writing
   functions of `builtins`, `io` and `os` with ones that refuse paths outside the fresh temp dir that is
   the program's cwd and HOME. Hostile code can undo a preamble (import `_io`, `_socket`, spawn a shell),

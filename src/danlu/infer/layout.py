@@ -5,11 +5,9 @@ whole model is read from memory once per step, and the matmul's speed is how fas
 weights. torch's default CPU matmul on a row-major [out, in] weight streams it slowly at these shapes.
 `decode_layout` makes every fp32 Linear a `PackedLinear`: its weight held in oneDNN's blocked layout
 (`torch.ops.mkldnn._reorder_linear_weight`, packed for a batch of 8) and multiplied by oneDNN's linear.
-Probes on 2 AMD EPYC cores (AVX2), 2 threads (benchmarks/generate.py measures whole decodes):
-
-- SmolLM2-135M's 120 block Linears: 18.7 ms per step against 27.9 for `F.linear` at batch 1, 29.1
-  against 44.9 at 8, 66 against 105 at 32, the same at a 512-token prefill;
-- its [49152, 576] LM head: 4.9 / 7.0 / 15.1 ms at batch 1 / 8 / 32 against 9.1 / 19.7 / 29.1.
+`benchmarks/decode_layout.py` times both on SmolLM2-135M's shapes (BENCHMARKS.md): on 2 AMD EPYC
+cores (AVX2), 2 threads, the packed block Linears are 1.5x / 1.6x / 1.3x faster at batch 1 / 8 / 32
+and 0.9x at a 512-row prefill; the packed LM head 2.1x / 2.8x / 1.8x at batch 1 / 8 / 32.
 
 A PackedLinear holds its weight once (`weight` is made from the packed one on each access, its
 state_dict holds the plain [out, in] weight, and loading a state_dict packs again; writing into `weight`
@@ -28,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BATCH_HINT = 8  # oneDNN packs for a batch size; 8 was fastest over batches 1 to 512 in the probe above
+BATCH_HINT = 8  # oneDNN packs for a batch size; hints 8 to 64 timed alike at batches 1 to 32, 1 slower
 _onednn: bool | None = None
 
 

@@ -69,7 +69,7 @@ def _row_scale(x: torch.Tensor) -> torch.Tensor:
 
 def matmul(x: torch.Tensor, packed: torch.ScriptObject) -> torch.Tensor:
     """x [rows, in] (fp32) times the packed weight, activations int8 per row; fp32 [rows, out]."""
-    rr = _reduce_range if _reduce_range is not None else reduce_range()
+    rr = reduce_range()
     if x.shape[0] == 1:
         return torch.ops.quantized.linear_dynamic(x, packed, rr)
     s = _row_scale(x)
