@@ -125,9 +125,37 @@ def test_decode_attention_equals_sdpa(H, H_kv):
     k, v = torch.randn(B, H_kv, S, hd), torch.randn(B, H_kv, S, hd)
     lengths = torch.tensor([7, 3, 1])
     mask = (torch.arange(S) < lengths[:, None])[:, None, None, :]  # [B, 1, 1, S]
-    for m in (None, mask):
+    bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))  # the same mask, additive
+    for m in (None, mask, bias):
         want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=H_kv != H)
         torch.testing.assert_close(decode_attention(q, k, v, m), want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kv", [None, 2])
+def test_cache_rows_at_different_lengths_decode_as_each_row_alone(kv):
+    """Rows prefilled to different lengths, then decoded together (the per-row write and mask): each
+    row's logits and cached keys equal that row decoded by itself."""
+    cfg = _cfg(n_kv_head=kv)
+    m = build_model(cfg, "cpu").eval()
+    _randomize(m)
+    g = torch.Generator().manual_seed(2)
+    lengths, steps = [5, 9, 2], 4
+    prompts = [torch.randint(0, 97, (1, n), generator=g) for n in lengths]
+    new = torch.randint(0, 97, (3, steps), generator=g)
+    with torch.no_grad():
+        cache = KVCache.for_model(m, batch=3, max_len=16)
+        for r, ids in enumerate(prompts):
+            m(ids, cache, rows=slice(r, r + 1))
+        together = torch.cat([m(new[:, t : t + 1], cache) for t in range(steps)], dim=1)
+        for r, ids in enumerate(prompts):
+            alone_cache = KVCache.for_model(m, batch=1, max_len=16)
+            m(ids, alone_cache)
+            alone = torch.cat([m(new[r : r + 1, t : t + 1], alone_cache) for t in range(steps)], dim=1)
+            torch.testing.assert_close(together[r : r + 1], alone, atol=1e-5, rtol=0)
+            n = lengths[r] + steps
+            torch.testing.assert_close(cache.k[:, r, :, :n], alone_cache.k[:, 0, :, :n], atol=1e-5, rtol=0)
+            torch.testing.assert_close(cache.v[:, r, :, :n], alone_cache.v[:, 0, :, :n], atol=1e-5, rtol=0)
+    assert cache.lengths.tolist() == [n + steps for n in lengths]
 
 
 def test_too_long_input_is_refused():

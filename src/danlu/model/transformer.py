@@ -95,14 +95,15 @@ def decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
     """Attention of one query per row, q [B, H, 1, hd], over its keys k, v [B, H_kv, S, hd]; mask (bool,
-    True = may attend) broadcasts to [B, 1, 1, S]. Three small batched matmuls: at one query SDPA's CPU
-    flash kernel spends more on its blocking than on the product (about half of a SmolLM2 decode step).
-    Query heads are grouped by the key/value head they share, so GQA needs no repeated keys."""
+    True = may attend, or an additive float bias) broadcasts to [B, 1, 1, S]. Three small batched
+    matmuls: at one query SDPA's CPU flash kernel spends more on its blocking than on the product (about
+    half of a SmolLM2 decode step). Query heads are grouped by the key/value head they share, so GQA
+    needs no repeated keys."""
     B, H, _, hd = q.shape
     H_kv = k.size(1)
-    scores = (q.reshape(B, H_kv, H // H_kv, hd) @ k.transpose(-1, -2)) * hd**-0.5  # [B, H_kv, g, S]
+    scores = (q.reshape(B, H_kv, H // H_kv, hd) @ k.transpose(-1, -2)).mul_(hd**-0.5)  # [B, H_kv, g, S]
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
     return (scores.softmax(-1) @ v).reshape(B, H, 1, hd)
 
 
@@ -144,7 +145,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         mask, causal = bias
-        if T == 1 and not self.training and (mask is None or mask.dtype == torch.bool):
+        if T == 1 and not self.training and (mask is None or mask.dtype == torch.bool or mask.size(-3) == 1):
             y = decode_attention(q, k, v, mask)
         else:
             drop = self.dropout if self.training else 0.0
@@ -398,6 +399,10 @@ class Transformer(nn.Module):
         if cfg.sliding_window:
             allowed = allowed & (rel < cfg.sliding_window)
         if cfg.pos != "alibi":
+            if starts is not None and T == 1:  # rows decoding at their own lengths: the bias is added
+                # in every layer, once built here (a bool mask would be negated and filled per layer)
+                bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
+                return bias.masked_fill_(~allowed, float("-inf")), False
             return allowed, False
         # distance penalty; |rel| also serves bidirectional masks (for causal ones the two agree)
         slopes = self.alibi[:, None, None]  # [H, 1, 1]: broadcasts over [T, S] and [B, 1, T, S]
