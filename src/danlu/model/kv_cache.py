@@ -3,10 +3,10 @@
 Layout [n_layer, rows, n_kv_head, max_len, head_dim]. A forward over rows `r0:r1` (a contiguous range, a
 view of the cache, never a copy) writes each row's new keys at that row's own length and then advances
 those lengths by T. Rows that share one length take the plain path (slice writes, no per-row indices);
-rows at different lengths are written with one index_copy_ over flat row positions planned once per
-forward (an index_put per layer costs about 3x as much at batch 8) and read with a per-row mask. Keys past a
-row's length are never attended, so a stale value there is harmless: the engine relies on that to run a
-decode step over a range that holds idle rows.
+rows at different lengths are written with one index_copy_ per layer over flat row positions planned
+once per forward (cheaper than an index_put, which rebuilds its indices in every layer) and read with a
+per-row mask. Keys past a row's length are never attended, so a stale value there is harmless: the
+engine relies on that to run a decode step over a range that holds idle rows.
 """
 
 from __future__ import annotations

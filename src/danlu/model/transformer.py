@@ -145,7 +145,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         mask, causal = bias
-        if T == 1 and not self.training and (mask is None or mask.dtype == torch.bool or mask.size(-3) == 1):
+        # the one-query path takes bool masks and additive biases shared by every head ([B, 1, 1, S])
+        per_head = mask is not None and mask.dtype != torch.bool and mask.dim() >= 3 and mask.size(-3) > 1
+        if T == 1 and not self.training and not per_head:
             y = decode_attention(q, k, v, mask)
         else:
             drop = self.dropout if self.training else 0.0
