@@ -12,6 +12,9 @@ same windows for every method. Each row loads the fp32 model afresh, quantizes i
 ARC-Easy (validation, 0-shot, danlu's eval harness; the same items for every row): acc_norm with a
 95% bootstrap interval, and the paired difference to fp32 over the same items with its own interval.
 "recovered" is the share of RTN's perplexity increase at the same bits that the method takes back.
+The 2-4 bit rows run on danlu's native int4 kernel (activations int8 per block of 32 columns) where it
+is built, as `danlu chat` and `serve` do; rtn-int4-g128-torch-kernel is rtn-int4-g128 on torch's int4
+kernel (bf16 activations). rtn-int8 is the weight-only kernel, -dynamic fbgemm's W8A8, -native danlu's.
 With --save DIR every quantized row is written to DIR/<row> as a quantized model dir, and a later run
 with the same --save loads that dir instead of quantizing again (so rows can be rerun).
 """
@@ -36,13 +39,16 @@ from danlu.eval.scoring import Scorer
 from danlu.model_dir import TOKENIZER_DIR, load_model, read_metadata
 from danlu.quant.apply import quantize_model
 from danlu.quant.config import QuantConfig
+from danlu.quant.linear import set_int4_kernel
 from danlu.quant.stage import calibration_ids, calibration_text, gate_perplexity, save_quantized, split_text
 
 ROWS: dict[str, dict[str, object] | None] = {
     "fp32": None,
     "rtn-int8": {"method": "rtn", "bits": 8},
     "rtn-int8-dynamic": {"method": "rtn", "bits": 8, "int8_kernel": "dynamic"},  # W8A8 on fbgemm
+    "rtn-int8-native": {"method": "rtn", "bits": 8, "int8_kernel": "native"},  # W8A8, danlu's C kernel
     "rtn-int4-g128": {"method": "rtn", "bits": 4, "group_size": 128},
+    "rtn-int4-g128-torch-kernel": {"method": "rtn", "bits": 4, "group_size": 128, "int4_kernel": "torch"},
     "gptq-int4-g128": {"method": "gptq", "bits": 4, "group_size": 128},
     "awq-int4-g128": {"method": "awq", "bits": 4, "group_size": 128},
     "nf4": {"method": "nf4", "bits": 4},
@@ -61,15 +67,19 @@ TASKS = ("hellaswag", "arc_easy")
 def load_row(args: argparse.Namespace, name: str, calib: torch.Tensor) -> tuple[torch.nn.Module, object, str]:
     """The row's model (quantized, or loaded from its saved copy) and how it got there."""
     saved = Path(args.save) / name if args.save else None
+    settings = dict(ROWS[name] or {})
+    torch_int4 = settings.pop("int4_kernel", None) == "torch"
     if saved is not None and (saved / "config.json").is_file():
         model, tok, _ = load_model(saved)
+        set_int4_kernel(model, use_native=not torch_int4)
         return model, tok, f"loaded {saved}"
     model, tok, _ = load_model(args.model)
-    if ROWS[name] is None:
+    if not settings:
         return model, tok, "fp32"
-    cfg = QuantConfig(**ROWS[name])
+    cfg = QuantConfig(**settings)
     t0 = time.perf_counter()
     layers = quantize_model(model, cfg, calib if cfg.method in CALIBRATED else None)
+    set_int4_kernel(model, use_native=not torch_int4)
     how = f"{time.perf_counter() - t0:.0f} s to quantize"
     if saved is not None:
         quant = {"method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size}

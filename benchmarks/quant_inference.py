@@ -11,15 +11,19 @@ Variants, each generating the same prompt's greedy continuation (end of sequence
   in the decode layout that `Engine.from_dir` gives it (danlu.infer.layout: oneDNN-packed Linears; the
   tied head's packed copy is memory beside the embedding). danlu fp32, plain layout: the same weights
   as plain nn.Linears, the model's own size, which the memory ratios divide by.
-- danlu int8 dynamic (the goals' int8): RTN, symmetric per output channel, the Linears on Int8Linear's
-  `dynamic` kernel (`quantize.int8_kernel: dynamic`: activations int8 per token on the fly, fbgemm's
-  W8A8 GEMM on danlu's codes), and with the default --skip (`*norm*`, what a recipe's
-  `quantize.skip: ["*norm*"]` does) the tied embedding table as an int8 QuantEmbedding whose LM head
-  stays on the weight-only kernel (the table keeps its codes for the gathers: one copy).
+- danlu int8 native (the goals' int8): RTN, symmetric per output channel, the Linears on Int8Linear's
+  `native` kernel (`quantize.int8_kernel: native`: activations int8 per block of 32 columns on the fly,
+  danlu's own C kernel, danlu.quant.native, on the stored codes), and with the default --skip
+  (`*norm*`, what a recipe's `quantize.skip: ["*norm*"]` does) the tied embedding table as an int8
+  QuantEmbedding whose LM head runs the same kernel on the table's codes (one copy for gathers and head).
+- danlu int8 dynamic: the same codes, the Linears on the `dynamic` kernel (activations int8 per token,
+  fbgemm's W8A8 GEMM), the table's head on the weight-only kernel (one copy of the table).
 - danlu int8 weight_only: the same codes, every Linear on torch._weight_int8pack_mm (bf16 activations).
 - with --dynamic-head, also danlu int8 dynamic with the table's head on the dynamic kernel too (the
   table then held twice: its codes and fbgemm's packed copy).
-- danlu int4 g128: RTN g128 (Int4Linear on torch._weight_int4pack_mm_for_cpu); the table int4 g128.
+- danlu int4 g128: RTN g128, the table int4 g128 too, on danlu's native int4 kernel (the packed codes
+  as stored; activations int8 per block of 32). danlu int4 g128, torch kernel: the same model on
+  torch._weight_int4pack_mm_for_cpu (bf16 activations; the codes converted to its layout).
 - torch quantize_dynamic int8: torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, qint8), its
   standard use: every Linear, the tied LM head included (as its own int8 copy); the embedding stays fp32.
 - llama.cpp Q4_1: the GGUF itself, through llama-cpp-python in its own virtualenv (--llama-python; the
@@ -61,15 +65,18 @@ from danlu.infer.engine import Engine
 from danlu.infer.layout import PackedLinear, decode_layout
 from danlu.infer.params import SamplingParams
 from danlu.model_dir import load_model
+from danlu.quant import native
 from danlu.quant.apply import quantize_model
 from danlu.quant.config import QuantConfig
-from danlu.quant.linear import QuantLinear, set_int8_kernel
+from danlu.quant.linear import QuantLinear, set_int4_kernel, set_int8_kernel
 from generate import LLAMA_INSTALL, LlamaProcess
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time, in a land far away,"
 FP32, INT4, TORCH = "danlu fp32", "danlu int4 g128", "torch quantize_dynamic int8"
+INT4_TORCH = "danlu int4 g128, torch kernel"
 FP32_PLAIN = "danlu fp32, plain layout"
-INT8, INT8_WO, INT8_HEAD = "danlu int8 dynamic", "danlu int8 weight_only", "danlu int8 dynamic, dynamic head"
+INT8, INT8_DYN, INT8_WO = "danlu int8 native", "danlu int8 dynamic", "danlu int8 weight_only"
+INT8_HEAD = "danlu int8 dynamic, dynamic head"
 Q4_1, Q8_0 = "llama.cpp Q4_1", "llama.cpp Q8_0"
 MEMORY_GOAL, SPEED_GOAL = 0.30, 1.80
 QUANTIZE_Q8_0 = """
@@ -204,14 +211,17 @@ def main() -> None:
     fp32, tok, cfg = load_model(args.model)
     models: dict[str, nn.Module] = {FP32: fp32}
     for label, qcfg in (
-        (INT8, QuantConfig(method="rtn", bits=8, skip=skip, int8_kernel="dynamic")),
+        (INT8, QuantConfig(method="rtn", bits=8, skip=skip, int8_kernel="native")),
+        (INT8_DYN, QuantConfig(method="rtn", bits=8, skip=skip, int8_kernel="dynamic")),
         (INT8_WO, QuantConfig(method="rtn", bits=8, skip=skip, int8_kernel="weight_only")),
         (INT4, QuantConfig(method="rtn", bits=4, group_size=128, skip=skip)),
     ):
         models[label] = copy.deepcopy(fp32)
         quantize_model(models[label], qcfg)
+    models[INT4_TORCH] = copy.deepcopy(models[INT4])
+    set_int4_kernel(models[INT4_TORCH], use_native=False)
     if args.dynamic_head:
-        models[INT8_HEAD] = copy.deepcopy(models[INT8])
+        models[INT8_HEAD] = copy.deepcopy(models[INT8_DYN])
         set_int8_kernel(models[INT8_HEAD], "dynamic", tables=True)
     # danlu fp32 is what Engine.from_dir (danlu serve, chat) runs: the decode layout (danlu.infer.layout)
     models[FP32_PLAIN] = copy.deepcopy(fp32)
@@ -262,6 +272,8 @@ def main() -> None:
     print(
         f"# prompt {len(prompt)} tokens, {args.tokens} new tokens, greedy; median of {args.repeats} repeats"
     )
+    level = {2: "built, AVX2", 0: "built, plain loops", -1: "NOT built (its rows ran the torch fallback)"}
+    print(f"# danlu native kernels: {level[native.simd_level()]}")
     print(
         f"# {threads} torch threads; llama.cpp: {'llama-cpp-python ' + llama_version if llama_version else 'absent (--llama-python)'}"
     )

@@ -105,11 +105,13 @@ def test_kernels_equal_the_reference_path(rows):
         Int4Linear.from_qtensor(quantize(w, QuantSpec(4, False, "group", 128))),  # 576 = 4.5 groups
         Int4Linear.from_qtensor(quantize(w, QuantSpec(3, True, "group", 64))),
     ):
+        if isinstance(layer, Int4Linear):
+            layer.use_native = False  # torch's kernel here; danlu's: tests/test_quant_native.py
         with torch.no_grad():
             fast = layer(x)
             use_reference(layer)
             ref = layer(x)
-        # the kernels take bf16 activations: a relative error of bf16's order
+        # torch's kernels take bf16 activations: a relative error of bf16's order
         assert (fast - ref).norm() / ref.norm() < 1e-2
 
 

@@ -471,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8-kernel",
         default="weight_only",
-        help="rtn --bits 8: weight_only (bf16 activations) | dynamic (W8A8, int8 activations per token)",
+        help="rtn --bits 8: weight_only (bf16 activations) | dynamic (W8A8, int8 activations per token, "
+        "fbgemm) | native (W8A8, int8 activations per 32 columns, danlu's C kernel)",
     )
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN", help="Linears kept in fp32")
     p.add_argument("--no-gate", action="store_true", help="write the model without the accuracy gate")

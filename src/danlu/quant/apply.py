@@ -110,9 +110,10 @@ def quantize_model(
     if table:
         four = cfg.bits <= 4 and cfg.method not in ("nf4", "bitnet")
         spec = table_spec(cfg.bits, cfg.group_size, cfg.symmetric) if four else table_spec(8)
-        # an int8 table's head stays weight_only: its gathers keep the codes, so the dynamic kernel's
-        # packed copy would hold the table twice (and its activation rounding flips top logits)
-        reports |= quantize_embedding(model, spec)
+        # an int8 table's head is native or weight_only: its gathers keep the codes, which those kernels
+        # read; the dynamic kernel's packed copy would hold the table twice
+        head = "native" if cfg.int8_kernel == "native" else "weight_only"
+        reports |= quantize_embedding(model, spec, head)
     return reports
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from danlu.errors import check
 
 METHODS = ("rtn", "gptq", "awq", "smoothquant", "nf4", "bitnet")
-INT8_KERNELS = ("weight_only", "dynamic")  # danlu.quant.linear.Int8Linear's kernels
+INT8_KERNELS = ("weight_only", "dynamic", "native")  # danlu.quant.linear.Int8Linear's kernels
 DEFAULT_SKIP = ("embed", "lm_head", "*norm*")
 
 
@@ -27,9 +27,11 @@ class QuantConfig:
     block_size: int = 128  # GPTQ: columns per lazy batch update
     act_order: bool = True  # GPTQ: visit columns in decreasing diag(H)
     smooth_alpha: float = 0.5  # SmoothQuant: migration strength (0: none, 1: all onto the weights)
-    # rtn int8 Linears: weight_only (W8A16, bf16 activations) or dynamic (W8A8, activations quantized to
-    # int8 per token at run time, fbgemm's kernel); recorded per layer in quant_config.json. An int8
-    # embedding table's head stays weight_only (the table would be held twice)
+    # rtn int8 Linears: weight_only (W8A16, bf16 activations), dynamic (W8A8, activations quantized to
+    # int8 per token at run time, fbgemm's kernel) or native (W8A8, activations int8 per block of 32
+    # columns, danlu's C kernel on the stored codes); recorded per layer in quant_config.json. An int8
+    # embedding table's head takes native too (it reads the table's one copy), else weight_only (the
+    # dynamic kernel would hold the table twice)
     int8_kernel: str = "weight_only"
     seed: int = 0  # calibration window draw
     gate: bool = True  # measure the accuracy gate and refuse a model that fails it

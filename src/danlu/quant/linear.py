@@ -1,15 +1,19 @@
 """Quantized Linear replacements for inference: int8 and int4 weight-only, with a CPU kernel path and a
 reference path.
 
-- `Int8Linear`: int8 codes [out, in] and one fp32 scale per output channel (symmetric), on one of two
-  kernels (`INT8_KERNELS`): `weight_only` (W8A16: bf16 activations, `torch._weight_int8pack_mm`) or
+- `Int8Linear`: int8 codes [out, in] and one fp32 scale per output channel (symmetric), on one of three
+  kernels (`INT8_KERNELS`): `weight_only` (W8A16: bf16 activations, `torch._weight_int8pack_mm`),
   `dynamic` (W8A8: activations quantized to int8 per token on the fly, fbgemm's int8 GEMM through
-  `danlu.quant.int8_dynamic`). With `dynamic` the codes are held once, in fbgemm's packed weight, after
-  the first kernel call (a table's gathers keep them beside it); `state_dict` unpacks them.
+  `danlu.quant.int8_dynamic`) or `native` (W8A8: activations int8 per block of 32 columns, danlu's own C
+  kernel `danlu.quant.native` on qweight itself). With `dynamic` the codes are held once, in fbgemm's
+  packed weight, after the first kernel call (a table's gathers keep them beside it); `state_dict`
+  unpacks them.
 - `W8A8Linear`: SmoothQuant's int8 weights and dynamically quantized int8 activations (per token).
   Kernel: `torch._int_mm` (int32 accumulation).
 - `Int4Linear`: codes of 2 to 4 bits packed two per byte [out, ceil(in/2)], scale and offset per group
-  of `group_size` input columns (w = u * scale + offset). Kernel: `torch._weight_int4pack_mm_for_cpu`,
+  of `group_size` input columns (w = u * scale + offset). Kernel: danlu's native int4 kernel on the
+  packed codes themselves where it is built and the shape fits (whole blocks of 32 columns and groups;
+  activations int8 per block, as `native`), else `torch._weight_int4pack_mm_for_cpu`,
   which takes w = (u - 8) * s + z, so z = offset + 8 * scale. On the first kernel call the codes are
   converted to the kernel's layout (`danlu.quant.int4_layout`) and kept in that layout only, in place
   of the packed ones: the codes are held once. `state_dict` converts them back to the packed layout,
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from danlu.quant import int8_dynamic
+from danlu.quant import int8_dynamic, native
 from danlu.quant.config import INT8_KERNELS
 from danlu.quant.int4_layout import kernel_pack, kernel_rows, kernel_unpack
 from danlu.quant.quantizers import QTensor, QuantSpec, dequantize, pack_int4, unpack_int4
@@ -115,6 +119,7 @@ class Int8Linear(QuantLinear):
         # dynamic: (fbgemm's packed weight, the scale tensor it was made from, that tensor's version)
         self._packed: tuple[torch.ScriptObject, torch.Tensor, int] | None = None
         self.keep_codes = False  # keep qweight beside the packed weight (a table's gathers read it)
+        self._native_fits = native.fits(in_features)
         self.int8_kernel = "weight_only"
         self.set_kernel(kernel)
 
@@ -195,6 +200,8 @@ class Int8Linear(QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.int8_kernel == "weight_only":
             return super().forward(x)
+        if self.int8_kernel == "native":
+            return self._native_forward(x)
         p = self._packed
         if (  # a decode step calls this ~120 times: once packed, only the checks the kernel needs
             p is not None
@@ -223,6 +230,25 @@ class Int8Linear(QuantLinear):
             y = y + bias
         return y.to(x.dtype).view((*shape[:-1], self.out_features))
 
+    def _native_forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, scale = self._buffers["qweight"], self._buffers["scale"]
+        if (  # the checks the kernel needs, cheapest first (a decode step makes ~120 of these calls)
+            self._native_fits
+            and x.dtype == torch.float32
+            and x.is_cpu
+            and not torch.is_grad_enabled()
+            and not self.reference
+            and scale.dtype == torch.float32
+            and native.available()
+        ):
+            y = native.q8_linear(x if x.is_contiguous() else x.contiguous(), q, scale)
+        else:  # the same product in fp32 (straight-through under autograd)
+            shape = x.shape
+            y = native.q8_reference(x.reshape(-1, shape[-1]).float(), self.codes(), scale.float())
+            y = y.to(x.dtype).view(*shape[:-1], self.out_features)
+        bias = self._parameters["bias"]
+        return y if bias is None else y + bias.to(y.dtype)
+
     def layout(self) -> dict[str, object]:
         return super().layout() | {"kernel": self.int8_kernel}
 
@@ -248,7 +274,9 @@ class Int4Linear(QuantLinear):
         self.register_buffer("qweight", torch.empty(out_features, packed, dtype=torch.uint8, device=device))
         self.register_buffer("scale", torch.empty(out_features, groups, device=device))
         self.register_buffer("offset", torch.empty(out_features, groups, device=device))
-        self._kernel_sz: torch.Tensor | None = None  # set while qweight is in the kernel's layout
+        self._kernel_sz: torch.Tensor | None = None  # set while qweight is in torch's kernel's layout
+        # danlu's native kernel where the shape fits it (set False to run torch's int4 kernel instead)
+        self.use_native = native.fits(in_features, group_size)
 
     @classmethod
     def from_qtensor(cls, q: QTensor, bias: torch.Tensor | None = None) -> Int4Linear:
@@ -325,6 +353,28 @@ class Int4Linear(QuantLinear):
             x = F.pad(x, (0, padded - self.in_features))
         return torch._weight_int4pack_mm_for_cpu(x, self.qweight, gs, self._kernel_sz)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.use_native
+            and x.dtype == torch.float32
+            and x.is_cpu
+            and not torch.is_grad_enabled()
+            and not self.reference
+            and self._kernel_sz is None  # not in torch's kernel's layout
+            and native.available()
+        ):
+            b = self._buffers
+            y = native.q4_linear(
+                x if x.is_contiguous() else x.contiguous(),
+                b["qweight"],
+                b["scale"],
+                b["offset"],
+                self.group_size,
+            )
+            bias = self._parameters["bias"]
+            return y if bias is None else y.add_(bias)
+        return super().forward(x)
+
     def layout(self) -> dict[str, object]:
         return super().layout() | {"group_size": self.group_size, "bits": self.bits}
 
@@ -365,6 +415,16 @@ def set_int8_kernel(model: nn.Module, kernel: str, tables: bool = False) -> int:
     mods = [m for m in model.modules() if type(m) is Int8Linear and (tables or not m.keep_codes)]
     for m in mods:
         m.set_kernel(kernel)
+    return len(mods)
+
+
+def set_int4_kernel(model: nn.Module, use_native: bool) -> int:
+    """Put every Int4Linear of model on danlu's native kernel (where its shape fits) or on torch's; how
+    many."""
+    mods = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    for m in mods:
+        m.to_packed_layout()
+        m.use_native = use_native and native.fits(m.in_features, m.group_size)
     return len(mods)
 
 
