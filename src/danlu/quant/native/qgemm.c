@@ -150,33 +150,37 @@ static inline __attribute__((always_inline)) void q8_tile(const Quantized *qz, i
 }
 #endif
 
-static void q8_rows(const Quantized *qz, int64_t r0, int64_t nr, int64_t k, const int8_t *w,
-                    const float *wscale, int64_t n, float *y) {
+/* every row: one activation row against 4 weight rows at a time; several against 2 weight rows, every
+   group of RB activation rows in turn while those weight rows are in L1 (the weights are read from
+   memory once per call, whatever the number of rows) */
+static void q8_rows(const Quantized *qz, int64_t rows, int64_t k, const int8_t *w, const float *wscale,
+                    int64_t n, float *y) {
 #ifdef __AVX2__
     int64_t j = 0;
-    if (nr == 1) {
-        for (; j + 4 <= n; j += 4) q8_tile(qz, r0, 1, k, w, wscale, j, 4, n, y);
-        for (; j < n; j++) q8_tile(qz, r0, 1, k, w, wscale, j, 1, n, y);
+    if (rows == 1) {
+        for (; j + 4 <= n; j += 4) q8_tile(qz, 0, 1, k, w, wscale, j, 4, n, y);
+        for (; j < n; j++) q8_tile(qz, 0, 1, k, w, wscale, j, 1, n, y);
         return;
     }
-    for (; j + 2 <= n; j += 2) {
-        switch (nr) {
-            case 2: q8_tile(qz, r0, 2, k, w, wscale, j, 2, n, y); break;
-            case 3: q8_tile(qz, r0, 3, k, w, wscale, j, 2, n, y); break;
-            default: q8_tile(qz, r0, 4, k, w, wscale, j, 2, n, y); break;
-        }
-    }
-    for (; j < n; j++) {
-        switch (nr) {
-            case 2: q8_tile(qz, r0, 2, k, w, wscale, j, 1, n, y); break;
-            case 3: q8_tile(qz, r0, 3, k, w, wscale, j, 1, n, y); break;
-            default: q8_tile(qz, r0, 4, k, w, wscale, j, 1, n, y); break;
+    for (; j < n; j += 2) {
+        int two = j + 2 <= n;
+        for (int64_t r0 = 0; r0 < rows; r0 += RB) {
+            switch ((rows - r0 < RB ? rows - r0 : RB) * 2 + two) {
+                case 2: q8_tile(qz, r0, 1, k, w, wscale, j, 1, n, y); break;
+                case 3: q8_tile(qz, r0, 1, k, w, wscale, j, 2, n, y); break;
+                case 4: q8_tile(qz, r0, 2, k, w, wscale, j, 1, n, y); break;
+                case 5: q8_tile(qz, r0, 2, k, w, wscale, j, 2, n, y); break;
+                case 6: q8_tile(qz, r0, 3, k, w, wscale, j, 1, n, y); break;
+                case 7: q8_tile(qz, r0, 3, k, w, wscale, j, 2, n, y); break;
+                case 8: q8_tile(qz, r0, 4, k, w, wscale, j, 1, n, y); break;
+                default: q8_tile(qz, r0, 4, k, w, wscale, j, 2, n, y); break;
+            }
         }
     }
 #else
     int64_t nb = k / QB;
     for (int64_t j = 0; j < n; j++)
-        for (int64_t r = r0; r < r0 + nr; r++) {
+        for (int64_t r = 0; r < rows; r++) {
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; b++)
                 acc += (float)dot_q8_scalar(w + j * k + b * QB, qz->q + r * k + b * QB) * qz->s[r * nb + b];
@@ -193,8 +197,7 @@ int danlu_q8_linear(const float *x, int64_t rows, int64_t k, const int8_t *w, co
         release(&qz);
         return -1;
     }
-    for (int64_t r0 = 0; r0 < rows; r0 += RB)
-        q8_rows(&qz, r0, rows - r0 < RB ? rows - r0 : RB, k, w, wscale, n, y);
+    q8_rows(&qz, rows, k, w, wscale, n, y);
     release(&qz);
     return 0;
 }
@@ -249,34 +252,36 @@ static inline __attribute__((always_inline)) void q4_tile(const Quantized *qz, i
 }
 #endif
 
-static void q4_rows(const Quantized *qz, int64_t r0, int64_t nr, int64_t k, const uint8_t *w,
-                    const float *scale, const float *offset, int64_t group, int64_t n, float *y) {
+/* as q8_rows */
+static void q4_rows(const Quantized *qz, int64_t rows, int64_t k, const uint8_t *w, const float *scale,
+                    const float *offset, int64_t group, int64_t n, float *y) {
 #ifdef __AVX2__
     int64_t j = 0;
-    if (nr == 1) {
-        for (; j + 4 <= n; j += 4) q4_tile(qz, r0, 1, k, w, scale, offset, group, j, 4, n, y);
-        for (; j < n; j++) q4_tile(qz, r0, 1, k, w, scale, offset, group, j, 1, n, y);
+    if (rows == 1) {
+        for (; j + 4 <= n; j += 4) q4_tile(qz, 0, 1, k, w, scale, offset, group, j, 4, n, y);
+        for (; j < n; j++) q4_tile(qz, 0, 1, k, w, scale, offset, group, j, 1, n, y);
         return;
     }
-    for (; j + 2 <= n; j += 2) {
-        switch (nr) {
-            case 2: q4_tile(qz, r0, 2, k, w, scale, offset, group, j, 2, n, y); break;
-            case 3: q4_tile(qz, r0, 3, k, w, scale, offset, group, j, 2, n, y); break;
-            default: q4_tile(qz, r0, 4, k, w, scale, offset, group, j, 2, n, y); break;
-        }
-    }
-    for (; j < n; j++) {
-        switch (nr) {
-            case 2: q4_tile(qz, r0, 2, k, w, scale, offset, group, j, 1, n, y); break;
-            case 3: q4_tile(qz, r0, 3, k, w, scale, offset, group, j, 1, n, y); break;
-            default: q4_tile(qz, r0, 4, k, w, scale, offset, group, j, 1, n, y); break;
+    for (; j < n; j += 2) {
+        int two = j + 2 <= n;
+        for (int64_t r0 = 0; r0 < rows; r0 += RB) {
+            switch ((rows - r0 < RB ? rows - r0 : RB) * 2 + two) {
+                case 2: q4_tile(qz, r0, 1, k, w, scale, offset, group, j, 1, n, y); break;
+                case 3: q4_tile(qz, r0, 1, k, w, scale, offset, group, j, 2, n, y); break;
+                case 4: q4_tile(qz, r0, 2, k, w, scale, offset, group, j, 1, n, y); break;
+                case 5: q4_tile(qz, r0, 2, k, w, scale, offset, group, j, 2, n, y); break;
+                case 6: q4_tile(qz, r0, 3, k, w, scale, offset, group, j, 1, n, y); break;
+                case 7: q4_tile(qz, r0, 3, k, w, scale, offset, group, j, 2, n, y); break;
+                case 8: q4_tile(qz, r0, 4, k, w, scale, offset, group, j, 1, n, y); break;
+                default: q4_tile(qz, r0, 4, k, w, scale, offset, group, j, 2, n, y); break;
+            }
         }
     }
 #else
     int64_t nb = k / QB, groups = (k + group - 1) / group, per_group = group / QB;
     for (int64_t j = 0; j < n; j++) {
         const uint8_t *wj = w + j * (k / 2);
-        for (int64_t r = r0; r < r0 + nr; r++) {
+        for (int64_t r = 0; r < rows; r++) {
             float acc = 0.0f;
             for (int64_t g = 0; g < groups; g++) {
                 float gacc = 0.0f;
@@ -300,8 +305,7 @@ int danlu_q4_linear(const float *x, int64_t rows, int64_t k, const uint8_t *w, c
         release(&qz);
         return -1;
     }
-    for (int64_t r0 = 0; r0 < rows; r0 += RB)
-        q4_rows(&qz, r0, rows - r0 < RB ? rows - r0 : RB, k, w, scale, offset, group, n, y);
+    q4_rows(&qz, rows, k, w, scale, offset, group, n, y);
     release(&qz);
     return 0;
 }
