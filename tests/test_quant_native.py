@@ -48,6 +48,7 @@ def test_q8_equals_its_reference(rows, build, tmp_path, monkeypatch):
     got = native.q8_linear(x, codes, scale, lib)
     want = native.q8_reference(x, codes, scale)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert native.q8_linear(x[:0], codes, scale, lib).shape == (0, n)  # no rows: no allocation error
 
 
 @pytest.mark.parametrize("rows", [1, 3, 6])
@@ -65,6 +66,7 @@ def test_q4_equals_its_reference(rows, group, build, tmp_path, monkeypatch):
     got = native.q4_linear(x, pack_int4(u), scale, offset, group, lib)
     want = native.q4_reference(x, u, scale, offset, group)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert native.q4_linear(x[:0], pack_int4(u), scale, offset, group, lib).shape == (0, n)
 
 
 def test_activation_codes_are_int8_per_block_of_32():

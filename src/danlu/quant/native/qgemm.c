@@ -192,6 +192,7 @@ static void q8_rows(const Quantized *qz, int64_t rows, int64_t k, const int8_t *
 /* y[rows, n] = x[rows, k] . (codes * scale)^T; k a multiple of 32. 0, or -1 when out of memory. */
 int danlu_q8_linear(const float *x, int64_t rows, int64_t k, const int8_t *w, const float *wscale,
                     int64_t n, float *y) {
+    if (rows == 0) return 0; /* nothing to allocate: malloc(0) may answer NULL */
     Quantized qz;
     if (quantize_rows(x, rows, k, 0, 0, &qz)) {
         release(&qz);
@@ -300,6 +301,7 @@ static void q4_rows(const Quantized *qz, int64_t rows, int64_t k, const uint8_t 
    0, or -1 when out of memory. */
 int danlu_q4_linear(const float *x, int64_t rows, int64_t k, const uint8_t *w, const float *scale,
                     const float *offset, int64_t group, int64_t n, float *y) {
+    if (rows == 0) return 0; /* nothing to allocate: malloc(0) may answer NULL */
     Quantized qz;
     if (quantize_rows(x, rows, k, 1, group, &qz)) {
         release(&qz);
